@@ -1,0 +1,171 @@
+"""One `render` entry for batched, multi-view Gaussian rendering.
+
+Two backends with the same semantics:
+    "gsplat" - gsplat.rasterization on CUDA tensors;
+    "torch"  - the project's own tiled, differentiable PyTorch rasterizer (CPU, or any device);
+    "dense"  - the all-pairs oracle the tests compare "torch" against (small scenes only).
+"auto" picks gsplat for CUDA tensors and torch otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from cgsgan import camera
+from cgsgan.gaussians import Gaussians
+from cgsgan.render.dense import rasterize_dense
+from cgsgan.render.projection import project
+from cgsgan.render.tiled import rasterize_tiled
+
+Backend = Literal["auto", "gsplat", "torch", "dense"]
+
+
+@dataclass
+class Cameras:
+    """B heads seen from V cameras each.
+
+    cam2world  [B, V, 4, 4]  OpenCV convention
+    intrinsics [B, V, 3, 3]  normalised by the image size (EG3D)
+    """
+
+    cam2world: torch.Tensor
+    intrinsics: torch.Tensor
+
+    @staticmethod
+    def from_labels(labels: torch.Tensor) -> "Cameras":
+        """labels [B, 25] (one view per head) or [B, V, 25]."""
+        if labels.dim() == 2:
+            labels = labels[:, None]
+        c2w, intr = camera.split_label(labels)
+        return Cameras(cam2world=c2w, intrinsics=intr)
+
+
+@dataclass
+class RenderOutput:
+    """image [B, (V,) 3, H, W] in [-1, 1]; alpha and depth (expected z) [B, (V,) 1, H, W]."""
+
+    image: torch.Tensor
+    alpha: torch.Tensor
+    depth: torch.Tensor
+
+
+def gsplat_available() -> tuple[bool, str]:
+    """Whether gsplat can rasterize here, and why not."""
+    if not torch.cuda.is_available():
+        return False, "no CUDA device is available (torch.cuda.is_available() is False)"
+    try:
+        import gsplat  # noqa: F401
+    except ImportError as e:  # pragma: no cover - gsplat is a dependency
+        return False, f"gsplat is not importable: {e}"
+    return True, ""
+
+
+def resolve_backend(backend: Backend, device: torch.device) -> str:
+    if backend == "auto":
+        return "gsplat" if device.type == "cuda" else "torch"
+    if backend == "gsplat":
+        ok, why = gsplat_available()
+        if not ok or device.type != "cuda":
+            reason = why or f"the Gaussians are on {device}, gsplat needs CUDA tensors"
+            raise RuntimeError(f"render backend 'gsplat' cannot run: {reason}. Use backend='torch' on CPU.")
+    elif backend not in ("torch", "dense"):
+        raise ValueError(f"unknown render backend {backend!r}; expected auto, gsplat, torch or dense")
+    return backend
+
+
+def render(
+    gaussians: Gaussians,
+    cameras: torch.Tensor | Cameras,
+    image_size: int | tuple[int, int],
+    background: torch.Tensor | None = None,
+    backend: Backend = "auto",
+    tile_size: int = 16,
+) -> RenderOutput:
+    """Render head b of `gaussians` (B heads) from each of its cameras.
+
+    cameras: EG3D labels [B, 25] / [B, V, 25] or a `Cameras`. With [B, 25] the view axis is
+    dropped from the outputs. background: RGB in [0, 1], broadcastable to [B, V, 3]; None is
+    white.
+    """
+    single_view = isinstance(cameras, torch.Tensor) and cameras.dim() == 2
+    cams = Cameras.from_labels(cameras) if isinstance(cameras, torch.Tensor) else cameras
+    B, V = cams.cam2world.shape[:2]
+    if B != gaussians.batch_size:
+        raise ValueError(f"{gaussians.batch_size} heads but cameras for {B}")
+    width, height = (image_size, image_size) if isinstance(image_size, int) else image_size
+    dtype, device = gaussians.means.dtype, gaussians.means.device
+    if background is None:
+        background = torch.ones(3, dtype=dtype, device=device)
+    bg = background.to(dtype=dtype, device=device).expand(B, V, 3)
+    viewmats = camera.view_matrix(cams.cam2world.to(dtype))  # [B, V, 4, 4]
+    Ks = camera.pixel_intrinsics(cams.intrinsics.to(dtype), width, height)  # [B, V, 3, 3]
+
+    which = resolve_backend(backend, device)
+    if which == "gsplat":
+        colors, alphas, depths = _render_gsplat(gaussians, viewmats, Ks, width, height, bg, tile_size)
+    else:
+        colors, alphas, depths = _render_torch(gaussians, viewmats, Ks, width, height, bg, which, tile_size)
+
+    # [B, V, H, W, ...] -> [B, V, C, H, W]; images to [-1, 1].
+    out = RenderOutput(
+        image=colors.permute(0, 1, 4, 2, 3) * 2.0 - 1.0,
+        alpha=alphas[:, :, None],
+        depth=depths[:, :, None],
+    )
+    if single_view:
+        out = RenderOutput(image=out.image[:, 0], alpha=out.alpha[:, 0], depth=out.depth[:, 0])
+    return out
+
+
+def _render_torch(g: Gaussians, viewmats, Ks, width, height, bg, which: str, tile_size: int):
+    B, V = viewmats.shape[:2]
+
+    def per_camera(x: torch.Tensor) -> torch.Tensor:
+        # [B, N, ...] -> [B * V, N, ...]: head b is seen by its V cameras.
+        return x[:, None].expand(B, V, *x.shape[1:]).reshape(B * V, *x.shape[1:])
+
+    proj = project(
+        per_camera(g.means),
+        per_camera(g.log_scales),
+        per_camera(g.quats),
+        per_camera(g.opacities),
+        per_camera(g.rgb),
+        viewmats.reshape(B * V, 4, 4),
+        Ks.reshape(B * V, 3, 3),
+        width,
+        height,
+    )
+    flat_bg = bg.reshape(B * V, 3)
+    if which == "dense":
+        colors, alphas, depths = rasterize_dense(proj, flat_bg, width, height)
+    else:
+        colors, alphas, depths = rasterize_tiled(proj, flat_bg, width, height, tile_size)
+    return (
+        colors.reshape(B, V, height, width, 3),
+        alphas.reshape(B, V, height, width),
+        depths.reshape(B, V, height, width),
+    )
+
+
+def _render_gsplat(g: Gaussians, viewmats, Ks, width, height, bg, tile_size: int):
+    from gsplat import rasterization
+
+    renders, alphas, _ = rasterization(
+        means=g.means,
+        quats=g.quats,
+        scales=g.scales,
+        opacities=g.opacities,
+        colors=g.rgb,
+        viewmats=viewmats,
+        Ks=Ks,
+        width=width,
+        height=height,
+        backgrounds=bg,
+        render_mode="RGB+ED",
+        packed=False,
+        tile_size=tile_size,
+    )  # renders [B, V, H, W, 4], alphas [B, V, H, W, 1]
+    return renders[..., :3], alphas[..., 0], renders[..., 3]
