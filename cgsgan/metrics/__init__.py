@@ -1,0 +1,1 @@
+"""Distribution distances and feature extractors for evaluating generators."""
