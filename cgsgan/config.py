@@ -147,7 +147,7 @@ def tiny() -> CGSGANConfig:
         ),
         discriminator=DiscriminatorConfig(channel_base=2048, channel_max=64, cmap_dim=64, camera_mapping_layers=2),
     )
-    cfg.data = DataConfig(synthetic_identities=512, synthetic_views=4)
+    cfg.data = DataConfig(synthetic_identities=256, synthetic_views=4)
     cfg.loss = LossConfig(num_views=4, r1_gamma=0.1, knn_k=8, blur_sigma=2.0, blur_fade_kimg=4.0)
     cfg.train = TrainConfig(
         batch_size=16,

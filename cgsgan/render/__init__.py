@@ -82,13 +82,14 @@ def render(
     image_size: int | tuple[int, int],
     background: torch.Tensor | None = None,
     backend: Backend = "auto",
-    tile_size: int = 16,
+    tile_size: int | None = None,
 ) -> RenderOutput:
     """Render head b of `gaussians` (B heads) from each of its cameras.
 
     cameras: EG3D labels [B, 25] / [B, V, 25] or a `Cameras`. With [B, 25] the view axis is
     dropped from the outputs. background: RGB in [0, 1], broadcastable to [B, V, 3]; None is
-    white.
+    white. tile_size only changes speed: 16 for gsplat, 8 for the CPU rasterizer (measured
+    faster there: fewer wasted pixels in tiles at a head's silhouette).
     """
     single_view = isinstance(cameras, torch.Tensor) and cameras.dim() == 2
     cams = Cameras.from_labels(cameras) if isinstance(cameras, torch.Tensor) else cameras
@@ -105,9 +106,9 @@ def render(
 
     which = resolve_backend(backend, device)
     if which == "gsplat":
-        colors, alphas, depths = _render_gsplat(gaussians, viewmats, Ks, width, height, bg, tile_size)
+        colors, alphas, depths = _render_gsplat(gaussians, viewmats, Ks, width, height, bg, tile_size or 16)
     else:
-        colors, alphas, depths = _render_torch(gaussians, viewmats, Ks, width, height, bg, which, tile_size)
+        colors, alphas, depths = _render_torch(gaussians, viewmats, Ks, width, height, bg, which, tile_size or 8)
 
     # [B, V, H, W, ...] -> [B, V, C, H, W]; images to [-1, 1].
     out = RenderOutput(

@@ -8,7 +8,9 @@ transmittance to 1e-4 or below (that Gaussian excluded).
 Vectorised over (camera, tile, Gaussian) intersections: no Python loop over images, tiles or
 Gaussians. Like gsplat's per-thread early exit, compositing runs in rounds of `chunk`
 Gaussians per tile, front to back, and a tile leaves once all its pixels are done; opaque heads
-then cost a few rounds instead of every Gaussian behind the surface.
+then cost a few rounds instead of every Gaussian behind the surface. Inside a round the tiles
+form a padded [A, K, P] block (A tiles, K Gaussians in depth order, P pixels), so transmittance
+is a short cumulative sum along K in the working precision.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def _tile_alpha(
 
 
 def rasterize_tiled(
-    p: Projected, backgrounds: torch.Tensor, width: int, height: int, tile_size: int = 16, chunk: int = 32
+    p: Projected, backgrounds: torch.Tensor, width: int, height: int, tile_size: int = 8, chunk: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Composite projected Gaussians of C cameras.
 

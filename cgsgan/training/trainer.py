@@ -50,11 +50,17 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class Callbacks:
-    """Hooks for the orchestration layer; each receives plain values. Rank 0 calls them."""
+    """Hooks for the orchestration layer; each receives plain values.
+
+    Per tick, on every rank and in this order: on_checkpoint(path, stats) on checkpoint ticks
+    (path on the rank that wrote it, rank 0; None elsewhere), then on_tick(stats). Every rank
+    calls them the same number of times, so a hook may synchronise ranks (e.g. ray.train.report).
+    on_snapshot(info) runs on rank 0 only, with paths of sample images and the metrics.
+    """
 
     on_tick: Callable[[dict], None] | None = None
     on_snapshot: Callable[[dict], None] | None = None
-    on_checkpoint: Callable[[Path, dict], None] | None = None
+    on_checkpoint: Callable[[Path | None, dict], None] | None = None
     should_stop: Callable[[], bool] | None = None
 
 
@@ -294,16 +300,14 @@ class Trainer:
             stats.update(self.snapshot(final=done))
         if self.rank == 0:
             self._append_metrics(stats)
-            if self.callbacks.on_tick:
-                self.callbacks.on_tick(stats)
         if done or self.tick % t.checkpoint_ticks == 0:
-            path = self.checkpoint_path()
-            if self.rank == 0:
-                self.save(path)
-                if self.callbacks.on_checkpoint:
-                    self.callbacks.on_checkpoint(path, stats)
+            path = self.save(self.checkpoint_path()) if self.rank == 0 else None
             if self.world_size > 1 and dist.is_initialized():
                 dist.barrier()
+            if self.callbacks.on_checkpoint:
+                self.callbacks.on_checkpoint(path, stats)
+        if self.callbacks.on_tick:
+            self.callbacks.on_tick(stats)
         return stats
 
     def _append_metrics(self, stats: dict) -> None:

@@ -1,0 +1,134 @@
+"""Typed launch configuration: the model core's config plus cluster, storage and tracking.
+
+Registered with Hydra's ConfigStore as the schema of orchestration/conf/config.yaml, so a
+wrongly typed override fails at composition; `validate_launch` then checks values and
+cross-field constraints before anything is launched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+
+from cgsgan.config import (
+    CGSGANConfig,
+    ConfigError,
+    DataConfig,
+    LossConfig,
+    ModelConfig,
+    TrainConfig,
+    validate,
+)
+
+
+@dataclass
+class ClusterConfig:
+    kind: str = "local"  # local: start a Ray on this machine; ray: connect to an existing cluster
+    address: str = ""  # Ray address; "" = $RAY_ADDRESS, else (kind=local) start one
+    num_workers: int = 1
+    use_gpu: bool = False
+    gpus_per_worker: float = 1.0
+    cpus_per_worker: float = 2.0
+    max_failures: int = 3  # worker-group restarts from the last checkpoint before giving up
+
+
+@dataclass
+class StorageConfig:
+    path: str = ""  # s3://bucket/prefix or a local folder; "" = <output_dir>/ray_results
+    endpoint_url: str = ""  # custom S3 endpoint; "" = $AWS_ENDPOINT_URL or AWS itself
+    create_bucket: bool = False
+    num_to_keep: int = 3
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = ""  # MLflow tracking URI; "" = sqlite:///<output_dir>/mlflow.db
+    experiment: str = "cgsgan"
+
+
+@dataclass
+class LaunchConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    name: str = ""  # user tag; the run name is derived from the config and this tag
+    output_dir: str = "outputs"
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="launch_schema", node=LaunchConfig)
+
+
+def core_config(cfg: LaunchConfig) -> CGSGANConfig:
+    return CGSGANConfig(model=cfg.model, data=cfg.data, loss=cfg.loss, train=cfg.train)
+
+
+def run_name(cfg: LaunchConfig) -> str:
+    """Deterministic: the same config (and tag) always names the same run, so resubmitting the
+    same command resumes it. Cluster, storage and tracking settings do not enter the hash."""
+    core = dataclasses.asdict(core_config(cfg))
+    digest = hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:8]
+    base = f"cgsgan-{cfg.model.resolution}px-{cfg.model.camera_mode}-v{cfg.loss.num_views}"
+    return f"{cfg.name}-{digest}" if cfg.name else f"{base}-{digest}"
+
+
+@dataclass
+class Plan:
+    """Everything resolved before Ray starts: plain values only."""
+
+    name: str
+    storage_path: str
+    tracking_uri: str
+    output_dir: str
+    core: dict  # CGSGANConfig as a dict
+
+
+def resolve(cfg: LaunchConfig) -> Plan:
+    out = Path(cfg.output_dir).absolute()
+    storage = cfg.storage.path or str(out / "ray_results")
+    if not storage.startswith("s3://"):
+        storage = str(Path(storage).absolute())
+    tracking = cfg.tracking.uri or f"sqlite:///{out / 'mlflow.db'}"
+    return Plan(run_name(cfg), storage, tracking, str(out), dataclasses.asdict(core_config(cfg)))
+
+
+def validate_launch(cfg: LaunchConfig) -> LaunchConfig:
+    """All checks that need no cluster; raises ConfigError naming the key."""
+    validate(core_config(cfg))
+    c = cfg.cluster
+    if c.kind not in ("local", "ray"):
+        raise ConfigError(f"cluster.kind={c.kind!r}: expected local or ray")
+    if c.num_workers < 1:
+        raise ConfigError(f"cluster.num_workers={c.num_workers}: must be >= 1")
+    if cfg.train.batch_size % c.num_workers:
+        raise ConfigError(
+            f"train.batch_size={cfg.train.batch_size} is not divisible by cluster.num_workers={c.num_workers}"
+        )
+    local = cfg.train.batch_size // c.num_workers
+    group = min(cfg.model.discriminator.mbstd_group, local)
+    if local % group:
+        raise ConfigError(
+            f"model.discriminator.mbstd_group={cfg.model.discriminator.mbstd_group} does not divide the "
+            f"per-worker batch {local} (train.batch_size / cluster.num_workers)"
+        )
+    if c.use_gpu and c.gpus_per_worker <= 0:
+        raise ConfigError(f"cluster.gpus_per_worker={c.gpus_per_worker}: must be > 0 with cluster.use_gpu=true")
+    if c.max_failures < 0:
+        raise ConfigError(f"cluster.max_failures={c.max_failures}: must be >= 0")
+    if cfg.storage.num_to_keep < 1:
+        raise ConfigError(f"storage.num_to_keep={cfg.storage.num_to_keep}: must be >= 1")
+    if cfg.data.path and not (cfg.data.path.startswith("s3://") or os.path.exists(cfg.data.path)):
+        raise ConfigError(f"data.path={cfg.data.path!r}: no such file or folder")
+    if cfg.data.index_list and not os.path.exists(cfg.data.index_list):
+        raise ConfigError(f"data.index_list={cfg.data.index_list!r}: no such file")
+    return cfg

@@ -1,0 +1,94 @@
+"""MLflow tracking for a run: one MLflow run per (experiment, run name), found again on resume.
+
+Used by rank 0 only. Everything goes through an explicit MlflowClient and run id (no global
+active run), so several runs can be tracked from one process (e.g. sweeps).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+RUN_NAME_TAG = "cgsgan.run_name"
+_SECRET = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def scrub(params: dict[str, object]) -> dict[str, object]:
+    """Drop anything that looks like a credential (keys) and credentials embedded in URLs."""
+    clean = {}
+    for k, v in params.items():
+        if _SECRET.search(k):
+            continue
+        if isinstance(v, str):
+            v = re.sub(r"(://)[^/@\s]+:[^/@\s]+@", r"\1***@", v)  # user:pass@host
+        clean[k] = v
+    return clean
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, experiment: str, run_name: str, artifact_root: str | None = None) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            try:
+                exp_id = self.client.create_experiment(experiment, artifact_location=artifact_root)
+            except Exception:  # created concurrently by another process
+                exp_id = self.client.get_experiment_by_name(experiment).experiment_id
+        else:
+            exp_id = exp.experiment_id
+        self.experiment_id = exp_id
+        self.run_name = run_name
+        self.run_id: str | None = None
+
+    def start(self, run_id: str | None = None, params: dict | None = None, tags: dict | None = None) -> str:
+        """Continue `run_id`, else the run tagged with this run name, else create one."""
+        if run_id is None:
+            found = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{self.run_name}'", max_results=1
+            )
+            run_id = found[0].info.run_id if found else None
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags={RUN_NAME_TAG: self.run_name, **(tags or {})})
+            run_id = run.info.run_id
+            if params:
+                flat = scrub(flatten(params))
+                items = [Param(k, str(v)[:500]) for k, v in flat.items()]
+                for i in range(0, len(items), 100):
+                    self.client.log_batch(run_id, params=items[i : i + 100])
+        else:
+            self.client.update_run(run_id, status="RUNNING")
+        self.run_id = run_id
+        return run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int) -> None:
+        items = [
+            Metric(k.replace("/", "."), float(v), timestamp_ms, step)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and v == v  # skip NaN
+        ]
+        if items:
+            self.client.log_batch(self.run_id, metrics=items)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in scrub(tags).items()])
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.run_id:
+            self.client.set_terminated(self.run_id, status=status)

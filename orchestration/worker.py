@@ -1,0 +1,95 @@
+"""The Ray Train worker: one rank of the core trainer, wired to Ray checkpoints and MLflow.
+
+Receives plain values only (the plan as a dict), rebuilds the typed config, resumes from
+`ray.train.get_checkpoint()` when Ray hands one (restart after a failure, or a resubmitted run),
+and reports once per tick on every rank (ray.train.report is a barrier), attaching the
+checkpoint that rank 0 wrote on checkpoint ticks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import torch
+
+from cgsgan.config import from_dict
+from cgsgan.training.trainer import Callbacks, Trainer
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def train_loop_per_worker(config: dict) -> None:
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    cfg = from_dict(config["core"])
+    use_gpu = config["use_gpu"]
+    device = torch.device(f"cuda:{ctx.get_local_rank()}") if use_gpu else torch.device("cpu")
+    if use_gpu:
+        torch.cuda.set_device(device)
+    run_dir = Path(config["local_dir"]) / config["name"]
+
+    tracker = None
+    pending: dict = {}
+    trainer: Trainer | None = None
+
+    def on_checkpoint(path: Path | None, stats: dict) -> None:
+        pending["path"] = path
+
+    def on_tick(stats: dict) -> None:
+        path = pending.pop("path", None)
+        metrics = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
+        if tracker is not None:
+            step = int(round(stats["progress/kimg"] * 1000))
+            tracker.log_metrics(metrics, step=step, timestamp_ms=int(time.time() * 1000))
+        if path is None:
+            ray.train.report(metrics)
+            return
+        dir_name = path.stem  # checkpoint-<nimg>
+        with tempfile.TemporaryDirectory() as tmp:
+            # A hard link avoids copying gigabytes; fall back to a copy across filesystems.
+            target = Path(tmp) / CHECKPOINT_FILE
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copy2(path, target)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=dir_name)
+        if tracker is not None:
+            tracker.set_tags({"checkpoint_uri": f"{config['storage_uri'].rstrip('/')}/{config['name']}/{dir_name}"})
+
+    def on_snapshot(info: dict) -> None:
+        if tracker is None:
+            return
+        for key in ("artifacts/grid", "artifacts/turntable", "artifacts/ply"):
+            if key in info:
+                tracker.log_artifact(info[key], "samples")
+
+    trainer = Trainer(cfg, run_dir, rank=rank, world_size=world, device=device,
+                      callbacks=Callbacks(on_tick=on_tick, on_snapshot=on_snapshot, on_checkpoint=on_checkpoint))
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer.load(Path(d) / CHECKPOINT_FILE)
+        if rank == 0:
+            print(f"resumed from {checkpoint.path} at {trainer.cur_nimg / 1e3:.2f} kimg", flush=True)
+
+    if rank == 0:
+        from orchestration.tracking import Tracker
+
+        tracker = Tracker(config["tracking_uri"], config["experiment"], config["name"], config.get("artifact_root"))
+        run_id = tracker.start(trainer.extra_state.get("mlflow_run_id"), params=config["params"],
+                               tags={"storage_path": config["storage_uri"]})
+        trainer.extra_state["mlflow_run_id"] = run_id
+        print(f"MLflow run {run_id} ({config['tracking_uri']})", flush=True)
+    try:
+        trainer.run()
+    except BaseException:
+        if tracker is not None:
+            tracker.finish("FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish()
