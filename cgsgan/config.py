@@ -62,7 +62,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    path: str = ""  # folder or zip in the FFHQC layout; "" = built-in synthetic heads
+    source: str = "synthetic"  # synthetic: built-in heads; folder: a folder or zip in the FFHQC layout
+    path: str = ""  # the folder or zip (source=folder); for synthetic, where to write ("" = cache)
     index_list: str = ""  # optional JSON array of image indices (filter + rebalance)
     xflip: bool = True
     # Built-in synthetic heads, generated into `path` (or a cache folder) when missing.
@@ -92,7 +93,8 @@ class TrainConfig:
     batch_size: int = 32  # global, over all workers
     g_lr: float = 0.0025
     d_lr: float = 0.002
-    betas: tuple[float, float] = (0.0, 0.99)
+    beta1: float = 0.0  # Adam betas (StyleGAN: no momentum)
+    beta2: float = 0.99
     ema_kimg: float = 10.0  # half-life of the generator EMA in thousands of images
     ema_rampup: float = 0.05
     total_kimg: float = 15000.0
@@ -185,6 +187,9 @@ def validate(cfg: CGSGANConfig) -> CGSGANConfig:
     need(loss.background in BACKGROUNDS, "loss.background", loss.background, f"expected one of {BACKGROUNDS}")
     need(loss.r1_interval >= 1, "loss.r1_interval", loss.r1_interval, "must be >= 1")
     need(0 < loss.knn_k < g.num_points, "loss.knn_k", loss.knn_k, f"must be in 1..{g.num_points - 1} (num_points)")
+    need(cfg.data.source in ("synthetic", "folder"), "data.source", cfg.data.source, "expected synthetic or folder")
+    need(cfg.data.source != "folder" or bool(cfg.data.path), "data.path", cfg.data.path,
+         "data.source=folder needs the dataset folder or zip (e.g. data.path=/data/FFHQC/512)")
     need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1")
     need(t.g_lr > 0, "train.g_lr", t.g_lr, "must be > 0")
     need(t.d_lr > 0, "train.d_lr", t.d_lr, "must be > 0")

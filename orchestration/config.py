@@ -127,7 +127,7 @@ def validate_launch(cfg: LaunchConfig) -> LaunchConfig:
         raise ConfigError(f"cluster.max_failures={c.max_failures}: must be >= 0")
     if cfg.storage.num_to_keep < 1:
         raise ConfigError(f"storage.num_to_keep={cfg.storage.num_to_keep}: must be >= 1")
-    if cfg.data.path and not (cfg.data.path.startswith("s3://") or os.path.exists(cfg.data.path)):
+    if cfg.data.source == "folder" and cfg.data.path and not os.path.exists(cfg.data.path):
         raise ConfigError(f"data.path={cfg.data.path!r}: no such file or folder")
     if cfg.data.index_list and not os.path.exists(cfg.data.index_list):
         raise ConfigError(f"data.index_list={cfg.data.index_list!r}: no such file")

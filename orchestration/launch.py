@@ -36,7 +36,7 @@ def prepare(cfg: LaunchConfig) -> Plan:
     validate_launch(cfg)
     plan = resolve(cfg)
     check_storage(plan.storage_path, cfg.storage.endpoint_url, cfg.storage.create_bucket)
-    if cfg.cluster.kind == "local" and not cfg.data.path:
+    if cfg.cluster.kind == "local" and cfg.data.source == "synthetic":
         # Generate the synthetic heads once here, rather than racing in every worker.
         from cgsgan.config import from_dict
         from cgsgan.training.trainer import prepare_data

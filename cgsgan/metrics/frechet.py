@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cgsgan.metrics.features import in_batches
+
 
 def gaussian_stats(features: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """features [N, D] -> (mean [D], covariance [D, D]) in float64."""
@@ -33,17 +35,26 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: n
 
 
 class RandomFeatures(nn.Module):
-    """Fixed random conv net: images [N, 3, H, W] in [-1, 1] -> features [N, dim]."""
+    """Fixed random conv net: images [N, 3, H, W] in [-1, 1] -> features [N, 2 * dim]
+    (per-channel mean and std of the last of `dim` channels). A `FeatureExtractor` (suffix "rand")."""
 
-    def __init__(self, dim: int = 64, seed: int = 0, size: int = 64) -> None:
+    suffix = "rand"
+
+    def __init__(self, dim: int = 64, seed: int = 0, size: int = 64, batch_size: int = 256) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         chans = [3, 32, 64, dim]
         self.size = size
+        self.dim = 2 * dim  # output width (FeatureExtractor.dim)
+        self.batch_size = batch_size
         self.weights = [torch.randn(chans[i + 1], chans[i], 3, 3, generator=g) / (3 * chans[i] ** 0.5) for i in range(3)]
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        # Chunked so thousands of images never hold [N, 32, size, size] activations at once.
+        return in_batches(self._features, images, self.batch_size)
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(images.float().cpu(), size=(self.size, self.size), mode="area")
         for w in self.weights:
             x = F.avg_pool2d(F.leaky_relu(F.conv2d(x, w, padding=1), 0.2), 2)

@@ -73,9 +73,9 @@ def synthetic_data_dir(cfg: CGSGANConfig) -> Path:
 
 def prepare_data(cfg: CGSGANConfig) -> Path:
     """The dataset folder: the user's, or the built-in synthetic heads (generated once)."""
-    if cfg.data.path:
+    if cfg.data.source == "folder":
         return Path(cfg.data.path)
-    out = synthetic_data_dir(cfg)
+    out = Path(cfg.data.path) if cfg.data.path else synthetic_data_dir(cfg)
     if not (out / "dataset.json").exists():
         d = cfg.data
         generate_synthetic(out, d.synthetic_identities, d.synthetic_views, cfg.model.resolution, d.synthetic_seed)
@@ -114,11 +114,11 @@ class Trainer:
         self.G = Generator(m.generator, m.resolution, camera_conditioned=m.camera_mode == "g_conditioned").to(self.device)
         self.D = Discriminator(m.discriminator, m.resolution, use_camera=m.camera_mode != "d_none").to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=t.g_lr, betas=t.betas, eps=1e-8)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=t.g_lr, betas=(t.beta1, t.beta2), eps=1e-8)
         # Lazy R1: D's optimiser is rescaled as in StyleGAN2 so the regulariser's interval
         # does not change the effective learning rate.
         c = cfg.loss.r1_interval / (cfg.loss.r1_interval + 1)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=t.d_lr * c, betas=(t.betas[0] ** c, t.betas[1] ** c), eps=1e-8)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=t.d_lr * c, betas=(t.beta1**c, t.beta2**c), eps=1e-8)
 
         self.rng = torch.Generator().manual_seed(t.seed * 1000 + rank)
         self.step = 0

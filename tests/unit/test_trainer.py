@@ -13,7 +13,7 @@ from cgsgan.training.trainer import Trainer, TrainingDiverged
 
 def small_config(data_dir) -> config.CGSGANConfig:
     cfg = config.tiny()
-    cfg.data.path = str(data_dir)
+    cfg.data.source, cfg.data.path = "folder", str(data_dir)
     cfg.model.generator.num_points = 32
     cfg.model.generator.num_levels = 2
     cfg.loss.knn_k = 4
