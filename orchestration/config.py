@@ -29,13 +29,31 @@ from cgsgan.config import (
 
 @dataclass
 class ClusterConfig:
-    kind: str = "local"  # local: start a Ray on this machine; ray: connect to an existing cluster
+    kind: str = "local"  # local: start a Ray here; ray: connect to an existing cluster; slurm: submit a job
     address: str = ""  # Ray address; "" = $RAY_ADDRESS, else (kind=local) start one
     num_workers: int = 1
     use_gpu: bool = False
     gpus_per_worker: float = 1.0
     cpus_per_worker: float = 2.0
     max_failures: int = 3  # worker-group restarts from the last checkpoint before giving up
+
+
+@dataclass
+class SlurmConfig:
+    """Used with cluster.kind=slurm: `launch.py cluster=slurm` submits through submitit."""
+
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    nodes: int = 1
+    gpus_per_node: int = 0
+    cpus_per_task: int = 2  # one task per node: the Ray node (and, on the first, the driver)
+    mem_gb: int = 0  # 0 = the partition's default
+    time_min: int = 60
+    max_requeues: int = 3  # preemptions / time-outs after which the job is not requeued again
+    folder: str = ""  # submitit logs; "" = <output_dir>/slurm
+    port_base: int = 20000  # each job takes 40 ports from here, offset by its job id
+    signal_delay_s: int = 120  # SIGUSR2 this long before the time limit: time to requeue
 
 
 @dataclass
@@ -61,6 +79,7 @@ class LaunchConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     name: str = ""  # user tag; the run name is derived from the config and this tag
     output_dir: str = "outputs"
 
@@ -106,8 +125,24 @@ def validate_launch(cfg: LaunchConfig) -> LaunchConfig:
     """All checks that need no cluster; raises ConfigError naming the key."""
     validate(core_config(cfg))
     c = cfg.cluster
-    if c.kind not in ("local", "ray"):
-        raise ConfigError(f"cluster.kind={c.kind!r}: expected local or ray")
+    if c.kind not in ("local", "ray", "slurm"):
+        raise ConfigError(f"cluster.kind={c.kind!r}: expected local, ray or slurm")
+    if c.kind == "slurm":
+        s = cfg.slurm
+        if s.nodes < 1:
+            raise ConfigError(f"slurm.nodes={s.nodes}: must be >= 1")
+        if c.use_gpu and c.num_workers * c.gpus_per_worker > s.nodes * s.gpus_per_node:
+            raise ConfigError(
+                f"cluster.num_workers={c.num_workers} x cluster.gpus_per_worker={c.gpus_per_worker} GPUs do not fit "
+                f"in slurm.nodes={s.nodes} x slurm.gpus_per_node={s.gpus_per_node}"
+            )
+        if c.num_workers * c.cpus_per_worker > s.nodes * s.cpus_per_task:
+            raise ConfigError(
+                f"cluster.num_workers={c.num_workers} x cluster.cpus_per_worker={c.cpus_per_worker} CPUs do not fit "
+                f"in slurm.nodes={s.nodes} x slurm.cpus_per_task={s.cpus_per_task}"
+            )
+        if s.max_requeues < 0:
+            raise ConfigError(f"slurm.max_requeues={s.max_requeues}: must be >= 0")
     if c.num_workers < 1:
         raise ConfigError(f"cluster.num_workers={c.num_workers}: must be >= 1")
     if cfg.train.batch_size % c.num_workers:

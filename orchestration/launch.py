@@ -66,6 +66,12 @@ def run(cfg: LaunchConfig) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"run {plan.name}\n  checkpoints: {plan.storage_path}/{plan.name}\n  mlflow: {plan.tracking_uri}", flush=True)
+    if cfg.cluster.kind == "slurm":
+        from orchestration.slurm import submit
+
+        job = submit(cfg, plan.name, plan.output_dir)
+        print(f"  follow: squeue -j {job.job_id}; tail -f {job.paths.stdout}")
+        return 0
     connect_ray(cfg)
     from orchestration.ray_trainer import build_trainer
 

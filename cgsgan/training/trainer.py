@@ -11,6 +11,7 @@ so a resumed run continues bit-identically.
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
 import os
 import resource
@@ -76,7 +77,10 @@ def prepare_data(cfg: CGSGANConfig) -> Path:
     if cfg.data.source == "folder":
         return Path(cfg.data.path)
     out = Path(cfg.data.path) if cfg.data.path else synthetic_data_dir(cfg)
-    if not (out / "dataset.json").exists():
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Several workers on one node may get here at once: one generates, the others wait.
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         d = cfg.data
         generate_synthetic(out, d.synthetic_identities, d.synthetic_views, cfg.model.resolution, d.synthetic_seed)
     return out
