@@ -26,8 +26,9 @@ def worker_env() -> dict[str, str]:
     return {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
 
 
-def worker_config(cfg: LaunchConfig, plan: Plan) -> dict:
-    """Plain values handed to every worker."""
+def worker_config(cfg: LaunchConfig, plan: Plan, tags: dict | None = None) -> dict:
+    """Plain values handed to every worker. `tags` go onto the MLflow run (e.g. the sweep's
+    parent run id and axis values)."""
     params = {**plan.core, "cluster": dataclasses.asdict(cfg.cluster),
               "storage": {"path": plan.storage_path, "num_to_keep": cfg.storage.num_to_keep}}  # fmt: skip
     return {
@@ -40,10 +41,13 @@ def worker_config(cfg: LaunchConfig, plan: Plan) -> dict:
         "experiment": cfg.tracking.experiment,
         "artifact_root": (Path(plan.output_dir) / "mlartifacts").as_uri() if not cfg.tracking.uri else None,
         "params": params,
+        "tags": dict(tags or {}),
     }
 
 
-def build_trainer(cfg: LaunchConfig, plan: Plan, extra_callbacks: list | None = None) -> TorchTrainer:
+def build_trainer(
+    cfg: LaunchConfig, plan: Plan, extra_callbacks: list | None = None, tags: dict | None = None
+) -> TorchTrainer:
     c = cfg.cluster
     resources = {"CPU": c.cpus_per_worker}
     if c.use_gpu:
@@ -51,7 +55,7 @@ def build_trainer(cfg: LaunchConfig, plan: Plan, extra_callbacks: list | None = 
     storage_path, storage_fs = ray_storage(plan.storage_path, cfg.storage.endpoint_url)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=worker_config(cfg, plan),
+        train_loop_config=worker_config(cfg, plan, tags),
         scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
         run_config=RunConfig(

@@ -82,7 +82,7 @@ def train_loop_per_worker(config: dict) -> None:
 
         tracker = Tracker(config["tracking_uri"], config["experiment"], config["name"], config.get("artifact_root"))
         run_id = tracker.start(trainer.extra_state.get("mlflow_run_id"), params=config["params"],
-                               tags={"storage_path": config["storage_uri"]})
+                               tags={"storage_path": config["storage_uri"], **config.get("tags", {})})
         trainer.extra_state["mlflow_run_id"] = run_id
         print(f"MLflow run {run_id} ({config['tracking_uri']})", flush=True)
     try:

@@ -1,0 +1,238 @@
+"""Ablation sweeps: `python sweeps/ablate.py [hydra overrides]`.
+
+Axes (sweep.* in sweeps/conf/ablate.yaml, any subset from the command line):
+    sweep.views=[1,4]  sweep.grad_averaging=[true,false]
+    sweep.camera_mode=[d_projection,g_conditioned,d_none]  sweep.background=[random,white,black]
+    sweep.seeds=[0,1]  (repeats per configuration)
+Full grid by default; `sweep.only=[...]` keeps a listed subset of trial keys.
+
+Ray Tune runs one trial per configuration; each trial is a driver function that builds the same
+TorchTrainer as launch.py (orchestration.ray_trainer.build_trainer) and reports through
+TuneReportCallback. One MLflow parent run per sweep, one child run per trial. An interrupted
+sweep resumes by running the same command (Tuner.restore; finished trials are not re-run). At
+the end: a comparison table (CSV, Markdown) and a plot (PNG), logged to the parent run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import hydra  # noqa: E402
+from hydra.core.config_store import ConfigStore  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from cgsgan.config import ConfigError  # noqa: E402
+from orchestration.config import LaunchConfig, resolve, validate_launch  # noqa: E402
+from orchestration.storage import StorageError, check_storage  # noqa: E402
+
+METRIC = "metrics/fd_rand"
+
+
+@dataclass
+class SweepAxes:
+    views: list[int] = field(default_factory=lambda: [1, 4])
+    grad_averaging: list[bool] = field(default_factory=lambda: [True])
+    camera_mode: list[str] = field(default_factory=lambda: ["d_projection", "g_conditioned"])
+    background: list[str] = field(default_factory=lambda: ["random"])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    only: list[str] = field(default_factory=list)  # trial keys to keep; [] = full grid
+    name: str = "ablation"
+    max_concurrent: int = 0  # 0 = as many as the cluster's CPUs/GPUs fit
+
+
+@dataclass
+class SweepConfig(LaunchConfig):
+    sweep: SweepAxes = field(default_factory=SweepAxes)
+
+
+ConfigStore.instance().store(name="sweep_schema", node=SweepConfig)
+
+
+def trial_key(t: dict) -> str:
+    return f"v{t['views']}-avg{int(t['grad_averaging'])}-{t['camera_mode']}-bg{t['background']}-s{t['seed']}"
+
+
+def trials(axes: SweepAxes) -> list[dict]:
+    grid = [
+        {"views": v, "grad_averaging": ga, "camera_mode": cm, "background": bg, "seed": s}
+        for v, ga, cm, bg, s in itertools.product(axes.views, axes.grad_averaging, axes.camera_mode, axes.background, axes.seeds)
+    ]
+    if axes.only:
+        keys = {trial_key(t) for t in grid}
+        unknown = [k for k in axes.only if k not in keys]
+        if unknown:
+            raise ConfigError(f"sweep.only: no such trials {unknown}; trial keys are {sorted(keys)}")
+        grid = [t for t in grid if trial_key(t) in axes.only]
+    if not grid:
+        raise ConfigError("the sweep has no trials (an axis is empty)")
+    return grid
+
+
+def trial_config(base: SweepConfig, t: dict) -> LaunchConfig:
+    """The launch config of one trial: the base config with the axis values applied."""
+    cfg = LaunchConfig(**{f.name: getattr(base, f.name) for f in dataclasses.fields(LaunchConfig)})
+    cfg = dataclasses.replace(
+        cfg,
+        model=dataclasses.replace(cfg.model, camera_mode=t["camera_mode"]),
+        loss=dataclasses.replace(cfg.loss, num_views=t["views"], grad_averaging=t["grad_averaging"], background=t["background"]),
+        train=dataclasses.replace(cfg.train, seed=t["seed"]),
+        name=f"{base.sweep.name}-{trial_key(t)}",
+    )
+    return validate_launch(cfg)
+
+
+def run_trial(config: dict) -> None:
+    """A Tune trial: build and fit the same TorchTrainer as launch.py; Tune sees its reports."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestration.ray_trainer import build_trainer
+
+    cfg: LaunchConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LaunchConfig), config["launch"]))
+    plan = resolve(cfg)
+    plan.storage_path = config["storage_path"]
+    tags = {"mlflow.parentRunId": config["parent_run_id"], "sweep": config["sweep"],
+            **{f"axis.{k}": str(v) for k, v in config["axes"].items()}}  # fmt: skip
+    result = build_trainer(cfg, plan, extra_callbacks=[TuneReportCallback()], tags=tags).fit()
+    if result.error:
+        raise result.error
+
+
+def max_concurrent(cfg: SweepConfig) -> int:
+    import ray
+
+    if cfg.sweep.max_concurrent > 0:
+        return cfg.sweep.max_concurrent
+    res = ray.cluster_resources()
+    c = cfg.cluster
+    fit_cpu = int(res.get("CPU", 1) // max(c.num_workers * c.cpus_per_worker, 1e-9))
+    fit = fit_cpu
+    if c.use_gpu:
+        fit = min(fit, int(res.get("GPU", 0) // max(c.num_workers * c.gpus_per_worker, 1e-9)))
+    return max(1, fit)
+
+
+def run_sweep(cfg: SweepConfig) -> int:
+    import ray
+    from ray import tune
+
+    from orchestration.launch import connect_ray
+    from orchestration.tracking import Tracker
+
+    try:
+        grid = trials(cfg.sweep)
+        trial_cfgs = [trial_config(cfg, t) for t in grid]
+        base_plan = resolve(trial_cfgs[0])
+        storage = f"{base_plan.storage_path}/{cfg.sweep.name}"
+        check_storage(base_plan.storage_path, cfg.storage.endpoint_url, cfg.storage.create_bucket)
+    except (ConfigError, StorageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if cfg.cluster.kind == "local" and cfg.data.source == "synthetic":
+        from cgsgan.config import from_dict
+        from cgsgan.training.trainer import prepare_data
+
+        prepare_data(from_dict(base_plan.core))
+
+    tracker = Tracker(base_plan.tracking_uri, cfg.tracking.experiment, f"sweep-{cfg.sweep.name}",
+                      (Path(base_plan.output_dir) / "mlartifacts").as_uri() if not cfg.tracking.uri else None)
+    parent = tracker.start(params={"sweep": dataclasses.asdict(cfg.sweep)}, tags={"cgsgan.sweep": cfg.sweep.name})
+    print(f"sweep {cfg.sweep.name}: {len(grid)} trials, MLflow parent run {parent}", flush=True)
+
+    connect_ray(cfg)
+    space = [
+        {"launch": dataclasses.asdict(tc), "axes": t, "storage_path": storage, "parent_run_id": parent,
+         "sweep": cfg.sweep.name}  # fmt: skip
+        for t, tc in zip(grid, trial_cfgs)
+    ]
+    trainable = tune.with_resources(run_trial, {"cpu": 0.01})
+    tune_storage, tune_name = str(Path(base_plan.output_dir) / "tune"), cfg.sweep.name
+    path = f"{tune_storage}/{tune_name}"
+    if tune.Tuner.can_restore(path):
+        print(f"resuming sweep from {path} (finished trials are kept)", flush=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search(space)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent(cfg)),
+            run_config=tune.RunConfig(name=tune_name, storage_path=tune_storage),
+        )
+    results = tuner.fit()
+
+    rows = []
+    for r in results:
+        axes = r.config["trial"]["axes"]
+        m = r.metrics or {}
+        rows.append({**axes, "trial": trial_key(axes), "kimg": m.get("progress/kimg"), METRIC: m.get(METRIC),
+                     "loss/G": m.get("loss/G"), "loss/D": m.get("loss/D"), "error": str(r.error) if r.error else ""})  # fmt: skip
+    out = Path(base_plan.output_dir) / "sweeps" / cfg.sweep.name
+    files = write_report(rows, out)
+    for f in files:
+        tracker.log_artifact(f, "comparison")
+    tracker.finish("FINISHED" if all(not r["error"] for r in rows) else "FAILED")
+    print((out / "comparison.md").read_text())
+    print(f"table: {files[0]}\nplot: {files[2]}")
+    ray.shutdown()
+    return 0 if all(not r["error"] for r in rows) else 1
+
+
+def write_report(rows: list[dict], out: Path) -> list[Path]:
+    """comparison.csv, comparison.md and comparison.png (metric per configuration, seeds as points)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    cols = ["trial", "views", "grad_averaging", "camera_mode", "background", "seed", "kimg", METRIC, "loss/G", "loss/D", "error"]
+    rows = sorted(rows, key=lambda r: r["trial"])
+    with open(out / "comparison.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows({c: r.get(c) for c in cols} for r in rows)
+
+    def fmt(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    (out / "comparison.md").write_text("\n".join(md) + "\n")
+
+    configs = sorted({r["trial"].rsplit("-s", 1)[0] for r in rows})
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(configs)), 4))
+    for i, c in enumerate(configs):
+        vals = [r[METRIC] for r in rows if r["trial"].rsplit("-s", 1)[0] == c and r[METRIC] is not None]
+        ax.scatter([i] * len(vals), vals, color="C0", zorder=3)
+        if vals:
+            ax.hlines(sum(vals) / len(vals), i - 0.25, i + 0.25, color="C1")
+    ax.set_xticks(range(len(configs)), configs, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("FD-rand at the end (lower is better)")
+    ax.set_title("Ablation: FD-rand per configuration (points: seeds, bar: mean)")
+    fig.tight_layout()
+    fig.savefig(out / "comparison.png", dpi=120)
+    plt.close(fig)
+    (out / "comparison.json").write_text(json.dumps(rows, indent=1, default=str))
+    return [out / "comparison.csv", out / "comparison.md", out / "comparison.png"]
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="ablate")
+def main(dcfg: DictConfig) -> None:
+    try:
+        cfg: SweepConfig = OmegaConf.to_object(dcfg)
+    except Exception as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(run_sweep(cfg))
+
+
+if __name__ == "__main__":
+    main()
