@@ -1,0 +1,122 @@
+"""sweeps/ablate.py end to end with a real `mlflow server` (artifacts in the local S3) and Ray:
+a 2-trial sweep, its MLflow parent/child hierarchy, interrupt + resume without re-running
+finished trials, and the MLflow UI (headless Chromium) listing the child runs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts"
+SHORT = [
+    "data.synthetic_identities=32", "data.synthetic_views=2", "train.batch_size=8", "train.total_kimg=0.048",
+    "train.tick_kimg=0.016", "train.snapshot_ticks=3", "train.checkpoint_ticks=3", "train.metric_samples=16",
+    "sweep.views=[1,2]", "sweep.camera_mode=[d_projection]", "sweep.max_concurrent=1",
+]  # fmt: skip
+
+
+def sweep_cmd(out: Path, tracking: str, name: str) -> list[str]:
+    return [sys.executable, "sweeps/ablate.py", *SHORT, f"output_dir={out}", f"tracking.uri={tracking}",
+            f"sweep.name={name}"]  # fmt: skip
+
+
+def env_for(s3_server, tmp_path) -> dict:
+    env = {**os.environ, **s3_server.env(), "PYTHONUNBUFFERED": "1",
+           "CGSGAN_DATA_CACHE": os.environ.get("CGSGAN_DATA_CACHE", str(tmp_path / "cache"))}  # fmt: skip
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def sweep_runs(tracking: str, name: str):
+    client = MlflowClient(tracking)
+    exp = client.get_experiment_by_name("cgsgan")
+    parent = client.search_runs([exp.experiment_id], filter_string=f"tags.`cgsgan.sweep` = '{name}'")
+    children = client.search_runs([exp.experiment_id], filter_string=f"tags.sweep = '{name}'")
+    return client, exp, parent, children
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(s3_server, mlflow_server, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    out = subprocess.run(sweep_cmd(tmp / "out", mlflow_server.tracking_uri, "itest"), cwd=ROOT,
+                         env=env_for(s3_server, tmp), capture_output=True, text=True, timeout=1200)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
+    return tmp, out
+
+
+def test_two_trial_sweep_ends_with_table_and_plot(finished_sweep):
+    tmp, out = finished_sweep
+    report = tmp / "out" / "sweeps" / "itest"
+    table = (report / "comparison.md").read_text()
+    assert "v1-avg1-d_projection-bgrandom-s0" in table and "v2-avg1-d_projection-bgrandom-s0" in table
+    assert (report / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert table in out.stdout  # printed at the end
+
+
+def test_mlflow_holds_one_parent_and_a_child_per_trial(finished_sweep, mlflow_server):
+    client, _, parents, children = sweep_runs(mlflow_server.tracking_uri, "itest")
+    assert len(parents) == 1 and len(children) == 2
+    pid = parents[0].info.run_id
+    assert all(c.data.tags["mlflow.parentRunId"] == pid for c in children)
+    assert sorted(c.data.tags["axis.views"] for c in children) == ["1", "2"]
+    assert {c.data.params["loss.num_views"] for c in children} == {"1", "2"}
+    artifacts = {a.path for a in client.list_artifacts(pid, "comparison")}
+    assert {"comparison/comparison.csv", "comparison/comparison.md", "comparison/comparison.png"} <= artifacts
+
+
+def test_mlflow_ui_lists_the_child_runs(finished_sweep, mlflow_server):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], check=True,
+                       capture_output=True, timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+        chromium = shutil.which("chromium")
+    _, exp, parents, children = sweep_runs(mlflow_server.tracking_uri, "itest")
+    url = f"{mlflow_server.tracking_uri}/#/experiments/{exp.experiment_id}?searchFilter=tags.sweep%3D%27itest%27"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,1000", "--virtual-time-budget=30000"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "mlflow-sweep.png"
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=180)
+    assert shot.exists() and shot.stat().st_size > 10_000
+    for child in children:
+        assert child.info.run_name in dom, f"{child.info.run_name} not on the experiment page"
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(s3_server, mlflow_server, tmp_path):
+    env = env_for(s3_server, tmp_path)
+    cmd = sweep_cmd(tmp_path / "out", mlflow_server.tracking_uri, "resume")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.time() + 900
+        while True:  # the first trial finished -> interrupt the sweep
+            _, _, _, children = sweep_runs(mlflow_server.tracking_uri, "resume")
+            if any(c.info.status == "FINISHED" for c in children):
+                break
+            assert proc.poll() is None and time.time() < deadline, "sweep ended before it could be interrupted"
+            time.sleep(2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], capture_output=True, timeout=120)
+    _, _, _, before = sweep_runs(mlflow_server.tracking_uri, "resume")
+    done = {c.info.run_id: c.info.end_time for c in before if c.info.status == "FINISHED"}
+
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert again.returncode == 0, again.stdout[-5000:] + again.stderr[-5000:]
+    assert "resuming sweep" in again.stdout
+    _, _, parents, after = sweep_runs(mlflow_server.tracking_uri, "resume")
+    assert len(after) == 2 and all(c.info.status == "FINISHED" for c in after)
+    for c in after:
+        if c.info.run_id in done:  # a finished trial was not trained again
+            assert c.info.end_time == done[c.info.run_id]

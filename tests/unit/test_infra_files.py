@@ -1,0 +1,362 @@
+"""Static checks of everything under infra/: the files parse, the cluster definitions agree with
+infra/cluster_profiles.yaml (and with the Hydra launch config), and nothing looks like a
+credential. Fast: no network, no servers."""
+
+from __future__ import annotations
+
+import py_compile
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+PROFILES = yaml.safe_load((INFRA / "cluster_profiles.yaml").read_text())
+TARGETS = PROFILES["targets"]
+
+YAML_FILES = sorted(p for p in INFRA.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+SHELL_FILES = sorted(p for p in INFRA.rglob("*") if p.suffix in (".sh", ".sbatch") and p.is_file())
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def as_override(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def overrides_of(profile_part: dict) -> list[str]:
+    return [f"{k}={as_override(v)}" for k, v in profile_part.items()]
+
+
+# --- everything parses -------------------------------------------------------------------------
+
+
+def test_infra_has_the_expected_files():
+    for path in ("local/stack.py", "local/up.sh", "local/down.sh", "s3/bootstrap.py", "ray/cluster-aws.yaml",
+                 "ray/README.md", "k8s/rayjob.yaml", "k8s/README.md", "slurm/train.sbatch", "mlflow/docker-compose.yml",
+                 "mlflow/mlflow.env.example", "mlflow/README.md", "docker/Dockerfile", "docker/README.md",
+                 "cluster_profiles.yaml"):  # fmt: skip
+        assert (INFRA / path).is_file(), path
+    assert len(YAML_FILES) >= 4
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=rel)
+def test_yaml_parses(path):
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    assert docs and all(isinstance(d, dict) for d in docs)
+
+
+@pytest.mark.parametrize("path", SHELL_FILES, ids=rel)
+def test_shell_scripts_parse(path):
+    out = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+@pytest.mark.parametrize("path", sorted(INFRA.rglob("*.py")), ids=rel)
+def test_python_compiles(path, tmp_path):
+    py_compile.compile(str(path), cfile=str(tmp_path / "x.pyc"), doraise=True)
+
+
+# --- the profiles themselves ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_profile_is_self_consistent_and_splits_the_global_batch(target):
+    p = TARGETS[target]
+    launch = p["launch"]
+    assert p["total_gpus"] == p["nodes"] * p["gpus_per_node"]
+    assert launch["cluster.use_gpu"] is True
+    assert launch["cluster.num_workers"] * launch["cluster.gpus_per_worker"] == p["total_gpus"]
+    workers_per_node, rest = divmod(p["gpus_per_node"], launch["cluster.gpus_per_worker"])
+    assert rest == 0 and workers_per_node * p["nodes"] == launch["cluster.num_workers"]
+    assert workers_per_node * launch["cluster.cpus_per_worker"] <= p["cpus_per_node"]
+    batch = PROFILES["global_batch"]
+    assert batch % p["total_gpus"] == 0, f"{target}: global batch {batch} over {p['total_gpus']} GPUs"
+    assert batch % launch["cluster.num_workers"] == 0
+    for f in p["files"]:
+        assert (ROOT / f).is_file(), f
+
+
+def compose_launch(overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from orchestration.config import register
+
+    register()
+    with initialize_config_dir(config_dir=str(ROOT / "orchestration" / "conf"), version_base="1.3"):
+        return OmegaConf.to_object(compose("config", overrides=overrides))
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_profile_overrides_compose_with_the_hydra_config_and_validate(target):
+    """The overrides each launch command uses are valid for orchestration/conf and give the
+    profile's global batch (train.batch_size), split evenly over the workers."""
+    from orchestration.config import validate_launch
+
+    p = TARGETS[target]
+    parts = [p["launch"]] + ([p["submitit"]] if "submitit" in p else [])
+    for part in parts:
+        cfg = compose_launch([f"model={PROFILES['model']}", *overrides_of(part)])
+        validate_launch(cfg)
+        assert cfg.train.batch_size == PROFILES["global_batch"]
+        assert cfg.cluster.num_workers == part["cluster.num_workers"]
+        assert cfg.cluster.gpus_per_worker == part["cluster.gpus_per_worker"]
+        assert cfg.model.resolution == int(PROFILES["model"].removeprefix("ffhq"))
+
+
+# --- AWS: Ray cluster launcher ----------------------------------------------------------------
+
+
+def launch_tokens(command: str) -> list[str]:
+    """The launch.py arguments of a shell command line (continuations joined)."""
+    tokens = shlex.split(command.replace("\\\n", " "))
+    i = next(i for i, t in enumerate(tokens) if t.endswith("orchestration/launch.py"))
+    return tokens[i + 1 :]
+
+
+def test_ray_cluster_yaml_matches_the_aws_profile():
+    p = TARGETS["aws"]
+    cfg = yaml.safe_load((INFRA / "ray/cluster-aws.yaml").read_text())
+    assert cfg["provider"]["type"] == "aws"
+    types = cfg["available_node_types"]
+    head = types[cfg["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0 and head["resources"].get("CPU") == 0  # no training on the head
+    gpu_types = {name: t for name, t in types.items() if t.get("resources", {}).get("GPU", 0) > 0}
+    assert len(gpu_types) == 1 and len(types) == 2
+    (worker,) = gpu_types.values()
+    assert worker["node_config"]["InstanceType"] == p["instance_type"]
+    assert worker["resources"]["GPU"] == p["gpus_per_node"]
+    assert worker["resources"]["CPU"] == p["cpus_per_node"]
+    assert worker["min_workers"] == worker["max_workers"] == p["nodes"]
+    assert cfg["max_workers"] >= p["nodes"]
+    # S3 through instance profiles, never keys; the training image on every node.
+    for t in types.values():
+        assert "IamInstanceProfile" in t["node_config"]
+    assert cfg["docker"]["image"].endswith("/cgsgan:latest")
+
+
+def test_ray_readme_launch_command_uses_the_aws_profile():
+    text = (INFRA / "ray/README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    (submit,) = [b for b in blocks if "ray job submit" in b]
+    command = next(c for c in submit.split("\n\n") if "ray job submit" in c)
+    command = "\n".join(line for line in command.splitlines() if not line.lstrip().startswith("#"))
+    command = command[command.index("ray job submit") :].split("\nray ")[0]
+    args = launch_tokens(command)
+    assert f"model={PROFILES['model']}" in args and "storage=s3" in args
+    for override in overrides_of(TARGETS["aws"]["launch"]):
+        assert override in args, override
+    for step in ("ray up", "ray job submit --address", "--working-dir .", "ray down"):
+        assert step in text
+
+
+# --- Kubernetes: KubeRay RayJob ---------------------------------------------------------------
+
+
+def k8s_docs() -> dict[str, dict]:
+    return {d["kind"]: d for d in yaml.safe_load_all((INFRA / "k8s/rayjob.yaml").read_text()) if d}
+
+
+def test_rayjob_matches_the_k8s_profile():
+    p = TARGETS["k8s"]
+    docs = k8s_docs()
+    job, sa = docs["RayJob"], docs["ServiceAccount"]
+    assert job["apiVersion"] == "ray.io/v1"
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True
+    cluster = spec["rayClusterSpec"]
+    (group,) = cluster["workerGroupSpecs"]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == p["nodes"]
+    (container,) = group["template"]["spec"]["containers"]
+    for kind in ("requests", "limits"):
+        assert int(container["resources"][kind]["nvidia.com/gpu"]) == p["gpus_per_node"]
+        assert int(container["resources"][kind]["cpu"]) == p["cpus_per_node"]
+    assert group["rayStartParams"]["num-gpus"] == str(p["gpus_per_node"])
+    assert group["rayStartParams"]["num-cpus"] == str(p["cpus_per_node"])
+    assert group["template"]["spec"]["nodeSelector"]["node.kubernetes.io/instance-type"] == p["instance_type"]
+
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-gpus"] == "0" and head["rayStartParams"]["num-cpus"] == "0"
+    for c in head["template"]["spec"]["containers"]:
+        assert "nvidia.com/gpu" not in c["resources"].get("limits", {})
+
+    # IRSA: the pods run as the annotated service account; no credentials in env.
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
+    for template in (head["template"], group["template"]):
+        assert template["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+        for c in template["spec"]["containers"]:
+            assert not any(e["name"].startswith("AWS_ACCESS") or "SECRET" in e["name"] for e in c.get("env", []))
+
+    args = launch_tokens(spec["entrypoint"])
+    assert f"model={PROFILES['model']}" in args
+    for override in overrides_of(p["launch"]):
+        assert override in args, override
+
+
+# --- SLURM: the sbatch template ---------------------------------------------------------------
+
+SBATCH = INFRA / "slurm/train.sbatch"
+
+
+def sbatch_directives() -> dict[str, str]:
+    out = {}
+    for m in re.finditer(r"^#SBATCH\s+--([\w-]+)(?:=(\S+))?", SBATCH.read_text(), flags=re.M):
+        out[m.group(1)] = m.group(2) if m.group(2) is not None else ""
+    return out
+
+
+def sbatch_train_args() -> list[str]:
+    """TRAIN_ARGS with ${VAR} resolved from the script's defaults (VAR=${VAR:-default} / VAR=value)."""
+    text = SBATCH.read_text()
+    values = {}
+    for m in re.finditer(r"^(\w+)=(?:\$\{\w+:-([^}]*)\}|([^\s$(]+))", text, flags=re.M):
+        values[m.group(1)] = m.group(2) if m.group(2) is not None else m.group(3)
+    block = re.search(r"^TRAIN_ARGS=\((.*?)^\)", text, flags=re.M | re.S).group(1)
+    tokens = [t for t in shlex.split(block, comments=True) if t != "$@"]
+    return [re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), t) for t in tokens]
+
+
+def test_sbatch_matches_the_slurm_profile():
+    p = TARGETS["slurm"]
+    d = sbatch_directives()
+    assert int(d["nodes"]) == p["nodes"] == p["submitit"]["slurm.nodes"]
+    assert int(d["gpus-per-node"]) == p["gpus_per_node"] == p["submitit"]["slurm.gpus_per_node"]
+    assert int(d["cpus-per-task"]) == p["cpus_per_node"] == p["submitit"]["slurm.cpus_per_task"]
+    assert d["ntasks-per-node"] == "1"
+    for key in ("mem", "time", "partition", "account", "qos", "requeue", "signal"):
+        assert key in d, key
+    args = sbatch_train_args()
+    assert f"model={PROFILES['model']}" in args
+    for override in overrides_of(p["launch"]):
+        assert override in args, override
+
+
+def test_sbatch_requeues_on_the_early_signal():
+    text = SBATCH.read_text()
+    signal = sbatch_directives()["signal"]
+    m = re.fullmatch(r"B:USR1@(\d+)", signal)  # B: = to the batch shell, where the trap is
+    assert m and int(m.group(1)) >= 60
+    assert re.search(r"^trap requeue USR1$", text, flags=re.M)
+    assert 'scontrol requeue "${SLURM_JOB_ID}"' in text
+    assert "SLURM_RESTART_COUNT" in text and "MAX_REQUEUES" in text
+    assert "RAY_ADDRESS" in text
+    # Only this job's Ray is stopped (its srun steps): `ray stop` would hit other jobs on the node.
+    code = [line.split("#")[0] for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert not any("ray stop" in line for line in code)
+
+
+def test_sbatch_port_block_is_the_one_orchestration_slurm_uses():
+    from orchestration.slurm import port_block
+
+    text = SBATCH.read_text()
+    p_line = re.search(r"^P=\$\(\((.*)\)\)$", text, flags=re.M).group(1)
+    offsets = {name.lower(): int(off or 0) for name, off in
+               re.findall(r"(\w+)_PORT=(?:\$P\b|\$\(\(P \+ (\d+)\)\))", text)}  # fmt: skip
+    names = {"gcs": "gcs", "node_manager": "node_manager", "object_manager": "object_manager",
+             "client": "client_server", "metrics": "metrics", "agent_listen": "agent_listen",
+             "agent_grpc": "agent_grpc", "runtime_env_agent": "runtime_env_agent",
+             "min_worker": "min_worker", "max_worker": "max_worker"}  # fmt: skip
+    assert set(offsets) == set(names)
+    for job_id in ("7", "1234", "98765"):
+        start = int(subprocess.run(["bash", "-c", f"SLURM_JOB_ID={job_id}; PORT_BASE=20000; echo $(({p_line}))"],
+                                   capture_output=True, text=True, check=True).stdout)  # fmt: skip
+        ports = port_block(job_id, 20000)
+        for ours, theirs in names.items():
+            assert start + offsets[ours] == ports[theirs], (job_id, ours)
+
+
+# --- MLflow compose, Docker -------------------------------------------------------------------
+
+
+def test_mlflow_compose_binds_a_chosen_address_and_proxies_artifacts():
+    compose = yaml.safe_load((INFRA / "mlflow/docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"postgres", "mlflow"}
+    assert "ports" not in services["postgres"]  # the database is never published
+    (port,) = services["mlflow"]["ports"]
+    assert port.startswith("${MLFLOW_BIND_ADDR:-127.0.0.1}:")
+    command = " ".join(services["mlflow"]["command"])
+    assert "--artifacts-destination" in command and "postgresql" in command
+    assert "--default-artifact-root" not in command  # proxied, not direct client access
+    assert compose["networks"]["backend"]["internal"] is True
+    assert "mlflow.env" in (INFRA / "mlflow/.gitignore").read_text().split()
+
+
+def test_mlflow_env_example_has_no_values_for_secrets():
+    for line in (INFRA / "mlflow/mlflow.env.example").read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        key, _, value = line.partition("=")
+        assert re.fullmatch(r"[A-Z_]+", key), line
+        assert not key.startswith(("AWS_ACCESS_KEY", "AWS_SECRET", "AWS_SESSION")), f"{key} must stay commented out"
+        if "PASSWORD" in key:
+            assert value in ("change-me", ""), line
+
+
+def test_dockerfile_builds_gsplat_for_h100_and_installs_the_project():
+    text = (INFRA / "docker/Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=pytorch/pytorch:\S+-cuda\S+-devel$", text, flags=re.M)
+    assert re.search(r'^ARG TORCH_CUDA_ARCH_LIST="9\.0"$', text, flags=re.M)
+    assert "--no-build-isolation" in text and "gsplat.git@" in text
+    assert "from gsplat import csrc" in text  # the build fails without the compiled extension
+    assert re.search(r"pip install .*-e \.", text)
+    assert (INFRA / "docker/Dockerfile.dockerignore").read_text().count(".venv") == 1
+
+
+# --- no credentials ---------------------------------------------------------------------------
+
+SECRET_PATTERNS = {
+    "AWS access key id": re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+    "AWS secret access key": re.compile(r"aws_secret_access_key\s*[:=]\s*\S{20,}", re.I),
+    "AWS secret access key (quoted key)": re.compile(
+        r"aws_secret_access_key['\"]\s*[:=]\s*['\"]?[A-Za-z0-9/+=]{20,}", re.I
+    ),
+    "private key": re.compile(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY( BLOCK)?-----"),
+    "GitHub token": re.compile(r"\bgh[pousr]_[A-Za-z0-9]{36,}\b"),
+}
+
+
+def find_secrets(root: Path) -> list[str]:
+    hits = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or "__pycache__" in path.parts:
+            continue
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            text = path.read_bytes().decode("latin-1")
+        for what, pattern in SECRET_PATTERNS.items():
+            for m in pattern.finditer(text):
+                line = text.count("\n", 0, m.start()) + 1
+                hits.append(f"{path}:{line}: {what}")
+    return hits
+
+
+def test_no_file_under_infra_looks_like_a_credential():
+    assert find_secrets(INFRA) == []
+
+
+def test_the_credential_check_catches_planted_secrets(tmp_path):
+    # Built from pieces so that this test file itself holds no credential-shaped string.
+    key_id = "AKIA" + "Q" * 16
+    secret = "wJalrXUtnFEMI" + "K7MDENG" + "bPxRfiCY" + "x" * 8
+    planted = {
+        "a.yaml": f"aws_access_key_id: {key_id}\n",
+        "b.env": f"AWS_SECRET_ACCESS_KEY={secret}\n",
+        "c.py": f'creds = {{"aws_secret_access_key": "{secret}"}}\n',
+        "d.ini": f"[default]\naws_secret_access_key = {secret}\n",
+        "e.pem": "-----BEGIN " + "OPENSSH PRIVATE KEY-----\nabc\n",
+    }
+    for name, text in planted.items():
+        (tmp_path / name).write_text(text)
+    flagged = {Path(hit.split(":")[0]).name for hit in find_secrets(tmp_path)}
+    assert flagged == set(planted)
+    (tmp_path / "ok.py").write_text('env = {"AWS_SECRET_ACCESS_KEY": "testing"}\n')
+    assert not any("ok.py" in h for h in find_secrets(tmp_path))
