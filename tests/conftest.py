@@ -1,0 +1,15 @@
+"""Shared fixtures: data only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def synthetic_dataset(tmp_path_factory) -> Path:
+    """Root of a small synthetic-heads dataset (64 identities x 4 views, 64x64, seed 0), made once per session."""
+    from cgsgan.data.synthetic import generate_synthetic
+
+    return generate_synthetic(tmp_path_factory.mktemp("synthetic") / "heads", identities=64, views=4, resolution=64, seed=0)
