@@ -87,7 +87,8 @@ def render(
     """Render head b of `gaussians` (B heads) from each of its cameras.
 
     cameras: EG3D labels [B, 25] / [B, V, 25] or a `Cameras`. With [B, 25] the view axis is
-    dropped from the outputs. background: RGB in [0, 1], broadcastable to [B, V, 3]; None is
+    dropped from the outputs. background: RGB in [0, 1], broadcastable to [B, V, 3] (or [B, 3]
+    with [B, 25] cameras); None is
     white. tile_size only changes speed: 16 for gsplat, 8 for the CPU rasterizer (measured
     faster there: fewer wasted pixels in tiles at a head's silhouette).
     """
@@ -100,7 +101,10 @@ def render(
     dtype, device = gaussians.means.dtype, gaussians.means.device
     if background is None:
         background = torch.ones(3, dtype=dtype, device=device)
-    bg = background.to(dtype=dtype, device=device).expand(B, V, 3)
+    background = background.to(dtype=dtype, device=device)
+    if single_view and background.dim() == 2:  # [B, 3] for [B, 25] cameras
+        background = background[:, None]
+    bg = background.expand(B, V, 3)
     viewmats = camera.view_matrix(cams.cam2world.to(dtype))  # [B, V, 4, 4]
     Ks = camera.pixel_intrinsics(cams.intrinsics.to(dtype), width, height)  # [B, V, 3, 3]
 

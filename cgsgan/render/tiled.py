@@ -119,27 +119,28 @@ def rasterize_tiled(
     u, v = offs.repeat(tile_size), offs.repeat_interleave(tile_size)  # [P]
     basis = torch.stack([torch.ones_like(u), u, v, u * u, v * v, u * v])  # [6, P]
 
-    # Per-Gaussian attributes in one table, so each round gathers once:
-    # [means2d (2), conics (3), opacity (1), colour (D), depth (1)] -> [C, N, 7 + D].
+    # Per-intersection attributes, gathered once in round order and split into one block per
+    # round: a single gather and a single split keep autograd from materialising a gradient of
+    # the whole table in every round. Columns: means2d (2), conics (3), opacity (1), colour (D),
+    # depth (1).
     table = torch.cat([p.means2d, p.conics, p.opacities[..., None], p.colors, p.depths[..., None]], dim=-1)
+    round_sizes = torch.diff(torch.tensor([0] + round_ends)).tolist()
+    round_rows = table[cam[by_round], gauss[by_round]].split(round_sizes) if round_sizes else []
+    round_ids = by_round.split(round_sizes) if round_sizes else []
 
     log_t = torch.zeros(num_tiles, P, dtype=dtype)  # log transmittance so far
     done = torch.zeros(num_tiles, P, dtype=torch.bool)  # pixel hit the 1e-4 stop
     acc = torch.zeros(num_tiles, P, D + 1, dtype=dtype)  # weighted colour and depth
-    start = 0
-    for end in round_ends:
-        idx = by_round[start:end]
-        start = end
-        idx = idx[~done.all(-1)[tile[idx]]]  # tiles whose pixels are all done leave
-        if len(idx) == 0:
+    for idx, rows in zip(round_ids, round_rows):
+        keep = ~done.all(-1)[tile[idx]]  # tiles whose pixels are all done leave
+        if not keep.any():
             continue
+        idx, rows = idx[keep], rows[keep]
         t = tile[idx]
         # This round as a padded [A, K] block: A active tiles, K = chunk slots in depth order.
         active, slot = torch.unique_consecutive(t, return_inverse=True)
-        k = rank[idx] % chunk
         A = len(active)
-
-        rows = torch.zeros(A, chunk, table.shape[-1], dtype=dtype).index_put((slot, k), table[cam[idx], gauss[idx]])
+        rows = torch.zeros(A, chunk, rows.shape[-1], dtype=dtype).index_put((slot, rank[idx] % chunk), rows)
         alpha = _tile_alpha(
             rows[..., 0:2], rows[..., 2:5], rows[..., 5], active, tiles_x, tiles_y, tile_size, basis
         )  # [A, K, P]; empty slots have opacity 0 -> alpha 0

@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 from cgsgan import camera
 from cgsgan.config import CGSGANConfig, from_dict, to_dict, validate
-from cgsgan.data.backgrounds import composite, sample_backgrounds
+from cgsgan.data.backgrounds import sample_backgrounds
 from cgsgan.data.dataset import ImageDataset
 from cgsgan.data.synthetic import generate_synthetic
 from cgsgan.discriminator import Discriminator
@@ -110,8 +110,12 @@ class Trainer:
         self.local_batch = t.batch_size // world_size
         check_group_size(self.local_batch, m.discriminator.mbstd_group)
 
-        self.dataset = ImageDataset(prepare_data(cfg), resolution=m.resolution, index_list=cfg.data.index_list or None,
-                                    xflip=cfg.data.xflip)
+        # Reals are pasted onto the same background scheme as the renders; the dataset un-mixes
+        # the colour they were stored on from the soft mask edges first (no tell-tale fringe).
+        data_path = prepare_data(cfg)
+        self.dataset = ImageDataset(data_path, resolution=m.resolution, index_list=cfg.data.index_list or None,
+                                    xflip=cfg.data.xflip, background=cfg.loss.background, seed=t.seed)
+        self._data_path = data_path
         self.all_labels = self.dataset.labels.to(self.device)  # pose distribution for generated views
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
@@ -149,13 +153,13 @@ class Trainer:
                 self.epoch, self.epoch_pos = self.epoch + 1, 0
         return torch.tensor(out)
 
-    def _real_batch(self, scheme: str) -> tuple[torch.Tensor, torch.Tensor]:
-        items = [self.dataset[int(i)] for i in self._next_indices()]
-        image01 = (torch.stack([it["image"] for it in items]) + 1) / 2
-        mask = torch.stack([it["mask"] for it in items])
+    def _real_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reals [b, 3, H, W] on the background scheme (colours fixed per epoch and image), labels [b, 25]."""
+        indices = self._next_indices()
+        self.dataset.set_epoch(self.epoch)
+        items = [self.dataset[int(i)] for i in indices]
+        reals = torch.stack([it["image"] for it in items])
         labels = torch.stack([it["label"] for it in items])
-        bg = sample_backgrounds(scheme, len(items), self.rng)
-        reals = composite(image01, mask, bg) * 2 - 1
         return reals.to(self.device), labels.to(self.device)
 
     def _gen_labels(self, n: int) -> torch.Tensor:
@@ -170,7 +174,7 @@ class Trainer:
         b, V, res = self.local_batch, lc.num_views, cfg.model.resolution
         backend = cfg.train.render_backend
         blur_px = blur_sigma(self.cur_nimg, lc.blur_sigma, lc.blur_fade_kimg)
-        reals, real_labels = self._real_batch(lc.background)
+        reals, real_labels = self._real_batch()
 
         # Generator step: each head generated once, rendered from V cameras of the data's poses.
         self.G.requires_grad_(True)
@@ -344,10 +348,10 @@ class Trainer:
         extractor = RandomFeatures(size=min(64, res))
         g = torch.Generator().manual_seed(99)  # same images and cameras at every snapshot
         if self._real_features is None:
-            idx = torch.randperm(len(self.dataset), generator=g)[:n]
-            items = [self.dataset[int(i)] for i in idx]
-            reals = composite((torch.stack([it["image"] for it in items]) + 1) / 2, torch.stack([it["mask"] for it in items]),
-                              torch.ones(len(items), 3)) * 2 - 1
+            white = ImageDataset(self._data_path, resolution=res, index_list=self.cfg.data.index_list or None,
+                                 background="white")
+            idx = torch.randperm(len(white), generator=g)[:n]
+            reals = torch.stack([white[int(i)]["image"] for i in idx])
             self._real_features = gaussian_stats(extractor(reals))
         feats = []
         for start in range(0, n, 32):
