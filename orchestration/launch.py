@@ -54,7 +54,8 @@ def connect_ray(cfg: LaunchConfig) -> None:
     if ray.is_initialized():
         return
     if address is None:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        # The dashboard serves the state API that Ray Train's controller polls.
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
     else:
         ray.init(address=address)
 

@@ -42,7 +42,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     def on_tick(stats: dict) -> None:
         path = pending.pop("path", None)
-        metrics = {k: v for k, v in stats.items() if isinstance(v, (int, float))}
+        metrics = {k: v for k, v in stats.items() if isinstance(v, (int, float)) and not k.startswith("time/")}
         if tracker is not None:
             step = int(round(stats["progress/kimg"] * 1000))
             tracker.log_metrics(metrics, step=step, timestamp_ms=int(time.time() * 1000))
@@ -64,6 +64,8 @@ def train_loop_per_worker(config: dict) -> None:
     def on_snapshot(info: dict) -> None:
         if tracker is None:
             return
+        if info["progress/kimg"] == 0:  # the untrained generator: the start of the distance curve
+            tracker.log_metrics({"metrics/fd_rand": info["metrics/fd_rand"]}, step=0, timestamp_ms=int(time.time() * 1000))
         for key in ("artifacts/grid", "artifacts/turntable", "artifacts/ply"):
             if key in info:
                 tracker.log_artifact(info[key], "samples")

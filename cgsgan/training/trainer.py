@@ -270,6 +270,9 @@ class Trainer:
         total_nimg = int(t.total_kimg * 1000)
         tick_nimg = max(1, int(t.tick_kimg * 1000))
         steps_done, last = 0, {}
+        if self.cur_nimg == 0 and self.rank == 0:
+            # The starting point of the curves: samples and distance of the untrained generator.
+            self._append_metrics({"progress/kimg": 0.0, "progress/tick": 0, "time/unix": time.time(), **self.snapshot()})
         while self.cur_nimg < total_nimg and (max_steps is None or steps_done < max_steps):
             self.train_step()
             steps_done += 1
@@ -294,6 +297,7 @@ class Trainer:
                 "timing/sec_per_kimg": elapsed / max(nimg / 1e3, 1e-9),
                 "timing/img_per_sec": nimg / max(elapsed, 1e-9),
                 "memory/peak_gb": _peak_memory_gb(self.device),
+                "time/unix": time.time(),
             }
         )
         self._tick_stats, self._tick_start, self._tick_start_nimg = {}, time.time(), self.cur_nimg
@@ -330,8 +334,9 @@ class Trainer:
         res, psi = self.cfg.model.resolution, self.cfg.train.truncation_psi
         folder = self.run_dir / "samples"
         kimg = self.cur_nimg / 1e3
-        grid = save_grid(self.G_ema, self.fixed_z, res, psi, folder / f"grid-{self.cur_nimg // 1000:06d}kimg.png")
-        out = {"metrics/fd_rand": self.distance(), "artifacts/grid": str(grid), "progress/kimg": kimg}
+        grid = save_grid(self.G_ema, self.fixed_z, res, psi, folder / f"grid-{kimg:08.3f}kimg.png")
+        out = {"metrics/fd_rand": self.distance(), "artifacts/grid": str(grid), "progress/kimg": kimg,
+               "progress/step": self.step}
         if final:
             out["artifacts/turntable"] = str(save_turntable(self.G_ema, self.fixed_z[:1], res, psi, folder / "turntable.gif"))
             ply = folder / "sample-seed0.ply"
