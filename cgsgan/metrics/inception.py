@@ -262,6 +262,11 @@ class InceptionFeatures(nn.Module):
         return self.net(x).float().cpu()
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def load_inception(path: str | Path, device: str | torch.device = "cpu", batch_size: int = 64) -> InceptionFeatures:
     """The FID feature extractor from a local pytorch-fid weights file (never downloaded)."""
     path = Path(path)
@@ -270,5 +275,5 @@ def load_inception(path: str | Path, device: str | torch.device = "cpu", batch_s
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated file, a pickle with code, not a torch file at all
-        raise ValueError(f"{path}: cannot be read as a torch state_dict ({type(e).__name__}: {e}). {WEIGHTS_HINT}") from e
+        raise ValueError(f"{path}: cannot be read as a torch state_dict ({type(e).__name__}: {_first_line(e)}). {WEIGHTS_HINT}") from e
     return InceptionFeatures(load_state(FIDInceptionV3(), state, str(path)), batch_size=batch_size, device=device)
