@@ -64,8 +64,9 @@ def train_loop_per_worker(config: dict) -> None:
     def on_snapshot(info: dict) -> None:
         if tracker is None:
             return
-        if info["progress/kimg"] == 0:  # the untrained generator: the start of the distance curve
-            tracker.log_metrics({"metrics/fd_rand": info["metrics/fd_rand"]}, step=0, timestamp_ms=int(time.time() * 1000))
+        if info["progress/kimg"] == 0:  # the untrained generator: the start of the metric curves
+            metrics = {k: v for k, v in info.items() if k.startswith("metrics/")}
+            tracker.log_metrics(metrics, step=0, timestamp_ms=int(time.time() * 1000))
         for key in ("artifacts/grid", "artifacts/turntable", "artifacts/ply"):
             if key in info:
                 tracker.log_artifact(info[key], "samples")

@@ -138,6 +138,7 @@ class Trainer:
         self._tick_start = time.time()
         self._tick_start_nimg = 0
         self._real_features: tuple | None = None
+        self._metric_cache: dict = {}
 
     # ---------------------------------------------------------------- data
     def _next_indices(self) -> torch.Tensor:
@@ -337,6 +338,15 @@ class Trainer:
         grid = save_grid(self.G_ema, self.fixed_z, res, psi, folder / f"grid-{kimg:08.3f}kimg.png")
         out = {"metrics/fd_rand": self.distance(), "artifacts/grid": str(grid), "progress/kimg": kimg,
                "progress/step": self.step}
+        if self.cfg.train.snapshot_metrics:
+            from cgsgan.metrics.evaluation import evaluate_generator
+
+            extra = evaluate_generator(
+                self.G_ema, self.dataset, self.cfg.train.snapshot_metrics, num=self.cfg.train.metric_samples,
+                num_3d=self.cfg.train.snapshot_metric_heads, backend=self.cfg.train.render_backend,
+                resolution=res, cache=self._metric_cache,
+            )
+            out.update({f"metrics/{k}": v for k, v in extra.items()})
         if final:
             out["artifacts/turntable"] = str(save_turntable(self.G_ema, self.fixed_z[:1], res, psi, folder / "turntable.gif"))
             ply = folder / "sample-seed0.ply"
@@ -344,7 +354,7 @@ class Trainer:
             out["artifacts/ply"] = str(ply)
         if self.callbacks.on_snapshot:
             self.callbacks.on_snapshot(dict(out))
-        return {"metrics/fd_rand": out["metrics/fd_rand"]}
+        return {k: v for k, v in out.items() if k.startswith("metrics/")}
 
     @torch.no_grad()
     def distance(self) -> float:
