@@ -37,6 +37,7 @@ def worker_config(cfg: LaunchConfig, plan: Plan, tags: dict | None = None) -> di
         "use_gpu": cfg.cluster.use_gpu,
         "local_dir": str(Path(plan.output_dir) / "runs"),
         "storage_uri": plan.storage_path,
+        "storage_endpoint": cfg.storage.endpoint_url,
         "tracking_uri": plan.tracking_uri,
         "experiment": cfg.tracking.experiment,
         "artifact_root": (Path(plan.output_dir) / "mlartifacts").as_uri() if not cfg.tracking.uri else None,

@@ -11,6 +11,8 @@ same callable (with one requeue less in its budget): the new job trains under th
 from __future__ import annotations
 
 import dataclasses
+import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -67,8 +69,17 @@ class SlurmJob:
         temp_dir = f"/tmp/ray-slurm-{env.job_id}"
         cpus, gpus = s.cpus_per_task, s.gpus_per_node
         my_ip = socket.gethostbyname(env.hostname)
+        # Ray protects the cluster with a token; it lives in the job's submitit folder (shared by
+        # all nodes, readable by the user only) and is new for every job.
+        token = Path(env.paths.folder) / f".ray-token-{env.job_id}"
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+        if env.global_rank == 0:
+            token.touch(mode=0o600)
+            token.write_text(secrets.token_hex(32))
         if env.global_rank != 0:
             # A worker node: join the head and stay until it stops.
+            while not token.exists() or not token.read_text():
+                time.sleep(1)
             time.sleep(5)
             args = [f"--address={head_ip}:{ports['gcs']}"] + ray_start_args(my_ip, ports, cpus, gpus, temp_dir)
             return subprocess.call([_ray_bin(), "start", *args])

@@ -23,6 +23,39 @@ from cgsgan.training.trainer import Callbacks, Trainer
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
+def load_latest_from_storage(trainer: Trainer, storage_uri: str, endpoint: str, name: str) -> str | None:
+    """Load the newest checkpoint-*/checkpoint.pt of this run in storage into `trainer`.
+
+    S3 objects appear whole or not at all, and a file that does not load is skipped, so a
+    checkpoint interrupted mid-upload is never taken for a good one.
+    """
+    import pyarrow.fs
+
+    from orchestration.storage import ray_storage
+
+    path, fs = ray_storage(storage_uri, endpoint)
+    if fs is None:
+        fs, path = pyarrow.fs.FileSystem.from_uri(path if "://" in path else Path(path).as_uri())
+    run_dir = f"{path.rstrip('/')}/{name}"
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(run_dir, allow_not_found=True))
+    except OSError:
+        return None
+    dirs = sorted((e.path for e in entries if e.base_name.startswith("checkpoint-")), reverse=True)
+    for d in dirs:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / CHECKPOINT_FILE
+            try:
+                pyarrow.fs.copy_files(f"{d}/{CHECKPOINT_FILE}", str(local), source_filesystem=fs,
+                                      destination_filesystem=pyarrow.fs.LocalFileSystem())
+                trainer.load(local)
+            except (OSError, ValueError) as e:
+                print(f"skipping {d}: {e}", flush=True)
+                continue
+        return d
+    return None
+
+
 def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -77,8 +110,13 @@ def train_loop_per_worker(config: dict) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer.load(Path(d) / CHECKPOINT_FILE)
-        if rank == 0:
-            print(f"resumed from {checkpoint.path} at {trainer.cur_nimg / 1e3:.2f} kimg", flush=True)
+        source = checkpoint.path
+    else:
+        # Ray hands no checkpoint when the earlier run under this name ended in an error (e.g.
+        # storage went away): fall back to the newest complete checkpoint in storage.
+        source = load_latest_from_storage(trainer, config["storage_uri"], config["storage_endpoint"], config["name"])
+    if source is not None and rank == 0:
+        print(f"resumed from {source} at {trainer.cur_nimg / 1e3:.2f} kimg", flush=True)
 
     if rank == 0:
         from orchestration.tracking import Tracker

@@ -8,6 +8,7 @@ a Ray Train worker, the driver, or the S3 endpoint mid-run.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -16,11 +17,11 @@ import time
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 from mlflow.tracking import MlflowClient
 
 from cgsgan.training.checkpoint import load_checkpoint
+from infra.local.stack import s3_client
 from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
@@ -60,7 +61,7 @@ def run_name_of(stdout: str) -> str:
 
 
 def checkpoints_in_s3(s3_env: dict, bucket: str, run: str) -> list[str]:
-    client = boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"])
+    client = s3_client(s3_env["AWS_ENDPOINT_URL"])
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=f"runs/{run}/").get("Contents", [])]
     return sorted(k for k in keys if k.endswith("/checkpoint.pt"))
 
@@ -93,6 +94,11 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
 
 def test_ray_job_submit_finishes_a_short_run(s3_server, mlflow_server, tmp_path):
     env = launch_env(s3_server.env(), tmp_path)
+    # Ray (>= 2.59) protects a `ray start` cluster with a token: give the cluster and the
+    # submitting client the same one.
+    token = tmp_path / "ray_token"
+    token.write_text(secrets.token_hex(32))
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     port, dash = free_port(), free_port()
     ray_tmp = Path("/tmp") / f"rayt-{uuid.uuid4().hex[:6]}"
     subprocess.run(
@@ -107,7 +113,8 @@ def test_ray_job_submit_finishes_a_short_run(s3_server, mlflow_server, tmp_path)
             [str(Path(sys.executable).with_name("ray")), "job", "submit", f"--address=http://127.0.0.1:{dash}",
              "--working-dir", ".", f"--runtime-env-json={excludes}", "--",
              *[a if a != sys.executable else "python" for a in
-               launch_args(s3_server.bucket, mlflow_server.tracking_uri, tmp_path / "out", "jobsubmit", "cluster=ray")]],
+               launch_args(s3_server.bucket, mlflow_server.tracking_uri, tmp_path / "out", "jobsubmit", "cluster=ray",
+                           "cluster.use_gpu=false", "cluster.num_workers=1", "cluster.cpus_per_worker=2")]],
             env=env, cwd=ROOT, capture_output=True, text=True, timeout=900,
         )  # fmt: skip
         assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
@@ -245,7 +252,7 @@ def test_s3_outage_during_training_never_leaves_a_half_checkpoint(s3_server, mlf
     # with a partial checkpoint.
     assert proc.returncode != 0 or "done." in output, output[-4000:]
     # Every checkpoint Ray registered in S3 is complete and loads.
-    client = boto3.client("s3", endpoint_url=s3_server.endpoint_url)
+    client = s3_client(s3_server.endpoint_url)
     keys = checkpoints_in_s3(s3_server.env(), s3_server.bucket, run)
     assert keys
     for key in keys:
