@@ -32,7 +32,13 @@ SHORT = [
 def slurm():
     subprocess.run(["bash", str(ROOT / "infra/slurm/install_local.sh")], check=True, timeout=600)
     cluster = local_cluster.up(ROOT / ".tmp" / "slurm-test")
+    previous = os.environ.get("SLURM_CONF")
+    os.environ.update(cluster.env())  # submitit's own scancel/sacct calls read it too
     yield cluster
+    if previous is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = previous
     subprocess.run(["scancel", "--user=root"], env={**os.environ, **cluster.env()}, capture_output=True)
     local_cluster.down(ROOT / ".tmp" / "slurm-test")
 
