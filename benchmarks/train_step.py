@@ -37,7 +37,9 @@ def step_time(cfg: config.CGSGANConfig, run_dir: Path, steps: int = 8) -> float:
 
 
 def main() -> None:
-    lines = ["# Training step, tiny config (64x64, 2,688 Gaussians, batch 16)", "", describe(), ""]
+    tiny = config.tiny()
+    lines = [f"# Training step, tiny config (64x64, 2,688 Gaussians, batch {tiny.train.batch_size})", "", describe(),
+             f"Load average before the run: {open('/proc/loadavg').read().split()[0]} (2 cores; other jobs may share them).", ""]
     with tempfile.TemporaryDirectory() as tmp:
         data = generate_synthetic(Path(tmp) / "data", 64, 2, 64, 0)
         rows = []
