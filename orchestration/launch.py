@@ -45,7 +45,9 @@ def prepare(cfg: LaunchConfig) -> Plan:
     return plan
 
 
-def connect_ray(cfg: LaunchConfig) -> None:
+def connect_ray(cfg: LaunchConfig, extra_cpus: int = 0) -> None:
+    """Connect to the configured cluster, or start a local Ray. `extra_cpus` adds logical CPUs to
+    a local Ray for processes that hold a sliver of CPU but do no work (Tune's trial drivers)."""
     import ray
 
     address = cfg.cluster.address or os.environ.get("RAY_ADDRESS") or None
@@ -55,7 +57,8 @@ def connect_ray(cfg: LaunchConfig) -> None:
         return
     if address is None:
         # The dashboard serves the state API that Ray Train's controller polls.
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1")
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1",
+                 num_cpus=(os.cpu_count() or 1) + extra_cpus if extra_cpus else None)
     else:
         ray.init(address=address)
 

@@ -94,6 +94,7 @@ def run_trial(config: dict) -> None:
 
     from orchestration.ray_trainer import build_trainer
 
+    config = config["trial"]  # the grid-searched entry of the param space
     cfg: LaunchConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LaunchConfig), config["launch"]))
     plan = resolve(cfg)
     plan.storage_path = config["storage_path"]
@@ -145,7 +146,7 @@ def run_sweep(cfg: SweepConfig) -> int:
     parent = tracker.start(params={"sweep": dataclasses.asdict(cfg.sweep)}, tags={"cgsgan.sweep": cfg.sweep.name})
     print(f"sweep {cfg.sweep.name}: {len(grid)} trials, MLflow parent run {parent}", flush=True)
 
-    connect_ray(cfg)
+    connect_ray(cfg, extra_cpus=1)  # room for the trial drivers (0.01 CPU each) beside the workers
     space = [
         {"launch": dataclasses.asdict(tc), "axes": t, "storage_path": storage, "parent_run_id": parent,
          "sweep": cfg.sweep.name}  # fmt: skip
