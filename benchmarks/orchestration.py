@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import describe  # noqa: E402
 from cgsgan import config  # noqa: E402
 from cgsgan.training.trainer import Trainer  # noqa: E402
-from infra.local.stack import create_bucket, start_s3  # noqa: E402
+from infra.local.stack import create_bucket, s3_client, start_s3  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 12
@@ -78,9 +78,7 @@ def main() -> None:
 
         ckpt = max((tmp / "out" / "runs").glob("*/checkpoints/checkpoint-*.pt"))
         size_mb = ckpt.stat().st_size / 2**20
-        import boto3
-
-        client = boto3.client("s3", endpoint_url=s3.endpoint_url)
+        client = s3_client(s3.endpoint_url)
         t = Trainer(dataclasses.replace(config.tiny()), tmp / "save")
         t1 = time.perf_counter()
         path = t.save(tmp / "save" / "c.pt")
