@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -89,15 +90,31 @@ class SlurmJob:
              f"--ray-client-server-port={ports['client_server']}", *ray_start_args(head_ip, ports, cpus, gpus, temp_dir)],
             start_new_session=True,
         )  # fmt: skip
+        handlers = _submitit_handlers()
+        terminated = _record_sigterm(handlers)
         try:
             address = f"{head_ip}:{ports['gcs']}"
             _wait_for_nodes(address, s.nodes, timeout_s=300)
+            # ray.init installs Ray's C++ failure handler for SIGTERM, which aborts the process
+            # and races submitit's requeue on preemption; put the Python handlers back.
+            _rearm(handlers)
             from orchestration.launch import run
 
             cfg.cluster = dataclasses.replace(cfg.cluster, kind="ray", address=address)
             print(f"slurm job {env.job_id}: Ray at {address}, {s.nodes} node(s), "
                   f"{self.requeues_left} requeue(s) left", flush=True)  # fmt: skip
-            return run(cfg)
+            try:
+                code = run(cfg)
+            except Exception:
+                if not terminated:
+                    raise
+                code = 1
+            if code != 0 and terminated:
+                # SLURM's SIGTERM also stopped the Ray processes, so training failed; the
+                # preemption / time-limit signal follows and requeues through `checkpoint`.
+                print("slurm: SIGTERM received; waiting for the requeue signal", flush=True)
+                time.sleep(s.signal_delay_s + 60)
+            return code
         finally:
             head.terminate()  # `ray start --block` stops the processes it started
             try:
@@ -112,6 +129,33 @@ class SlurmJob:
             return None
         print(f"slurm: requeueing ({self.requeues_left - 1} requeue(s) left after this one)", flush=True)
         return submitit.helpers.DelayedSubmission(SlurmJob(self.config, self.requeues_left - 1))
+
+
+def _submitit_handlers() -> dict[signal.Signals, object]:
+    """The Python handlers submitit installed (SIGTERM/SIGCONT logged, USR signal requeues)."""
+    sigs = (signal.SIGTERM, signal.SIGCONT, signal.SIGUSR1, signal.SIGUSR2)
+    return {sig: signal.getsignal(sig) for sig in sigs}
+
+
+def _record_sigterm(handlers: dict[signal.Signals, object]) -> list[int]:
+    """Chain a recorder in front of submitit's SIGTERM handler; the list is non-empty once seen."""
+    seen: list[int] = []
+    previous = handlers[signal.SIGTERM]
+
+    def on_sigterm(signum, frame):
+        seen.append(signum)
+        if callable(previous):
+            previous(signum, frame)
+
+    handlers[signal.SIGTERM] = on_sigterm
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return seen
+
+
+def _rearm(handlers: dict[signal.Signals, object]) -> None:
+    for sig, handler in handlers.items():
+        if handler is not None:
+            signal.signal(sig, handler)
 
 
 def _wait_for_nodes(address: str, nodes: int, timeout_s: float) -> None:
