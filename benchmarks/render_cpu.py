@@ -48,18 +48,18 @@ def cube_scene(n: int, seed: int = 0) -> Gaussians:
     )
 
 
-def time_fwd_bwd(scene: Gaussians, size: int, backend: str, repeats: int = 5) -> tuple[float, float]:
+def time_fwd_bwd(scene: Gaussians, size: int, backend: str, repeats: int = 7, warmup: int = 2) -> tuple[float, float]:
     for t in scene.tensors().values():
         t.requires_grad_(True)
     label = camera.frontal_label(1)
     fwd, bwd = [], []
-    for i in range(repeats + 1):
+    for i in range(warmup + repeats):
         t0 = time.perf_counter()
         out = render(scene, label, size, backend=backend)
         t1 = time.perf_counter()
         out.image.square().mean().backward()
         t2 = time.perf_counter()
-        if i:  # first run warms up allocators
+        if i >= warmup:  # the first runs warm up the allocator
             fwd.append(t1 - t0)
             bwd.append(t2 - t1)
     return sorted(fwd)[len(fwd) // 2] * 1e3, sorted(bwd)[len(bwd) // 2] * 1e3
@@ -74,7 +74,7 @@ def main() -> None:
                 rows.append((scene_name, "tiled", size, n, f, b))
                 print(rows[-1], flush=True)
         for size, n in [(64, 2000), (64, 5000)]:
-            f, b = time_fwd_bwd(make(n), size, "dense", repeats=2)
+            f, b = time_fwd_bwd(make(n), size, "dense", repeats=2, warmup=1)
             rows.append((scene_name, "dense oracle", size, n, f, b))
             print(rows[-1], flush=True)
     lines = ["# CPU renderer: forward + backward per image", "", describe(), "",
