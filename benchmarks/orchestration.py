@@ -75,6 +75,10 @@ def main() -> None:
         first_tick_s = trained[0]["time/unix"] - t0
         steady = [t["timing/sec_per_kimg"] * 8 / 1000 for t in trained[2:]]
         ray_step = sorted(steady)[len(steady) // 2]
+        # After each tick: rank-0 metrics to MLflow, the report to Ray Train and, every 3rd
+        # tick, a checkpoint uploaded to S3 (reported by the next tick).
+        upkeep = [t["timing/maintenance_sec"] for t in trained[1:]]
+        upkeep_mean = sum(upkeep) / len(upkeep)
 
         ckpt = max((tmp / "out" / "runs").glob("*/checkpoints/checkpoint-*.pt"))
         size_mb = ckpt.stat().st_size / 2**20
@@ -96,6 +100,8 @@ def main() -> None:
         f"| bare core trainer, s / step (median of {STEPS}) | {bare:.3f} |",
         f"| under Ray Train, 1 worker, s / step (median of ticks 3+) | {ray_step:.3f} |",
         f"| ratio Ray / bare (target <= 1.10) | {ray_step / bare:.3f} |",
+        f"| housekeeping after a tick under Ray (MLflow, report, checkpoint every 3rd), s, mean | {upkeep_mean:.3f} |",
+        f"| the same per step with ticks of 2 steps, as a fraction of a step | {upkeep_mean / 2 / bare:.3f} |",
         f"| launch -> first tick (2 steps) finished, s | {first_tick_s:.1f} |",
         f"| checkpoint size, MiB | {size_mb:.2f} |",
         f"| checkpoint save + upload to S3, s | {save_upload:.2f} |",

@@ -137,6 +137,7 @@ class Trainer:
         self._tick_stats: dict[str, list[float]] = {}
         self._tick_start = time.time()
         self._tick_start_nimg = 0
+        self._maintenance_sec = 0.0  # the previous tick's snapshot, checkpoint and callbacks
         self._real_features: tuple | None = None
         self._metric_cache: dict = {}
 
@@ -274,6 +275,7 @@ class Trainer:
         if self.cur_nimg == 0 and self.rank == 0:
             # The starting point of the curves: samples and distance of the untrained generator.
             self._append_metrics({"progress/kimg": 0.0, "progress/tick": 0, "time/unix": time.time(), **self.snapshot()})
+        self._tick_start = time.time()  # the first tick times training, not set-up or loading
         while self.cur_nimg < total_nimg and (max_steps is None or steps_done < max_steps):
             self.train_step()
             steps_done += 1
@@ -295,13 +297,17 @@ class Trainer:
                 "progress/kimg": self.cur_nimg / 1e3,
                 "progress/tick": self.tick,
                 "progress/step": self.step,
+                # Training steps only; the housekeeping after a tick is timed on its own (as
+                # StyleGAN's "maintenance"), so sec/kimg compares across trackers and clusters.
                 "timing/sec_per_kimg": elapsed / max(nimg / 1e3, 1e-9),
                 "timing/img_per_sec": nimg / max(elapsed, 1e-9),
+                "timing/maintenance_sec": self._maintenance_sec,
                 "memory/peak_gb": _peak_memory_gb(self.device),
                 "time/unix": time.time(),
             }
         )
-        self._tick_stats, self._tick_start, self._tick_start_nimg = {}, time.time(), self.cur_nimg
+        self._tick_stats, self._tick_start_nimg = {}, self.cur_nimg
+        housekeeping_start = time.time()
         if self.rank == 0:
             parts = [f"tick {self.tick}", f"kimg {stats['progress/kimg']:.2f}", f"sec/kimg {stats['timing/sec_per_kimg']:.1f}",
                      f"img/s {stats['timing/img_per_sec']:.1f}", f"G {stats.get('loss/G', 0):.3f}",
@@ -321,6 +327,8 @@ class Trainer:
                 self.callbacks.on_checkpoint(path, stats)
         if self.callbacks.on_tick:
             self.callbacks.on_tick(stats)
+        self._tick_start = time.time()
+        self._maintenance_sec = self._tick_start - housekeeping_start
         return stats
 
     def _append_metrics(self, stats: dict) -> None:

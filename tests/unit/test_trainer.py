@@ -122,3 +122,21 @@ def test_loading_a_checkpoint_of_another_model_shape_fails_clearly(synthetic_dat
     other.model.generator.num_points = 48
     with pytest.raises(ValueError, match="another model shape"):
         Trainer(other, tmp_path / "o").load(path)
+
+
+def test_tick_timing_excludes_housekeeping(synthetic_dataset, tmp_path):
+    # A slow tick callback (a tracker, an upload) shows up as the next tick's maintenance time,
+    # not as slower training: sec/kimg covers the training steps only.
+    import time
+
+    from cgsgan.training.trainer import Callbacks
+
+    cfg = small_config(synthetic_dataset)
+    cfg.train.tick_kimg = 0.004  # one step of batch 4 per tick
+    cfg.train.snapshot_ticks = cfg.train.checkpoint_ticks = 1000
+    ticks = []
+    trainer = Trainer(cfg, tmp_path / "t", callbacks=Callbacks(on_tick=lambda s: (ticks.append(s), time.sleep(1.5))))
+    trainer.run(max_steps=3)
+    steps = [s["timing/sec_per_kimg"] * 0.004 for s in ticks]
+    assert [round(s["timing/maintenance_sec"], 1) >= 1.5 for s in ticks] == [False, True, True]
+    assert max(steps[1:]) < steps[0] + 1.0  # the 1.5 s sleeps are not in the step times
