@@ -23,7 +23,11 @@ PASSTHROUGH_ENV = (
 
 
 def worker_env() -> dict[str, str]:
-    return {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
+    env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
+    # Train V2 patches print() in workers to also log through its logger, which Ray streams to
+    # the driver a second time: every tick line showed up twice. Ray's own streaming is enough.
+    env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH", "0"))
+    return env
 
 
 def worker_config(cfg: LaunchConfig, plan: Plan, tags: dict | None = None) -> dict:

@@ -163,26 +163,32 @@ def test_killed_worker_restarts_from_checkpoint_and_mlflow_stays_continuous(s3_s
     assert_continuous_steps(mlflow_server.tracking_uri, runs[0].info.run_id)
 
 
+def wait_for_s3_checkpoint(proc: subprocess.Popen, s3_server) -> tuple[str, list[str]]:
+    """Read the launch's output until its run has a checkpoint in S3: (run name, lines read)."""
+    lines: list[str] = []
+    run = None
+
+    def checkpointed() -> bool:
+        nonlocal run
+        while proc.stdout and (line := proc.stdout.readline()):
+            lines.append(line)
+            if line.startswith("run "):
+                run = line.split()[1]
+            if run and checkpoints_in_s3(s3_server.env(), s3_server.bucket, run):
+                return True
+        return False
+
+    wait_for(checkpointed, 600, "a checkpoint in S3", proc)
+    return run, lines
+
+
 def test_stopped_driver_resumes_from_s3_with_the_same_mlflow_run(s3_server, mlflow_server, tmp_path):
     env = launch_env(s3_server.env(), tmp_path)
     args = launch_args(s3_server.bucket, mlflow_server.tracking_uri, tmp_path / "out", "stopdriver")
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # fmt: skip
-    run = None
     try:
-        lines = []
-
-        def checkpointed() -> bool:
-            while proc.stdout and (line := proc.stdout.readline()):
-                lines.append(line)
-                if line.startswith("run "):
-                    nonlocal run
-                    run = line.split()[1]
-                if run and checkpoints_in_s3(s3_server.env(), s3_server.bucket, run):
-                    return True
-            return False
-
-        wait_for(checkpointed, 600, "a checkpoint in S3", proc)
+        run, _ = wait_for_s3_checkpoint(proc, s3_server)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and the workers
         proc.wait(timeout=60)
@@ -228,19 +234,7 @@ def test_s3_outage_during_training_never_leaves_a_half_checkpoint(s3_server, mlf
                             start_new_session=True)  # fmt: skip
     run = None
     try:
-        lines = []
-
-        def checkpointed() -> bool:
-            nonlocal run
-            while proc.stdout and (line := proc.stdout.readline()):
-                lines.append(line)
-                if line.startswith("run "):
-                    run = line.split()[1]
-                if run and checkpoints_in_s3(s3_server.env(), s3_server.bucket, run):
-                    return True
-            return False
-
-        wait_for(checkpointed, 600, "a checkpoint in S3", proc)
+        run, lines = wait_for_s3_checkpoint(proc, s3_server)
         proxy.stop()  # the endpoint disappears mid-run
         rest, _ = proc.communicate(timeout=900)
         output = "".join(lines) + rest
