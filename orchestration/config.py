@@ -92,10 +92,18 @@ def core_config(cfg: LaunchConfig) -> CGSGANConfig:
     return CGSGANConfig(model=cfg.model, data=cfg.data, loss=cfg.loss, train=cfg.train)
 
 
+# How long and how often to report, not what is trained: a command that only raises the budget
+# or changes the reporting continues the same run.
+SCHEDULE_FIELDS = ("total_kimg", "tick_kimg", "snapshot_ticks", "checkpoint_ticks", "truncation_psi",
+                   "metric_samples", "snapshot_metrics", "snapshot_metric_heads", "render_backend", "num_threads")  # fmt: skip
+
+
 def run_name(cfg: LaunchConfig) -> str:
     """Deterministic: the same config (and tag) always names the same run, so resubmitting the
-    same command resumes it. Cluster, storage and tracking settings do not enter the hash."""
+    same command resumes it. Cluster, storage and tracking settings and the training schedule
+    (SCHEDULE_FIELDS) do not enter the hash."""
     core = dataclasses.asdict(core_config(cfg))
+    core["train"] = {k: v for k, v in core["train"].items() if k not in SCHEDULE_FIELDS}
     digest = hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:8]
     base = f"cgsgan-{cfg.model.resolution}px-{cfg.model.camera_mode}-v{cfg.loss.num_views}"
     return f"{cfg.name}-{digest}" if cfg.name else f"{base}-{digest}"

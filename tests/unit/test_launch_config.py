@@ -41,6 +41,13 @@ def test_run_name_is_deterministic_and_ignores_cluster_settings():
     assert run_name(a) == run_name(b)
     assert run_name(load("loss.num_views=2")) != run_name(a)
     assert run_name(load("name=mytag")).startswith("mytag-")
+
+
+def test_a_longer_budget_continues_the_same_run():
+    a = load()
+    assert run_name(load("train.total_kimg=50", "train.snapshot_ticks=7")) == run_name(a)
+    assert run_name(load("train.g_lr=0.001")) != run_name(a)
+    assert run_name(load("train.seed=1")) != run_name(a)
     plan = resolve(a)
     assert plan.tracking_uri.startswith("sqlite:///") and plan.storage_path.endswith("ray_results")
 
