@@ -22,9 +22,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 import warnings
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -54,6 +56,7 @@ class _Store:
         self.root, self.is_zip = root, is_zip
         self._zip: zipfile.ZipFile | None = None
         self._zip_names: list[str] | None = None
+        self._lock = threading.Lock()  # one zip handle, read by the prefetch and training threads
 
     def _zipfile(self) -> zipfile.ZipFile:
         if self._zip is None:  # opened lazily, so each DataLoader worker gets its own handle
@@ -61,7 +64,10 @@ class _Store:
         return self._zip
 
     def __getstate__(self) -> dict:
-        return dict(self.__dict__, _zip=None)
+        return {k: v for k, v in self.__dict__.items() if k not in ("_zip", "_lock")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _zip=None, _lock=threading.Lock())
 
     def describe(self, name: str) -> str:
         return f"{self.root}:{name}" if self.is_zip else str(self.root / name)
@@ -88,7 +94,8 @@ class _Store:
 
     def read(self, name: str) -> bytes:
         if self.is_zip:
-            return self._zipfile().read(name)
+            with self._lock:
+                return self._zipfile().read(name)
         return (self.root / name).read_bytes()
 
     def close(self) -> None:
@@ -347,6 +354,8 @@ class ImageDataset(torch.utils.data.Dataset):
         self._images: torch.Tensor | None = None  # uint8 [N, 3, H, W] over the raw images used
         self._masks: torch.Tensor | None = None  # uint8 [N, 1, H, W]
         self._slot = torch.full((n,), -1, dtype=torch.int64)  # raw index -> cache row
+        self._pending: dict[int, Future] = {}  # raw index -> decode started by `prefetch`
+        self._pool: ThreadPoolExecutor | None = None
         if cache:
             self._fill_cache()
 
@@ -427,6 +436,35 @@ class ImageDataset(torch.utils.data.Dataset):
     def has_masks(self) -> bool:
         return self._mask_files is not None
 
+    @property
+    def reads_on_demand(self) -> bool:
+        """Whether some items are decoded from their files when asked for (not held in memory)."""
+        return bool((self._slot[self._raw] < 0).any())
+
+    def prefetch(self, indices: Iterable[int]) -> None:
+        """Start decoding the files of these items in a background thread.
+
+        For items outside the in-memory cache (a dataset too large to hold): the trainer asks
+        for the next batch while the current step computes, so the decode (PIL releases the GIL)
+        overlaps training. Items are the same either way; decodes not asked for by the next
+        call are dropped.
+        """
+        wanted = {raw for raw in (self._raw_of(int(i)) for i in indices) if self._slot[raw] < 0}
+        for raw in [r for r in self._pending if r not in wanted]:
+            self._pending.pop(raw).cancel()
+        if not wanted:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cgsgan-decode")
+        for raw in wanted - self._pending.keys():
+            self._pending[raw] = self._pool.submit(self._load, raw)
+
+    def _raw_of(self, index: int) -> int:
+        """The raw image (index into `names`) behind item `index` (flipped items repeat the raw list)."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
+        return int(self._raw[index % len(self._raw)])
+
     def set_epoch(self, epoch: int) -> None:
         """Selects the random background colours of this epoch."""
         self.epoch = int(epoch)
@@ -442,16 +480,15 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for a dataset of {len(self)} items")
+        raw = self._raw_of(index)
         flipped = index >= len(self._raw)
-        raw = int(self._raw[index - len(self._raw) if flipped else index])
         row = int(self._slot[raw])
         if row >= 0:
             img_u8 = self._images[row]
             mask_u8 = self._masks[row] if self._masks is not None else None
         else:
-            img_u8, mask_u8 = self._load(raw)
+            pending = self._pending.pop(raw, None)
+            img_u8, mask_u8 = pending.result() if pending is not None else self._load(raw)
         image = img_u8.float() / 255  # [3, H, W] in [0, 1]
         mask = mask_u8.float() / 255 if mask_u8 is not None else torch.ones(1, self._res, self._res)
         if flipped:
@@ -468,5 +505,11 @@ class ImageDataset(torch.utils.data.Dataset):
             "index": index,
         }
 
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__, _pending={}, _pool=None)  # threads do not travel
+
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool, self._pending = None, {}
         self._store.close()

@@ -160,6 +160,12 @@ class Trainer:
         indices = self._next_indices()
         self.dataset.set_epoch(self.epoch)
         items = [self.dataset[int(i)] for i in indices]
+        if self.dataset.reads_on_demand:
+            # Decode the next batch's files in the background while this step trains.
+            position = self.epoch, self.epoch_pos
+            upcoming = self._next_indices()
+            self.epoch, self.epoch_pos = position
+            self.dataset.prefetch(upcoming.tolist())
         reals = torch.stack([it["image"] for it in items])
         labels = torch.stack([it["label"] for it in items])
         return reals.to(self.device), labels.to(self.device)

@@ -281,3 +281,26 @@ def test_load_labels_matches_dataset_order(tiny):
     ds = ImageDataset(tiny)
     assert table.names == ds.names == sorted(table.names)
     assert torch.equal(table.labels, ds.labels) and torch.equal(table.identities, ds.identities)
+
+
+def test_prefetch_decodes_in_the_background_and_changes_no_item(tiny, tmp_path):
+    import threading
+
+    zipped = make_zip(tiny, tmp_path / "tiny.zip")
+    reference = ImageDataset(tiny, xflip=True)
+    lazy = ImageDataset(zipped, cache=False, xflip=True)
+    assert lazy.reads_on_demand and not reference.reads_on_demand
+    threads: list[str] = []
+    load = lazy._load
+    lazy._load = lambda raw: (threads.append(threading.current_thread().name), load(raw))[1]
+    lazy.prefetch([3, 20, 5])
+    lazy._pending[lazy._raw_of(20)].result()  # wait for one of them
+    assert any(t.startswith("cgsgan-decode") for t in threads)
+    for i in (3, 20, 5, 9):  # 9 was not prefetched: decoded on the spot
+        x, y = lazy[i], reference[i]
+        assert all(torch.equal(x[k], y[k]) for k in ("image", "mask", "label"))
+    assert threads[-1] == threading.current_thread().name and not lazy._pending
+    lazy.prefetch([1, 2])
+    lazy.prefetch([2])  # decodes no longer asked for are dropped
+    assert set(lazy._pending) == {lazy._raw_of(2)}
+    lazy.close()

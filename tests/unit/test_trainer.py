@@ -140,3 +140,20 @@ def test_tick_timing_excludes_housekeeping(synthetic_dataset, tmp_path):
     steps = [s["timing/sec_per_kimg"] * 0.004 for s in ticks]
     assert [round(s["timing/maintenance_sec"], 1) >= 1.5 for s in ticks] == [False, True, True]
     assert max(steps[1:]) < steps[0] + 1.0  # the 1.5 s sleeps are not in the step times
+
+
+def test_batches_from_a_dataset_read_on_demand_match_the_cached_ones(synthetic_dataset, tmp_path, monkeypatch):
+    # Too large for memory -> decoded per batch, the next batch prefetched in the background.
+    import cgsgan.data.dataset as dataset_module
+
+    cfg = small_config(synthetic_dataset)
+    cached = Trainer(cfg, tmp_path / "a")
+    monkeypatch.setattr(dataset_module, "CACHE_LIMIT_BYTES", 0)
+    with pytest.warns(UserWarning, match="reading them on demand"):
+        lazy = Trainer(cfg, tmp_path / "b")
+    assert lazy.dataset.reads_on_demand and not cached.dataset.reads_on_demand
+    for _ in range(3):
+        (a, la), (b, lb) = cached._real_batch(), lazy._real_batch()
+        assert torch.equal(a, b) and torch.equal(la, lb)
+        assert lazy.dataset._pending  # the next batch is already on its way
+    assert (lazy.epoch, lazy.epoch_pos) == (cached.epoch, cached.epoch_pos)
