@@ -39,6 +39,15 @@ def scrub(params: dict[str, object]) -> dict[str, object]:
     return clean
 
 
+def mlflow_name(metric: str) -> str:
+    """Reported metric names use "/" (e.g. loss/G); MLflow shows them with "." (no "." is reported)."""
+    return metric.replace("/", ".")
+
+
+def reported_name(mlflow_metric: str) -> str:
+    return mlflow_metric.replace(".", "/")
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, artifact_root: str | None = None) -> None:
         self.client = MlflowClient(tracking_uri=tracking_uri)
@@ -74,9 +83,21 @@ class Tracker:
         self.run_id = run_id
         return run_id
 
+    def finished_metrics(self) -> dict[str, float] | None:
+        """The last metrics of the run with this name if it ended FINISHED (names as reported), else None.
+
+        A finished run is complete: the worker marks it FINISHED only after the last step.
+        """
+        found = self.client.search_runs(
+            [self.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{self.run_name}'", max_results=1
+        )
+        if not found or found[0].info.status != "FINISHED":
+            return None
+        return {reported_name(k): v for k, v in found[0].data.metrics.items()}
+
     def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int) -> None:
         items = [
-            Metric(k.replace("/", "."), float(v), timestamp_ms, step)
+            Metric(mlflow_name(k), float(v), timestamp_ms, step)
             for k, v in metrics.items()
             if isinstance(v, (int, float)) and v == v  # skip NaN
         ]

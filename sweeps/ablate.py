@@ -33,6 +33,9 @@ from orchestration.config import LaunchConfig, resolve, validate_launch  # noqa:
 from orchestration.storage import StorageError, check_storage  # noqa: E402
 
 METRIC = "metrics/fd_rand"
+# Also in the table: how much the Gaussians depend on the conditioning camera (0 and 100 dB for a
+# camera-free generator), and the final losses.
+EXTRA = ["metrics/sensitivity", "metrics/psnr_cond", "loss/G", "loss/D"]
 
 
 @dataclass
@@ -90,14 +93,24 @@ def trial_config(base: SweepConfig, t: dict) -> LaunchConfig:
 
 def run_trial(config: dict) -> None:
     """A Tune trial: build and fit the same TorchTrainer as launch.py; Tune sees its reports."""
+    from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from orchestration.ray_trainer import build_trainer
+    from orchestration.tracking import Tracker
 
     config = config["trial"]  # the grid-searched entry of the param space
     cfg: LaunchConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LaunchConfig), config["launch"]))
     plan = resolve(cfg)
     plan.storage_path = config["storage_path"]
+    # Tune may start a trial again after an interruption when its experiment state was saved
+    # before the trial ended: a trial whose run finished reports that run's final metrics and
+    # trains nothing (its MLflow run stays closed).
+    finished = Tracker(plan.tracking_uri, cfg.tracking.experiment, plan.name).finished_metrics()
+    if finished is not None:
+        print(f"trial {plan.name} already finished: reporting its final metrics", flush=True)
+        tune.report(finished)
+        return
     tags = {"mlflow.parentRunId": config["parent_run_id"], "sweep": config["sweep"],
             **{f"axis.{k}": str(v) for k, v in config["axes"].items()}}  # fmt: skip
     result = build_trainer(cfg, plan, extra_callbacks=[TuneReportCallback()], tags=tags).fit()
@@ -172,7 +185,7 @@ def run_sweep(cfg: SweepConfig) -> int:
         axes = r.config["trial"]["axes"]
         m = r.metrics or {}
         rows.append({**axes, "trial": trial_key(axes), "kimg": m.get("progress/kimg"), METRIC: m.get(METRIC),
-                     "loss/G": m.get("loss/G"), "loss/D": m.get("loss/D"), "error": str(r.error) if r.error else ""})  # fmt: skip
+                     **{k: m.get(k) for k in EXTRA}, "error": str(r.error) if r.error else ""})  # fmt: skip
     out = Path(base_plan.output_dir) / "sweeps" / cfg.sweep.name
     files = write_report(rows, out)
     for f in files:
@@ -194,7 +207,7 @@ def write_report(rows: list[dict], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["trial", "views", "grad_averaging", "camera_mode", "background", "seed", "kimg", METRIC, "loss/G", "loss/D", "error"]
+    cols = ["trial", "views", "grad_averaging", "camera_mode", "background", "seed", "kimg", METRIC, *EXTRA, "error"]
     rows = sorted(rows, key=lambda r: r["trial"])
     with open(out / "comparison.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)

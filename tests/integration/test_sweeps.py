@@ -5,6 +5,7 @@ finished trials, and the MLflow UI (headless Chromium) listing the child runs.""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -74,34 +75,35 @@ def test_mlflow_holds_one_parent_and_a_child_per_trial(finished_sweep, mlflow_se
     assert {"comparison/comparison.csv", "comparison/comparison.md", "comparison/comparison.png"} <= artifacts
 
 
-@pytest.mark.pending(
-    reason="MLflow 3.17's runs page nests children under a collapsed parent; the assertion on the rendered DOM "
-    "was rewritten for that and has not been run yet"
-)
 def test_mlflow_ui_lists_the_child_runs(finished_sweep, mlflow_server):
+    subprocess.run(["bash", str(ROOT / "infra/local/install_chromium.sh")], check=True, timeout=900)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], check=True,
-                       capture_output=True, timeout=900, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
-        chromium = shutil.which("chromium")
     _, exp, parents, children = sweep_runs(mlflow_server.tracking_uri, "itest")
-    url = f"{mlflow_server.tracking_uri}/#/experiments/{exp.experiment_id}/runs?searchFilter=tags.sweep%3D%27itest%27"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,1000", "--virtual-time-budget=30000"]
-    dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
     ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / "mlflow-sweep.png"
-    subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=180)
-    assert shot.exists() and shot.stat().st_size > 10_000
-    # The runs table nests the children under their parent (collapsed): the parent is listed by
-    # name and the filter reports the parent plus every child as matching runs.
-    assert parents[0].info.run_name in dom, "the sweep's parent run is not on the experiment page"
-    assert f"{1 + len(children)} matching runs" in dom, "the child runs are not counted on the experiment page"
+
+    def page(url: str, shot: Path) -> str:
+        """The rendered page's text (tags stripped); a screenshot is kept as a test artifact."""
+        dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+        subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=180)
+        assert shot.exists() and shot.stat().st_size > 10_000
+        return re.sub(r"<[^>]+>", "", dom)
+
+    # The experiment page nests the children under their (collapsed) parent: the parent is
+    # listed by name and the filter counts the parent plus every child as matching runs.
+    runs_page = page(f"{mlflow_server.tracking_uri}/#/experiments/{exp.experiment_id}/runs"
+                     "?searchFilter=tags.sweep%3D%27itest%27", ARTIFACTS / "mlflow-sweep.png")  # fmt: skip
+    assert parents[0].info.run_name in runs_page, "the sweep's parent run is not on the experiment page"
+    assert f"{1 + len(children)} matching runs" in runs_page, "the child runs are not counted on the experiment page"
+    # Side by side: the compare page lists every child run by name.
+    ids = ",".join(f'"{c.info.run_id}"' for c in children)
+    compare = page(f"{mlflow_server.tracking_uri}/#/compare-runs?runs=[{ids}]&experiments=[\"{exp.experiment_id}\"]",
+                   ARTIFACTS / "mlflow-sweep-compare.png")  # fmt: skip
+    assert f"Comparing {len(children)} Runs" in compare
+    for c in children:
+        assert c.info.run_name in compare, f"child run {c.info.run_name} is not on the compare page"
 
 
-@pytest.mark.pending(
-    reason="after Tuner.restore a trial that had finished (in MLflow) before the kill is started again: its run "
-    "resumes at its final checkpoint and trains no step, but its MLflow run is reopened and closed (end_time changes)"
-)
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(s3_server, mlflow_server, tmp_path):
     env = env_for(s3_server, tmp_path)
     cmd = sweep_cmd(tmp_path / "out", mlflow_server.tracking_uri, "resume")
