@@ -45,6 +45,15 @@ def prepare(cfg: LaunchConfig) -> Plan:
     return plan
 
 
+# Ray starts its workers at nice 15 so that its own daemons stay responsive. On a node that is
+# there to train, every other process then preempts the training threads, and each of torch's
+# parallel ops waits for its slowest thread: a training step in a nice-15 Ray worker took 3.2x
+# as long as the same step in a plain process on 2 cores (1.06x at nice 0; see
+# benchmarks/results/orchestration.md). Every Ray node this project starts runs workers at 0.
+WORKER_NICENESS = 0
+TRAINING_NODE_ENV = {"RAY_worker_niceness": str(WORKER_NICENESS)}  # for `ray start`
+
+
 def connect_ray(cfg: LaunchConfig, extra_cpus: int = 0) -> None:
     """Connect to the configured cluster, or start a local Ray. `extra_cpus` adds logical CPUs to
     a local Ray for processes that hold a sliver of CPU but do no work (Tune's trial drivers)."""
@@ -57,7 +66,7 @@ def connect_ray(cfg: LaunchConfig, extra_cpus: int = 0) -> None:
         return
     if address is None:
         # The dashboard serves the state API that Ray Train's controller polls.
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1",
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _system_config={"worker_niceness": WORKER_NICENESS},
                  num_cpus=(os.cpu_count() or 1) + extra_cpus if extra_cpus else None)
     else:
         ray.init(address=address)

@@ -24,6 +24,7 @@ from pathlib import Path
 import submitit
 
 from orchestration.config import LaunchConfig, SlurmConfig
+from orchestration.launch import TRAINING_NODE_ENV
 
 
 def port_block(job_id: str, base: int) -> dict[str, int]:
@@ -73,7 +74,7 @@ class SlurmJob:
         # Ray protects the cluster with a token; it lives in the job's submitit folder (shared by
         # all nodes, readable by the user only) and is new for every job.
         token = Path(env.paths.folder) / f".ray-token-{env.job_id}"
-        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), **TRAINING_NODE_ENV)
         if env.global_rank == 0:
             token.touch(mode=0o600)
             token.write_text(secrets.token_hex(32))
