@@ -20,6 +20,7 @@ transmittance from round to round, and scatters into the per-Gaussian table once
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -74,7 +75,6 @@ class _Plan:
     rows: torch.Tensor  # [I] table row of each intersection, sorted by (tile, depth)
     start: torch.Tensor  # [T] first intersection of each tile
     count: torch.Tensor  # [T] intersections of each tile
-    num_tiles: int
     tiles_x: int
     tiles_y: int
     tile_size: int
@@ -137,9 +137,9 @@ def _sigma_coeffs_backward(g: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, 
     return torch.stack([g_dx, g_dy], -1), torch.stack([g_a, g_b, g_c], -1)
 
 
-# A round is processed in blocks of at most this many tiles: a [64, K=64, P=64] float block is
-# 1 MiB, so the ~20 elementwise passes of compositing stay in a core's L2 cache instead of
-# streaming the whole round through memory.
+# A round is processed in blocks of at most this many tiles: a [128, K=64, P=64] float32 block is
+# 2 MiB, so the ~20 elementwise passes of compositing work on cache-sized pieces, and the memory
+# of one pass stays bounded for large batches (32 to 256 measured within 10% of each other).
 TILES_PER_BLOCK = 128
 
 
@@ -173,6 +173,7 @@ def _composite_forward(coeffs, opacities, feats, log_t_in, done_in, basis):
     return alpha, trans, acc, lt_sum, done_in | (included[:, -1] == 0)
 
 
+@functools.lru_cache
 def _below(x: float, dtype: torch.dtype) -> float:
     """The largest value of dtype under x: F.threshold keeps values > it, i.e. >= x."""
     t = torch.tensor(x, dtype=dtype)
@@ -217,9 +218,10 @@ class _Rasterize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, table: torch.Tensor, plan: _Plan, basis: torch.Tensor):
         P = basis.shape[1]
-        log_t = table.new_zeros(plan.num_tiles, P)  # log transmittance so far
-        done = torch.zeros(plan.num_tiles, P, dtype=torch.bool)  # pixel hit the 1e-4 stop
-        acc = table.new_zeros(plan.num_tiles, P, table.shape[-1] - 6)
+        num_tiles = len(plan.count)
+        log_t = table.new_zeros(num_tiles, P)  # log transmittance so far
+        done = torch.zeros(num_tiles, P, dtype=torch.bool)  # pixel hit the 1e-4 stop
+        acc = table.new_zeros(num_tiles, P, table.shape[-1] - 6)
         saved = []
         most = int(plan.count.max()) if len(plan.count) else 0
         for r in range(math.ceil(most / plan.chunk)):
@@ -273,7 +275,7 @@ def rasterize_tiled(
     count = torch.bincount(tile, minlength=num_tiles)
     plan = _Plan(
         rows=rows, start=torch.cumsum(count, 0) - count, count=count,
-        num_tiles=num_tiles, tiles_x=tiles_x, tiles_y=tiles_y, tile_size=tile_size, chunk=chunk,
+        tiles_x=tiles_x, tiles_y=tiles_y, tile_size=tile_size, chunk=chunk,
     )  # fmt: skip
 
     # Pixel centres relative to the tile centre, row-major, as the basis of sigma's quadratic.
