@@ -142,18 +142,23 @@ class Trainer:
         self._metric_cache: dict = {}
 
     # ---------------------------------------------------------------- data
-    def _next_indices(self) -> torch.Tensor:
-        """This rank's shard of a per-epoch permutation shared by all ranks (same seed)."""
+    def _indices_at(self, epoch: int, pos: int) -> tuple[torch.Tensor, int, int]:
+        """This rank's next batch from (epoch, position) in its shard of a per-epoch permutation
+        shared by all ranks (same seed), and the (epoch, position) after it."""
         n, out = len(self.dataset), []
         while len(out) < self.local_batch:
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.train.seed * 7919 + self.epoch))
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.train.seed * 7919 + epoch))
             shard = perm[self.rank :: self.world_size]
-            take = shard[self.epoch_pos : self.epoch_pos + self.local_batch - len(out)]
+            take = shard[pos : pos + self.local_batch - len(out)]
             out.extend(take.tolist())
-            self.epoch_pos += len(take)
-            if self.epoch_pos >= len(shard):
-                self.epoch, self.epoch_pos = self.epoch + 1, 0
-        return torch.tensor(out)
+            pos += len(take)
+            if pos >= len(shard):
+                epoch, pos = epoch + 1, 0
+        return torch.tensor(out), epoch, pos
+
+    def _next_indices(self) -> torch.Tensor:
+        indices, self.epoch, self.epoch_pos = self._indices_at(self.epoch, self.epoch_pos)
+        return indices
 
     def _real_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Reals [b, 3, H, W] on the background scheme (colours fixed per epoch and image), labels [b, 25]."""
@@ -162,9 +167,7 @@ class Trainer:
         items = [self.dataset[int(i)] for i in indices]
         if self.dataset.reads_on_demand:
             # Decode the next batch's files in the background while this step trains.
-            position = self.epoch, self.epoch_pos
-            upcoming = self._next_indices()
-            self.epoch, self.epoch_pos = position
+            upcoming, _, _ = self._indices_at(self.epoch, self.epoch_pos)
             self.dataset.prefetch(upcoming.tolist())
         reals = torch.stack([it["image"] for it in items])
         labels = torch.stack([it["label"] for it in items])
