@@ -26,7 +26,7 @@ def worker_env() -> dict[str, str]:
     env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
     # Train V2 patches print() in workers to also log through its logger, which Ray streams to
     # the driver a second time: every tick line showed up twice. Ray's own streaming is enough.
-    env.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH", "0"))
+    env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     return env
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import submitit
 
 from orchestration.config import LaunchConfig, SlurmConfig
-from orchestration.launch import TRAINING_NODE_ENV
+from orchestration.launch import TRAINING_NODE_ENV, run
 
 
 def port_block(job_id: str, base: int) -> dict[str, int]:
@@ -99,8 +99,6 @@ class SlurmJob:
             # ray.init installs Ray's C++ failure handler for SIGTERM, which aborts the process
             # and races submitit's requeue on preemption; put the Python handlers back.
             _rearm(handlers)
-            from orchestration.launch import run
-
             cfg.cluster = dataclasses.replace(cfg.cluster, kind="ray", address=address)
             print(f"slurm job {env.job_id}: Ray at {address}, {s.nodes} node(s), "
                   f"{self.requeues_left} requeue(s) left", flush=True)  # fmt: skip
