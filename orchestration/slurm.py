@@ -115,6 +115,11 @@ class SlurmJob:
                 time.sleep(s.signal_delay_s + 60)
             return code
         finally:
+            import ray
+
+            # Disconnect first: a driver still connected when the head goes away is aborted by
+            # Ray's core worker (exit 1) before submitit can record the job's result.
+            ray.shutdown()
             head.terminate()  # `ray start --block` stops the processes it started
             try:
                 head.wait(timeout=60)
