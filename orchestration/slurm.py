@@ -2,7 +2,8 @@
 
 The job runs one task per node. Task 0 starts a Ray head (explicit node IP, ports from a per-job
 block so two jobs on one node never collide) and then runs the same training as launch.py
-against it; tasks 1..N-1 join as Ray worker nodes and block until the head goes away. When
+against it, from a child process so that the task itself never connects to Ray; tasks 1..N-1
+join as Ray worker nodes and block until the head goes away. When
 SLURM preempts the job or its time runs out, submitit calls `checkpoint`, which requeues the
 same callable (with one requeue less in its budget): the new job trains under the same
 (storage_path, name), so Ray Train resumes from the last checkpoint, and the MLflow run with it.
@@ -11,6 +12,7 @@ same callable (with one requeue less in its budget): the new job trains under th
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
 import secrets
 import signal
@@ -91,40 +93,34 @@ class SlurmJob:
              f"--ray-client-server-port={ports['client_server']}", *ray_start_args(head_ip, ports, cpus, gpus, temp_dir)],
             start_new_session=True,
         )  # fmt: skip
-        handlers = _submitit_handlers()
-        terminated = _record_sigterm(handlers)
+        terminated = _record_sigterm()
+        address = f"{head_ip}:{ports['gcs']}"
+        print(f"slurm job {env.job_id}: Ray at {address}, {s.nodes} node(s), "
+              f"{self.requeues_left} requeue(s) left", flush=True)  # fmt: skip
+        # The Ray driver runs in a child process. A process connected to Ray has Ray's signal
+        # handlers and a core worker that exits the process as soon as the head it talks to dies;
+        # on preemption SLURM signals every process of the step, so the head dies at once and the
+        # driver could exit before submitit's requeue handler ran. This process stays Ray-free,
+        # so its Python handlers (submitit's requeue on USR2) always run.
+        driver = multiprocessing.get_context("spawn").Process(
+            target=_drive, args=(self.config, address, s.nodes), name="ray-driver"
+        )
         try:
-            address = f"{head_ip}:{ports['gcs']}"
-            _wait_for_nodes(address, s.nodes, timeout_s=300)
-            # ray.init installs Ray's C++ failure handler for SIGTERM, which aborts the process
-            # and races submitit's requeue on preemption; put the Python handlers back.
-            _rearm(handlers)
-            cfg.cluster = dataclasses.replace(cfg.cluster, kind="ray", address=address)
-            print(f"slurm job {env.job_id}: Ray at {address}, {s.nodes} node(s), "
-                  f"{self.requeues_left} requeue(s) left", flush=True)  # fmt: skip
-            try:
-                code = run(cfg)
-            except Exception:
-                if not terminated:
-                    raise
-                code = 1
+            driver.start()
+            while driver.exitcode is None:
+                driver.join(timeout=1.0)  # short waits: a signal's Python handler runs between them
+            code = driver.exitcode
             if code != 0 and terminated:
                 # SLURM's SIGTERM also stopped the Ray processes, so training failed; the
                 # preemption / time-limit signal follows and requeues through `checkpoint`.
                 print("slurm: SIGTERM received; waiting for the requeue signal", flush=True)
                 time.sleep(s.signal_delay_s + 60)
+            if code != 0:
+                raise RuntimeError(f"the Ray driver exited with code {code}; its traceback is above in this log")
             return code
         finally:
-            import ray
-
-            # Disconnect first: a driver still connected when the head goes away is aborted by
-            # Ray's core worker (exit 1) before submitit can record the job's result.
-            ray.shutdown()
-            head.terminate()  # `ray start --block` stops the processes it started
-            try:
-                head.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                head.kill()
+            for proc in (driver, head):
+                _stop(proc)
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission | None:
         """Called by submitit on preemption or time-out: requeue while the budget lasts."""
@@ -135,31 +131,48 @@ class SlurmJob:
         return submitit.helpers.DelayedSubmission(SlurmJob(self.config, self.requeues_left - 1))
 
 
-def _submitit_handlers() -> dict[signal.Signals, object]:
-    """The Python handlers submitit installed (SIGTERM/SIGCONT logged, USR signal requeues)."""
-    sigs = (signal.SIGTERM, signal.SIGCONT, signal.SIGUSR1, signal.SIGUSR2)
-    return {sig: signal.getsignal(sig) for sig in sigs}
+def _drive(config: dict, address: str, nodes: int) -> None:
+    """The Ray driver (a spawned child of the SLURM task): wait for the nodes, then train."""
+    import ray
+    from omegaconf import OmegaConf
+
+    cfg: LaunchConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LaunchConfig), config))
+    _wait_for_nodes(address, nodes, timeout_s=300)
+    cfg.cluster = dataclasses.replace(cfg.cluster, kind="ray", address=address)
+    try:
+        code = run(cfg)
+    finally:
+        ray.shutdown()  # disconnect before the head goes away, or Ray's core worker exits 1
+    sys.exit(code)
 
 
-def _record_sigterm(handlers: dict[signal.Signals, object]) -> list[int]:
+def _record_sigterm() -> list[int]:
     """Chain a recorder in front of submitit's SIGTERM handler; the list is non-empty once seen."""
     seen: list[int] = []
-    previous = handlers[signal.SIGTERM]
+    previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum, frame):
         seen.append(signum)
         if callable(previous):
             previous(signum, frame)
 
-    handlers[signal.SIGTERM] = on_sigterm
     signal.signal(signal.SIGTERM, on_sigterm)
     return seen
 
 
-def _rearm(handlers: dict[signal.Signals, object]) -> None:
-    for sig, handler in handlers.items():
-        if handler is not None:
-            signal.signal(sig, handler)
+def _stop(proc: subprocess.Popen | multiprocessing.process.BaseProcess) -> None:
+    """SIGTERM, then SIGKILL after a minute (`ray start --block` stops the processes it started)."""
+    if isinstance(proc, subprocess.Popen):
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    elif proc.pid is not None:  # a started multiprocessing.Process
+        proc.terminate()
+        proc.join(timeout=60)
+        if proc.exitcode is None:
+            proc.kill()
 
 
 def _wait_for_nodes(address: str, nodes: int, timeout_s: float) -> None:
