@@ -89,9 +89,14 @@ class SlurmJob:
             return subprocess.call([_ray_bin(), "start", *args])
 
         head = subprocess.Popen(
-            [_ray_bin(), "start", "--head", f"--port={ports['gcs']}", "--include-dashboard=false",
+            # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
+            [_ray_bin(), "start", "--head", f"--port={ports['gcs']}", "--include-dashboard=true",
+             f"--dashboard-host={head_ip}", f"--dashboard-port={ports['dashboard']}",
              f"--ray-client-server-port={ports['client_server']}", *ray_start_args(head_ip, ports, cpus, gpus, temp_dir)],
             start_new_session=True,
+            # The head is stopped when the job ends or is preempted, with nothing left to drain:
+            # Ray's default 30 s drain would only eat into SLURM's grace time.
+            env={**os.environ, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "5"},
         )  # fmt: skip
         terminated = _record_sigterm()
         address = f"{head_ip}:{ports['gcs']}"

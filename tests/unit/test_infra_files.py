@@ -262,7 +262,7 @@ def test_sbatch_port_block_is_the_one_orchestration_slurm_uses():
     names = {"gcs": "gcs", "node_manager": "node_manager", "object_manager": "object_manager",
              "client": "client_server", "metrics": "metrics", "agent_listen": "agent_listen",
              "agent_grpc": "agent_grpc", "runtime_env_agent": "runtime_env_agent",
-             "min_worker": "min_worker", "max_worker": "max_worker"}  # fmt: skip
+             "dashboard": "dashboard", "min_worker": "min_worker", "max_worker": "max_worker"}  # fmt: skip
     assert set(offsets) == set(names)
     for job_id in ("7", "1234", "98765"):
         start = int(subprocess.run(["bash", "-c", f"SLURM_JOB_ID={job_id}; PORT_BASE=20000; echo $(({p_line}))"],
