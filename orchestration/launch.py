@@ -36,13 +36,18 @@ def prepare(cfg: LaunchConfig) -> Plan:
     validate_launch(cfg)
     plan = resolve(cfg)
     check_storage(plan.storage_path, cfg.storage.endpoint_url, cfg.storage.create_bucket)
+    make_local_data(cfg, plan)
+    return plan
+
+
+def make_local_data(cfg: LaunchConfig, plan: Plan) -> None:
+    """On a local Ray, generate the synthetic heads once here rather than racing in every worker
+    (on a cluster each node makes its own copy in its cache)."""
     if cfg.cluster.kind == "local" and cfg.data.source == "synthetic":
-        # Generate the synthetic heads once here, rather than racing in every worker.
         from cgsgan.config import from_dict
         from cgsgan.training.trainer import prepare_data
 
         prepare_data(from_dict(plan.core))
-    return plan
 
 
 # Ray starts its workers at nice 15 so that its own daemons stay responsive. On a node that is

@@ -136,7 +136,7 @@ def run_sweep(cfg: SweepConfig) -> int:
     import ray
     from ray import tune
 
-    from orchestration.launch import connect_ray
+    from orchestration.launch import connect_ray, make_local_data
     from orchestration.tracking import Tracker
 
     try:
@@ -148,11 +148,7 @@ def run_sweep(cfg: SweepConfig) -> int:
     except (ConfigError, StorageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if cfg.cluster.kind == "local" and cfg.data.source == "synthetic":
-        from cgsgan.config import from_dict
-        from cgsgan.training.trainer import prepare_data
-
-        prepare_data(from_dict(base_plan.core))
+    make_local_data(trial_cfgs[0], base_plan)
 
     tracker = Tracker(base_plan.tracking_uri, cfg.tracking.experiment, f"sweep-{cfg.sweep.name}",
                       (Path(base_plan.output_dir) / "mlartifacts").as_uri() if not cfg.tracking.uri else None)
