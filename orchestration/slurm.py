@@ -112,8 +112,7 @@ class SlurmJob:
         )
         try:
             driver.start()
-            while driver.exitcode is None:
-                driver.join(timeout=1.0)  # short waits: a signal's Python handler runs between them
+            driver.join()  # a signal interrupts the wait and runs its Python handler (PEP 475)
             code = driver.exitcode
             if code != 0 and terminated:
                 # SLURM's SIGTERM also stopped the Ray processes, so training failed; the
