@@ -5,13 +5,14 @@ Parameters are stored raw (what a network predicts), activations are properties:
     log_scales      [B, N, 3]  scale = exp(log_scales)
     quats           [B, N, 4]  rotation, (w, x, y, z), not necessarily normalised
     opacity_logits  [B, N]     opacity = sigmoid(opacity_logits)
-    sh0             [B, N, 3]  degree-0 spherical-harmonics coefficient; rgb = 0.5 + SH_C0 * sh0
+    sh0             [B, N, 3]  degree-0 spherical-harmonics coefficient; rgb = max(0.5 + SH_C0 * sh0, 0)
 
 This is the parameterisation of the 3D Gaussian Splatting .ply, so export is a copy.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -75,7 +76,8 @@ class Gaussians:
 
     @property
     def rgb(self) -> torch.Tensor:
-        return 0.5 + SH_C0 * self.sh0
+        """Colour as 3DGS rasterizers evaluate degree-0 SH: 0.5 + SH_C0 * sh0, clamped at 0 (not at 1)."""
+        return (0.5 + SH_C0 * self.sh0).clamp(min=0.0)
 
     @property
     def unit_quats(self) -> torch.Tensor:
@@ -87,6 +89,10 @@ class Gaussians:
     def map(self, fn) -> "Gaussians":
         """A new container with `fn` applied to every tensor (e.g. `.detach()`, `.to(device)`)."""
         return Gaussians(**{k: fn(v) for k, v in self.tensors().items()})
+
+    def replace(self, **tensors: torch.Tensor) -> "Gaussians":
+        """A new container with some tensors swapped, e.g. `g.replace(means=clamped)`."""
+        return dataclasses.replace(self, **tensors)
 
     def __getitem__(self, index) -> "Gaussians":
         """Select heads along the batch axis, keeping it (an int index gives a batch of one)."""

@@ -2,9 +2,11 @@
 
 Two backends with the same semantics:
     "gsplat" - gsplat.rasterization on CUDA tensors;
-    "torch"  - the project's own tiled, differentiable PyTorch rasterizer (CPU, or any device);
+    "torch"  - the project's own differentiable PyTorch rasterizer (per-pixel depth-sorted lists;
+               CPU, or any device);
     "dense"  - the all-pairs oracle the tests compare "torch" against (small scenes only).
-"auto" picks gsplat for CUDA tensors and torch otherwise.
+"auto" picks gsplat for CUDA tensors and torch otherwise. Colours are degree-0 SH evaluated as
+the 3DGS rasterizers do (clamped at 0); images come back in [-1, 1].
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from cgsgan import camera
 from cgsgan.gaussians import Gaussians
 from cgsgan.render.dense import rasterize_dense
 from cgsgan.render.projection import project
-from cgsgan.render.tiled import rasterize_tiled
+from cgsgan.render.rasterize import rasterize
 
 Backend = Literal["auto", "gsplat", "torch", "dense"]
 
@@ -82,15 +84,13 @@ def render(
     image_size: int | tuple[int, int],
     background: torch.Tensor | None = None,
     backend: Backend = "auto",
-    tile_size: int | None = None,
 ) -> RenderOutput:
     """Render head b of `gaussians` (B heads) from each of its cameras.
 
     cameras: EG3D labels [B, 25] / [B, V, 25] or a `Cameras`. With [B, 25] the view axis is
     dropped from the outputs. background: RGB in [0, 1], broadcastable to [B, V, 3] (or [B, 3]
     with [B, 25] cameras); None is
-    white. tile_size only changes speed: 16 for gsplat, 8 for the CPU rasterizer (measured
-    faster there: fewer wasted pixels in tiles at a head's silhouette).
+    white.
     """
     single_view = isinstance(cameras, torch.Tensor) and cameras.dim() == 2
     cams = Cameras.from_labels(cameras) if isinstance(cameras, torch.Tensor) else cameras
@@ -110,9 +110,9 @@ def render(
 
     which = resolve_backend(backend, device)
     if which == "gsplat":
-        colors, alphas, depths = _render_gsplat(gaussians, viewmats, Ks, width, height, bg, tile_size or 16)
+        colors, alphas, depths = _render_gsplat(gaussians, viewmats, Ks, width, height, bg)
     else:
-        colors, alphas, depths = _render_torch(gaussians, viewmats, Ks, width, height, bg, which, tile_size or 8)
+        colors, alphas, depths = _render_torch(gaussians, viewmats, Ks, width, height, bg, which)
 
     # [B, V, H, W, ...] -> [B, V, C, H, W]; images to [-1, 1].
     out = RenderOutput(
@@ -125,29 +125,11 @@ def render(
     return out
 
 
-def _render_torch(g: Gaussians, viewmats, Ks, width, height, bg, which: str, tile_size: int):
+def _render_torch(g: Gaussians, viewmats, Ks, width, height, bg, which: str):
     B, V = viewmats.shape[:2]
-
-    def per_camera(x: torch.Tensor) -> torch.Tensor:
-        # [B, N, ...] -> [B * V, N, ...]: head b is seen by its V cameras.
-        return x[:, None].expand(B, V, *x.shape[1:]).reshape(B * V, *x.shape[1:])
-
-    proj = project(
-        per_camera(g.means),
-        per_camera(g.log_scales),
-        per_camera(g.quats),
-        per_camera(g.opacities),
-        per_camera(g.rgb),
-        viewmats.reshape(B * V, 4, 4),
-        Ks.reshape(B * V, 3, 3),
-        width,
-        height,
-    )
-    flat_bg = bg.reshape(B * V, 3)
-    if which == "dense":
-        colors, alphas, depths = rasterize_dense(proj, flat_bg, width, height)
-    else:
-        colors, alphas, depths = rasterize_tiled(proj, flat_bg, width, height, tile_size)
+    proj = project(g.means, g.log_scales, g.quats, g.opacities, g.rgb, viewmats, Ks, width, height)
+    rasterize_fn = rasterize_dense if which == "dense" else rasterize
+    colors, alphas, depths = rasterize_fn(proj, bg.reshape(B * V, 3), width, height)
     return (
         colors.reshape(B, V, height, width, 3),
         alphas.reshape(B, V, height, width),
@@ -155,7 +137,7 @@ def _render_torch(g: Gaussians, viewmats, Ks, width, height, bg, which: str, til
     )
 
 
-def _render_gsplat(g: Gaussians, viewmats, Ks, width, height, bg, tile_size: int):
+def _render_gsplat(g: Gaussians, viewmats, Ks, width, height, bg):
     from gsplat import rasterization
 
     renders, alphas, _ = rasterization(
@@ -171,6 +153,5 @@ def _render_gsplat(g: Gaussians, viewmats, Ks, width, height, bg, tile_size: int
         backgrounds=bg,
         render_mode="RGB+ED",
         packed=False,
-        tile_size=tile_size,
     )  # renders [B, V, H, W, 4], alphas [B, V, H, W, 1]
     return renders[..., :3], alphas[..., 0], renders[..., 3]

@@ -24,7 +24,8 @@ FAR_PLANE = 1e10
 
 @dataclass
 class Projected:
-    """Screen-space Gaussians, one set per camera. C cameras, N Gaussians.
+    """Screen-space Gaussians, one set per camera. C cameras (head-major: head b's V cameras
+    are rows b * V ... b * V + V - 1), N Gaussians.
 
     means2d  [C, N, 2]  pixel coordinates (pixel centres at half-integers)
     conics   [C, N, 3]  inverse 2D covariance (a, b, c): sigma = 0.5 (a dx^2 + c dy^2) + b dx dy
@@ -53,14 +54,22 @@ def project(
     width: int,
     height: int,
 ) -> Projected:
-    """Project Gaussians [C, N, ...] with per-camera view matrices [C, 4, 4] and pixel Ks [C, 3, 3]."""
-    rot = viewmats[:, None, :3, :3]  # [C, 1, 3, 3]
-    trans = viewmats[:, None, :3, 3]  # [C, 1, 3]
-    mean_c = (rot @ means[..., None])[..., 0] + trans  # [C, N, 3]
-    cov_c = rot @ covariance(log_scales, quats) @ rot.transpose(-1, -2)  # [C, N, 3, 3]
+    """Project B heads' Gaussians [B, N, ...] into each head's V cameras (view matrices
+    [B, V, 4, 4], pixel Ks [B, V, 3, 3]) -> Projected over C = B * V cameras, head-major.
 
-    fx, fy = Ks[:, None, 0, 0], Ks[:, None, 1, 1]  # [C, 1]
-    cx, cy = Ks[:, None, 0, 2], Ks[:, None, 1, 2]
+    The 3D covariance is built once per head, and the 2D covariance of every (camera, Gaussian)
+    is written out per component (T Sigma T^T with T = J W the 2x3 Jacobian of the projection):
+    batches of 3x3 matrix products cost far more on CPU than a few elementwise passes.
+    """
+    B, N = means.shape[:2]
+    V = viewmats.shape[1]
+    sigma = covariance(log_scales, quats)[:, None]  # [B, 1, N, 3, 3]
+    rot = viewmats[:, :, None, :3, :3]  # [B, V, 1, 3, 3]
+    trans = viewmats[:, :, None, :3, 3]  # [B, V, 1, 3]
+    mean_c = torch.einsum("bnk,bvjk->bvnj", means, viewmats[:, :, :3, :3]) + trans  # [B, V, N, 3]
+
+    fx, fy = Ks[:, :, None, 0, 0], Ks[:, :, None, 1, 1]  # [B, V, 1]
+    cx, cy = Ks[:, :, None, 0, 2], Ks[:, :, None, 1, 2]
     x, y, z = mean_c.unbind(-1)
     # Guard the division for Gaussians that will be culled anyway (behind the camera).
     z_safe = torch.where(z > NEAR_PLANE, z, torch.ones_like(z))
@@ -68,24 +77,22 @@ def project(
     tan_fovx, tan_fovy = 0.5 * width / fx, 0.5 * height / fy
     lim_x_pos, lim_x_neg = (width - cx) / fx + 0.3 * tan_fovx, cx / fx + 0.3 * tan_fovx
     lim_y_pos, lim_y_neg = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
-    tx = z_safe * torch.minimum(lim_x_pos, torch.maximum(-lim_x_neg, x * rz))
-    ty = z_safe * torch.minimum(lim_y_pos, torch.maximum(-lim_y_neg, y * rz))
-    zeros = torch.zeros_like(z)
-    jac = torch.stack(
-        [
-            torch.stack([fx * rz, zeros, -fx * tx * rz * rz], dim=-1),
-            torch.stack([zeros, fy * rz, -fy * ty * rz * rz], dim=-1),
-        ],
-        dim=-2,
-    )  # [C, N, 2, 3]
-    cov2d = jac @ cov_c @ jac.transpose(-1, -2)  # [C, N, 2, 2]
-    a = cov2d[..., 0, 0] + EPS2D
-    b = cov2d[..., 0, 1]
-    c = cov2d[..., 1, 1] + EPS2D
+    tx = torch.minimum(lim_x_pos, torch.maximum(-lim_x_neg, x * rz))  # clamped x / z
+    ty = torch.minimum(lim_y_pos, torch.maximum(-lim_y_neg, y * rz))
+    # Rows of T = J W: J = [[fx / z, 0, -fx tx / z], [0, fy / z, -fy ty / z]] (tx, ty already divided by z).
+    t0 = (fx * rz)[..., None] * (rot[..., 0, :] - tx[..., None] * rot[..., 2, :])  # [B, V, N, 3]
+    t1 = (fy * rz)[..., None] * (rot[..., 1, :] - ty[..., None] * rot[..., 2, :])
+    s_t0 = (sigma * t0[..., None, :]).sum(-1)  # Sigma T0 [B, V, N, 3]
+    s_t1 = (sigma * t1[..., None, :]).sum(-1)
+    a = (t0 * s_t0).sum(-1) + EPS2D
+    b = (t1 * s_t0).sum(-1)
+    c = (t1 * s_t1).sum(-1) + EPS2D
     det = a * c - b * b
     det_safe = torch.where(det > 0, det, torch.ones_like(det))
     conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], dim=-1)
     means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], dim=-1)
+    opacities = opacities[:, None].expand(B, V, N)
+    colors = colors[:, None].expand(B, V, *colors.shape[1:])
 
     with torch.no_grad():
         op = opacities.detach()
@@ -104,10 +111,13 @@ def project(
             & (m[..., 1] + ry > 0)
             & (m[..., 1] - ry < height)
         )
-        radii = torch.stack([rx, ry], dim=-1) * visible[..., None]
-        radii = radii.to(torch.int64)
+        radii = (torch.stack([rx, ry], dim=-1) * visible[..., None]).to(torch.int64)
 
-    return Projected(means2d=means2d, conics=conics, depths=z, opacities=opacities, colors=colors, radii=radii)
+    def flat(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(B * V, *t.shape[2:])
+
+    return Projected(means2d=flat(means2d), conics=flat(conics), depths=flat(z), opacities=flat(opacities),
+                     colors=flat(colors), radii=flat(radii))
 
 
 def gaussian_alpha(conics: torch.Tensor, means2d: torch.Tensor, opacities: torch.Tensor, pix: torch.Tensor):

@@ -32,11 +32,11 @@ def one_gaussian(pos, scale, opacity=0.9, rgb=(1.0, 1.0, 1.0)) -> Gaussians:
 
 
 @pytest.mark.parametrize("seed,n,scale,size", [(0, 300, 0.03, (40, 40)), (1, 800, 0.02, (37, 29)), (2, 60, 0.05, (64, 48))])
-def test_tiled_matches_dense_oracle_multiview(seed, n, scale, size):
+def test_cpu_rasterizer_matches_dense_oracle_multiview(seed, n, scale, size):
     g = scene(2, n, scale=scale, seed=seed)
     labels = camera.sample_gaussian_poses(6, generator=torch.Generator().manual_seed(seed), dtype=F64).reshape(2, 3, 25)
     bg = torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(seed), dtype=F64)
-    a = render(g, labels, size, bg, backend="torch", tile_size=8)
+    a = render(g, labels, size, bg, backend="torch")
     b = render(g, labels, size, bg, backend="dense")
     assert a.image.shape == (2, 3, 3, size[1], size[0])
     assert b.alpha.max() > 0.99 and b.alpha.std() > 0.05  # saturated pixels and structure
@@ -45,12 +45,12 @@ def test_tiled_matches_dense_oracle_multiview(seed, n, scale, size):
     torch.testing.assert_close(a.depth, b.depth, atol=1e-8, rtol=0)
 
 
-def test_tiled_matches_dense_in_float32_with_opaque_scene():
-    # Many overlapping opaque Gaussians: exercises the 1e-4 transmittance stop and early tile exit.
+def test_cpu_rasterizer_matches_dense_in_float32_with_opaque_scene():
+    # Many overlapping opaque Gaussians: exercises the 1e-4 transmittance stop in float32.
     g = scene(1, 1500, scale=0.06, seed=3, dtype=torch.float32)
     g.opacity_logits.data += 4.0
     label = camera.frontal_label(1)
-    a = render(g, label, 48, backend="torch", tile_size=16)
+    a = render(g, label, 48, backend="torch")
     b = render(g, label, 48, backend="dense")
     assert (b.alpha > 0.999).float().mean() > 0.9
     torch.testing.assert_close(a.image, b.image, atol=2e-4, rtol=0)
@@ -75,7 +75,7 @@ def test_gradients_match_finite_differences():
     bg = torch.tensor([0.2, 0.5, 0.8], dtype=F64)
 
     def loss(means, log_scales, quats, opacity_logits, sh0):
-        out = render(Gaussians(means, log_scales, quats, opacity_logits, sh0), label, 24, bg, backend="torch", tile_size=8)
+        out = render(Gaussians(means, log_scales, quats, opacity_logits, sh0), label, 24, bg, backend="torch")
         return (out.image * weights).sum() + out.alpha.sum() * 0.1
 
     names = list(params)
@@ -145,33 +145,40 @@ def test_unknown_backend_and_batch_mismatch():
         render(g, camera.frontal_label(2, dtype=F64), 16)
 
 
-@pytest.mark.parametrize("chunk", [8, 64])
-def test_tiled_gradients_match_dense_oracle_across_rounds_and_the_stop(chunk):
-    # Opaque overlapping Gaussians: with chunk=8 a tile composites in several rounds, and most
-    # pixels reach the 1e-4 transmittance stop, so the fused backward's carry of transmittance
-    # between rounds and its exclusion of stopped Gaussians are both exercised.
-    from cgsgan.render.dense import rasterize_dense
-    from cgsgan.render.projection import project
-    from cgsgan.render.tiled import rasterize_tiled
-
-    g = scene(1, 300, scale=0.1, seed=7, spread=0.4)
+def test_cpu_rasterizer_gradients_match_dense_oracle_at_the_transmittance_stop():
+    # Opaque overlapping Gaussians: most pixels reach the 1e-4 transmittance stop, so the closed-form
+    # backward's exclusion of stopped Gaussians and its sums over the rest of each pixel's list are
+    # both exercised; some opacities above 0.999 exercise the clamp. Two views per head, two heads.
+    g = scene(2, 300, scale=0.1, seed=7, spread=0.4)
     g.opacity_logits.data += 5.0
+    g.opacity_logits.data[:, :20] = 9.0  # sigmoid(9) > 0.999: alpha clamped near the centres
     params = {k: t.requires_grad_(True) for k, t in g.tensors().items()}
-    label = camera.sample_gaussian_poses(2, generator=torch.Generator().manual_seed(7), dtype=F64)
-    cam2world, intr = camera.split_label(label)
-    viewmats, Ks = camera.view_matrix(cam2world), camera.pixel_intrinsics(intr, 24, 24)
-    weights = torch.rand(2, 24, 24, 5, generator=torch.Generator().manual_seed(8), dtype=F64)
-    bg = torch.rand(2, 3, generator=torch.Generator().manual_seed(9), dtype=F64)
+    labels = camera.sample_gaussian_poses(4, generator=torch.Generator().manual_seed(7), dtype=F64).reshape(2, 2, 25)
+    weights = torch.rand(2, 2, 24, 24, 5, generator=torch.Generator().manual_seed(8), dtype=F64)
+    bg = torch.rand(2, 2, 3, generator=torch.Generator().manual_seed(9), dtype=F64)
 
-    def grads(rasterize):
-        gg = Gaussians(**params)
-        per_cam = [x.expand(2, *x.shape[1:]) for x in (gg.means, gg.log_scales, gg.quats, gg.opacities, gg.rgb)]
-        colors, alphas, depths = rasterize(project(*per_cam, viewmats, Ks, 24, 24), bg, 24, 24)
-        out = torch.cat([colors, alphas[..., None], depths[..., None] * 0.1], dim=-1)
-        return torch.autograd.grad((out * weights).sum(), list(params.values())), alphas
+    def grads(backend):
+        out = render(Gaussians(**params), labels, 24, bg, backend=backend)
+        stacked = torch.cat([out.image.permute(0, 1, 3, 4, 2), out.alpha[:, :, 0, ..., None],
+                             out.depth[:, :, 0, ..., None] * 0.1], dim=-1)
+        return torch.autograd.grad((stacked * weights).sum(), list(params.values())), out.alpha
 
-    tiled, alphas = grads(lambda *a: rasterize_tiled(*a, tile_size=8, chunk=chunk))
-    dense, _ = grads(rasterize_dense)
+    ours, alphas = grads("torch")
+    dense, _ = grads("dense")
     assert (alphas > 0.999).float().mean() > 0.5  # T < 1e-3: most pixels reach the 1e-4 stop
-    for name, a, b in zip(params, tiled, dense):
+    for name, a, b in zip(params, ours, dense):
+        assert b.abs().max() > 0, name
         torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7, msg=lambda m: f"{name}: {m}")
+
+
+def test_colour_is_clamped_at_zero_like_the_3dgs_rasterizers():
+    # 0.5 + SH_C0 * sh0 below 0 renders as 0 (black), as the 3DGS/gsplat rasterizers evaluate
+    # degree-0 SH: sh0 = -10 and the sh0 that gives exactly 0 render the same image.
+    from cgsgan.gaussians import SH_C0
+
+    g = one_gaussian(camera.LOOKAT, 0.05, opacity=0.99)
+    label, bg = camera.frontal_label(1, dtype=F64), torch.ones(3, dtype=F64)
+    very_negative = render(g.replace(sh0=torch.full_like(g.sh0, -10.0)), label, 32, bg, backend="torch").image
+    zero = render(g.replace(sh0=torch.full_like(g.sh0, -0.5 / SH_C0)), label, 32, bg, backend="torch").image
+    assert very_negative.min() < 0.0  # a dark blob on white
+    torch.testing.assert_close(very_negative, zero, atol=1e-12, rtol=0)

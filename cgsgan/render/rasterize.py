@@ -1,0 +1,205 @@
+"""The project's differentiable CPU rasterizer: per-pixel, depth-sorted lists of Gaussians.
+
+Same semantics as gsplat's 3DGS rasterizer: Gaussians are composited front to back per pixel;
+alpha = min(0.999, o exp(-sigma)); a (Gaussian, pixel) pair with alpha < 1/255 (or sigma < 0)
+is skipped; a pixel stops at the Gaussian that would bring its transmittance to 1e-4 or below
+(that Gaussian excluded).
+
+Where gsplat bins Gaussians into 16x16 tiles and evaluates every pixel of every tile a Gaussian
+touches, this enumerates only the pixels inside each Gaussian's opacity-aware box (the box
+bounds the region where alpha >= 1/255, so nothing is lost). The generator's Gaussians are a
+pixel or two wide, so that is several times fewer evaluations than whole tiles. The pairs are
+generated in depth order and stably sorted by pixel, so each pixel's list is contiguous and
+front to back; compositing is then segmented sums over the flat list:
+
+    log T_q (before pair q) = sum of log(1 - alpha_j) over earlier pairs j of q's pixel
+    colour[p] = sum_q [q included] T_q alpha_q f_q,   log T_final[p] = sum over included of log(1 - alpha_q)
+
+computed as one float64 cumulative sum minus each pixel's offset. Like gsplat's
+`rasterize_to_pixels`, compositing is one autograd Function with a closed-form backward (see
+_Composite), so no per-pair graph is kept.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from cgsgan.render.projection import ALPHA_THRESHOLD, MAX_ALPHA, TRANSMITTANCE_EPS, Projected
+
+_LOG_EPS = math.log(TRANSMITTANCE_EPS)
+# Candidate pairs per pass: bounds the memory of one pass (about 60 bytes a pair) for scenes of
+# large Gaussians; cameras are split into passes to stay under it.
+MAX_PAIRS_PER_PASS = 16_000_000
+
+
+@dataclass
+class _Pairs:
+    """Candidate (Gaussian, pixel) pairs in depth order: one per pixel of each visible Gaussian's box.
+
+    Arrays are flat and 1-D (structure of arrays): on CPU, gathering and scattering 1-D arrays
+    with int32 indices is several times faster than rows of a [Q, k] table.
+    """
+
+    rows: torch.Tensor  # [M] table row (camera * N + Gaussian) of each visible Gaussian, front to back
+    gauss: torch.Tensor  # [Q] int32: which of the M Gaussians the pair belongs to (non-decreasing)
+    pixel: torch.Tensor  # [Q] int32: camera * H * W + y * W + x (cameras counted from the pass's first)
+    dx: torch.Tensor  # [Q] mean x - pixel centre x
+    dy: torch.Tensor  # [Q]
+
+
+def candidate_pairs(p: Projected, cameras: range, width: int, height: int) -> _Pairs:
+    """Pairs of the Gaussians seen by `cameras` (consecutive) with the pixels inside their boxes."""
+    N = p.radii.shape[1]
+    radii = p.radii[cameras.start : cameras.stop]  # [c, N, 2]
+    cam, gauss = (radii > 0).any(-1).nonzero(as_tuple=True)
+    # Front to back: the stable sort by pixel in _Composite keeps this order inside each pixel.
+    order = torch.argsort(p.depths.detach()[cameras.start : cameras.stop][cam, gauss], stable=True)
+    cam, gauss = cam[order], gauss[order]
+    rows = (cam + cameras.start) * N + gauss
+    m = p.means2d.detach().reshape(-1, 2)[rows]  # [M, 2]
+    r = radii[cam, gauss].to(m.dtype)
+    # Pixels whose centres (x + 0.5) lie within [m - r, m + r], clipped to the image.
+    x0 = torch.ceil(m[:, 0] - r[:, 0] - 0.5).clamp(0, width)
+    x1 = torch.floor(m[:, 0] + r[:, 0] - 0.5).clamp(-1, width - 1) + 1
+    y0 = torch.ceil(m[:, 1] - r[:, 1] - 0.5).clamp(0, height)
+    y1 = torch.floor(m[:, 1] + r[:, 1] - 0.5).clamp(-1, height - 1) + 1
+    nx = (x1 - x0).clamp(min=0).int()
+    counts = nx * (y1 - y0).clamp(min=0).int()
+    first = (cam * (width * height) + y0.long() * width + x0.long()).int()
+    start = (torch.cumsum(counts, 0) - counts).int()
+    g = torch.repeat_interleave(counts).int()  # [Q] Gaussian of each candidate
+    local = torch.arange(len(g), dtype=torch.int32) - start.index_select(0, g)
+    nx_g = nx.index_select(0, g)
+    ly = torch.div(local, nx_g, rounding_mode="floor")
+    lx = local - ly * nx_g
+    return _Pairs(
+        rows=rows,
+        gauss=g,
+        pixel=first.index_select(0, g) + ly * width + lx,
+        dx=(m[:, 0] - x0 - 0.5).index_select(0, g) - lx,
+        dy=(m[:, 1] - y0 - 0.5).index_select(0, g) - ly,
+    )
+
+
+class _Composite(torch.autograd.Function):
+    """table [R, 6 + F] (means2d, conics, opacity, features) -> acc [num_pixels, F], log T [num_pixels].
+
+    Backward, with w_q = [q included] T_q alpha_q, gf_q = dL/dacc[pixel_q] . f_q:
+        dL/df_q      = w_q dL/dacc[pixel_q]
+        dL/dalpha_q  = [q included] T_q gf_q - (S_q + [q included] dL/dlog T[pixel_q]) / (1 - alpha_q)
+        S_q          = sum over later pairs k of q's pixel of w_k gf_k   (d log T_k / d log(1 - alpha_q) = 1)
+    then through alpha = o exp(-sigma) (zero where clamped at 0.999) to the opacity, the 2D mean
+    and the conic.
+    """
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, pairs: _Pairs, num_pixels: int):
+        with torch.no_grad():
+            cols = table.index_select(0, pairs.rows).t().contiguous()  # [6 + F, M]: the visible Gaussians, by column
+            a, b, c, o = (cols[k].index_select(0, pairs.gauss) for k in range(2, 6))
+            dx, dy = pairs.dx, pairs.dy
+            sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
+            alpha = (o * torch.exp(-sigma)).clamp_(max=MAX_ALPHA)
+            # gsplat skips pairs with alpha < 1/255 (and sigma < 0): they neither add nor occlude.
+            # Drop them, then order the rest by pixel (stable: the depth order stays).
+            kept = ((alpha >= ALPHA_THRESHOLD) & (sigma >= 0)).nonzero().squeeze(1)
+            pixel, order = torch.sort(pairs.pixel.index_select(0, kept), stable=True)
+            perm = kept.index_select(0, order)
+            gauss = pairs.gauss.index_select(0, perm)
+            # One gather of the stacked columns: random access costs per call more than per column.
+            alpha, dx, dy = torch.stack([alpha, dx, dy]).index_select(1, perm)
+            if len(pixel) == 0:  # nothing in view
+                ctx.empty = True
+                ctx.save_for_backward(table)
+                return table.new_zeros(num_pixels, table.shape[1] - 6), table.new_zeros(num_pixels)
+            ctx.empty = False
+            count = torch.bincount(pixel, minlength=num_pixels)
+            first = torch.cumsum(count, 0) - count  # [P] first pair of each pixel (meaningless where count = 0)
+            first = first.clamp(max=len(pixel) - 1)
+            # log T after each pair: one float64 cumulative sum minus its value before the pixel's
+            # run (all in float64: mixing precisions costs more than the wider type).
+            lt = torch.log1p(-alpha.double())
+            cs = torch.cumsum(lt, 0)
+            incl = cs - (cs - lt).index_select(0, first).index_select(0, pixel)
+            included = incl > _LOG_EPS
+            trans = torch.exp(incl - lt).mul_(included).to(alpha.dtype)  # T before each pair; 0 if excluded
+            log_t_pairs = lt.mul_(included).to(alpha.dtype)
+            w = trans * alpha
+            feats = cols[6:].index_select(1, gauss)  # [F, Q]
+            acc = table.new_zeros(feats.shape[0], num_pixels)
+            for k in range(feats.shape[0]):
+                acc[k].index_add_(0, pixel, feats[k] * w)
+            log_t = table.new_zeros(num_pixels).index_add_(0, pixel, log_t_pairs)
+        ctx.save_for_backward(table, cols, pairs.rows, gauss, pixel, alpha, trans, dx, dy, feats, first, count)
+        return acc.t(), log_t
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_acc: torch.Tensor, g_log_t: torch.Tensor):
+        if ctx.empty:
+            return torch.zeros_like(ctx.saved_tensors[0]), None, None
+        table, cols, rows, gauss, pixel, alpha, trans, dx, dy, feats, first, count = ctx.saved_tensors
+        w = trans * alpha
+        g_pix = g_acc.t().contiguous().index_select(1, pixel)  # [F, Q]
+        gf = (g_pix * feats).sum(0)
+        wg = w * gf
+        # S_q: the rest of q's run, from one float64 cumulative sum and its value at the run's end.
+        cs = torch.cumsum(wg, 0, dtype=torch.float64)
+        last = (first + count - 1).clamp(min=0)
+        later = (cs.index_select(0, last).index_select(0, pixel) - cs).to(alpha.dtype)
+        included = (trans > 0).to(trans.dtype)  # T > 1e-4 wherever included, exactly 0 elsewhere
+        g_alpha = trans * gf - (later + included * g_log_t.index_select(0, pixel)) / (1.0 - alpha)
+        # dL/dalpha * alpha, zero where alpha was clamped at 0.999; dL/dsigma = -that.
+        g_raw = g_alpha.mul_(alpha).mul_((alpha < MAX_ALPHA).to(alpha.dtype))
+        a, b, c, o = (cols[k].index_select(0, gauss) for k in range(2, 6))
+        per_pair = [
+            -g_raw * (a * dx + b * dy),  # mean x: dL/dsigma * d sigma / d dx
+            -g_raw * (c * dy + b * dx),  # mean y
+            -g_raw * 0.5 * dx * dx,  # conic a
+            -g_raw * dx * dy,  # conic b
+            -g_raw * 0.5 * dy * dy,  # conic c
+            g_raw / o,  # opacity: d alpha / d o = alpha / o
+        ] + [w * g_pix[k] for k in range(len(g_pix))]  # features
+        g_cols = torch.zeros_like(cols)  # [6 + F, M]
+        for k, g in enumerate(per_pair):
+            g_cols[k].index_add_(0, gauss, g)
+        g_table = torch.zeros_like(table)
+        g_table[rows] = g_cols.t()
+        return g_table, None, None
+
+
+def rasterize(
+    p: Projected, backgrounds: torch.Tensor, width: int, height: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Composite projected Gaussians of C cameras.
+
+    backgrounds [C, D] -> colors [C, H, W, D], alphas [C, H, W], expected depth [C, H, W]
+    """
+    C, N, D = p.colors.shape
+    table = torch.cat([p.means2d, p.conics, p.opacities[..., None], p.colors, p.depths[..., None]], dim=-1)
+    table = table.reshape(C * N, -1)
+    # Cameras in passes of bounded memory (the candidate count is known from the boxes).
+    boxes = ((2 * p.radii[..., 0] + 1) * (2 * p.radii[..., 1] + 1) * (p.radii > 0).any(-1)).sum(1)  # [C]
+    passes, current, size = [], [], 0
+    for cam, n in enumerate(boxes.tolist()):
+        if current and size + n > MAX_PAIRS_PER_PASS:
+            passes.append(current)
+            current, size = [], 0
+        current.append(cam)
+        size += n
+    passes.append(current)
+    acc_parts, log_t_parts = [], []
+    for cams in passes:
+        pairs = candidate_pairs(p, range(cams[0], cams[-1] + 1), width, height)
+        acc, log_t = _Composite.apply(table, pairs, len(cams) * width * height)
+        acc_parts.append(acc)
+        log_t_parts.append(log_t)
+    acc = torch.cat(acc_parts).reshape(C, height, width, D + 1)
+    final_t = torch.cat(log_t_parts).exp().reshape(C, height, width)
+    colors = acc[..., :D] + final_t[..., None] * backgrounds[:, None, None, :]
+    alphas = 1.0 - final_t
+    depths = acc[..., D] / alphas.clamp(min=1e-10)
+    return colors, alphas, depths
