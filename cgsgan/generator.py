@@ -1,14 +1,15 @@
-"""The camera-free CGS-GAN generator: z -> w -> a hierarchy of 3D Gaussians.
+"""The camera-free CGS-GAN generator: z -> w -> a hierarchy of 3D Gaussians (the reference's
+CGSGenerator + PointGenerator, written anew).
 
-    z [B, z_dim] --mapping--> w [B, w_dim]
-    learnable point cloud [P, 3] --tanh, positional encoding--> tokens [B, P, width]
-    6 style-modulated transformer blocks, then one more block per extra level
-    level i: tokens after block (base + i) --sub-pixel upsampling x R_i--> [B, P * R_i, c_i]
-             --> Gaussian heads (rendered) and anchor heads (parents of level i+1)
+    z [B, z_dim], label [B, 25] (all zeros unless camera-conditioned) --mapping--> w [B, w_dim]
+    learnable point cloud [P, 3] --tanh, Fourier features + learned table--> tokens [P, width]
+    base_blocks style-modulated transformer blocks, then one more block per extra level
+    level i: tokens after block (base + i - 1) --sub-pixel upsampling x R_i--> [B, P * R_i, c_i]
+             --> Gaussian heads (rendered) and anchor heads (parents of level i + 1)
 
-No camera enters in the reference mode ("d_projection"): the same z gives bit-identical
-Gaussians whatever camera later renders them. Mode "g_conditioned" feeds the camera label into
-the mapping network as GSGAN/GGHead/EG3D do; it exists for the ablation.
+No camera enters in the reference modes ("d_projection", "d_none"): the mapping network's label
+input is zeroed, so the same z gives bit-identical Gaussians whatever camera later renders them.
+Mode "g_conditioned" feeds the real label instead (as GSGAN/GGHead/EG3D do), for the ablation.
 """
 
 from __future__ import annotations
@@ -25,21 +26,28 @@ from cgsgan.config import UPSAMPLE_STEPS, GeneratorConfig, cumulative_upsampling
 from cgsgan.gaussians import Gaussians, quat_to_rotmat
 from cgsgan.layers import EqualLinear, MappingNetwork
 
-ATTRIBUTES = {"xyz": 3, "scale": 3, "rotation": 4, "color": 3, "opacity": 1}
-# Initial scale of a head's weights and its bias, per attribute (small for scale and rotation
-# so the hierarchy starts close to its parents; the scale bias shrinks children).
-HEAD_INIT = {"xyz": (1.0, 0.0), "scale": (0.1, -1.0), "rotation": (0.1, 0.0), "color": (1.0, 0.0), "opacity": (1.0, 0.0)}
+# Raw attributes every head predicts, with (weight init, bias init) of its linear layer: small
+# weights for scale and rotation keep children close to their parents at the start, and the
+# scale bias of -1 makes every child smaller than its parent.
+ATTRIBUTES = {"xyz": (3, 1.0, 0.0), "scale": (3, 0.1, -1.0), "rotation": (4, 0.1, 0.0), "color": (3, 1.0, 0.0),
+              "opacity": (1, 1.0, 0.0)}
+# Level-0 anchors are children of this implicit root (the reference's `prev_anchors`).
+ROOT_LOG_SCALE = -5.0
+ROOT_OPACITY = math.log(0.1 / 0.9)  # opacity 0.1
+LEVEL0_XYZ_SCALE = 0.2
+RENDER_BOX = 0.5  # rendered positions are clamped to [-0.5, 0.5]^3
 
 
 def soft_clamp(x: torch.Tensor, limit: float = 20.0) -> torch.Tensor:
+    """tanh(x / limit) * limit: identity near 0, bounded by +-limit."""
     return torch.tanh(x / limit) * limit
 
 
 @dataclass
 class GeneratorOutput:
-    gaussians: Gaussians  # all levels concatenated [B, sum_i P * R_i]: what gets rendered
-    levels: list[Gaussians]  # the same, per level
-    anchor_levels: list[Gaussians]  # anchors per level (not rendered); level i+1 children of level i
+    gaussians: Gaussians  # all levels concatenated [B, sum_i P * R_i], positions clamped: what gets rendered
+    levels: list[Gaussians]  # per level, before the clamp
+    anchor_levels: list[Gaussians]  # anchors of levels 0 .. L-2 (not rendered); level i+1 are children of level i
     ws: torch.Tensor  # [B, w_dim]
 
     @property
@@ -49,32 +57,38 @@ class GeneratorOutput:
 
 
 class PositionalEncoding(nn.Module):
-    """Point [B, P, 3] -> token [B, P, width]: learned Fourier features (Linear 3->width/2, sin)
-    next to a learned per-axis lookup table (width/2 channels, linearly interpolated at each
-    coordinate, summed over the three axes)."""
+    """Points [P, 3] in (-1, 1) -> tokens [P, width]: learned Fourier features sin(Linear 3 -> width/2)
+    next to a learned per-axis table (width/2 channels, summed over the three axes / sqrt(3)).
 
-    def __init__(self, width: int, table_res: int) -> None:
+    The table is [3, width/2, 1, table_res] as in the reference, which samples it with
+    grid_sample at (x = 0, y = coordinate): on a one-row table that reads the two middle columns,
+    weighted by (1 - |coordinate| / 2) (zero padding). So in effect it is a learned constant
+    per axis, scaled by distance from the centre, not a positional lookup; `lookup="reference"`
+    reproduces it. `lookup="positional"` samples (x = coordinate, y = 0): a true lookup along
+    the table, the ablation "what if the table were positional".
+    """
+
+    def __init__(self, width: int, table_res: int, lookup: str = "reference") -> None:
         super().__init__()
         half = width // 2
-        self.fourier = nn.Linear(3, half)
-        nn.init.uniform_(self.fourier.weight, -3.0, 3.0)  # sqrt(9 / fan_in): a wide frequency band
-        self.table = nn.Parameter(torch.randn(3, half, table_res))
+        self.lookup = lookup
+        self.fourier = nn.Linear(3, half)  # bias keeps torch's default init, as the reference's nn.Linear
+        bound = math.sqrt(9 / 3)  # the reference's first-layer init: uniform in +-sqrt(9 / fan_in)
+        nn.init.uniform_(self.fourier.weight, -bound, bound)
+        self.table = nn.Parameter(torch.randn(3, half, 1, table_res))
 
     def forward(self, pos: torch.Tensor) -> torch.Tensor:
-        fourier = torch.sin(self.fourier(pos))
-        # Linear interpolation along each axis's table at coordinates in [-1, 1]
-        # (grid_sample on a 1-pixel-high image, align_corners=False).
-        B, P, _ = pos.shape
-        half, res = self.table.shape[1:]
-        grid = torch.stack([pos.permute(2, 0, 1), torch.zeros_like(pos.permute(2, 0, 1))], dim=-1)  # [3, B, P, 2]
-        table = self.table[:, None].expand(3, B, half, res).reshape(3 * B, half, 1, res)
-        sampled = F.grid_sample(table, grid.reshape(3 * B, 1, P, 2), mode="bilinear", align_corners=False)
-        lookup = sampled.reshape(3, B, half, P).sum(0).transpose(1, 2) / math.sqrt(3)  # [B, P, half]
-        return torch.cat([fourier, lookup], dim=-1)
+        P = pos.shape[0]
+        coord = pos.t().reshape(3, 1, P, 1)  # [3, 1, P, 1]: one "image" per axis
+        zero = torch.zeros_like(coord)
+        grid = torch.cat([zero, coord] if self.lookup == "reference" else [coord, zero], dim=-1)  # [3, 1, P, 2]
+        sampled = F.grid_sample(self.table, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        table = sampled.sum(0)[:, 0].t() / math.sqrt(3)  # [3, C, 1, P] -> [P, C]
+        return torch.cat([torch.sin(self.fourier(pos)), table], dim=-1)
 
 
 class AdaNorm(nn.Module):
-    """Instance norm over the token axis, then a per-channel scale and shift predicted from w."""
+    """Instance norm over the token axis, then a per-channel scale (bias init 1) and shift from w."""
 
     def __init__(self, width: int, w_dim: int) -> None:
         super().__init__()
@@ -83,13 +97,12 @@ class AdaNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         # x [B, P, C], w [B, w_dim]
-        mean = x.mean(1, keepdim=True)
-        std = x.std(1, keepdim=True, unbiased=False)
-        return (x - mean) / (std + 1e-8) * self.gamma(w)[:, None] + self.beta(w)[:, None]
+        x = (x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True, unbiased=False) + 1e-8)
+        return x * self.gamma(w)[:, None] + self.beta(w)[:, None]
 
 
 class TransformerBlock(nn.Module):
-    """x += Attn(AdaNorm(x, w)) * s1(w); x += MLP(AdaNorm(x, w)) * s2(w), s1 and s2 zero-init."""
+    """x += Attn(AdaNorm(x, w)) * s1(w); x += MLP(AdaNorm(x, w)) * s2(w); s1, s2 zero-init (identity at init)."""
 
     def __init__(self, width: int, heads: int, w_dim: int) -> None:
         super().__init__()
@@ -105,8 +118,9 @@ class TransformerBlock(nn.Module):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         B, P, C = x.shape
+        # Per head the projection holds [q, k, v] side by side, as the reference's view + split.
         q, k, v = self.qkv(x).reshape(B, P, self.heads, 3, C // self.heads).permute(3, 0, 2, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, P, C / heads]
+        out = F.scaled_dot_product_attention(q, k, v)  # [B, heads, P, C / heads], scale 1 / sqrt(C / heads)
         return self.proj(out.transpose(1, 2).reshape(B, P, C))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -116,8 +130,8 @@ class TransformerBlock(nn.Module):
 
 
 class SubpixelUpsample(nn.Module):
-    """[B, P, width] -> [B, P * R, c]: a linear layer makes R children per token, plus a residual
-    (the parent's features, projected to c channels, repeated)."""
+    """[B, P, width] -> [B, P * R, c]: an lrelu layer makes R children per token, plus a residual
+    (the token projected to c channels, repeated), the sum scaled by sqrt(1/2)."""
 
     def __init__(self, width: int, channels: int, ratio: int) -> None:
         super().__init__()
@@ -132,12 +146,12 @@ class SubpixelUpsample(nn.Module):
 
 
 class AttributeHeads(nn.Module):
-    """Linear heads from a level's features to raw Gaussian attributes."""
+    """Linear heads from a level's features [B, N, c] to raw attributes {name: [B, N, k]}."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.heads = nn.ModuleDict(
-            {k: EqualLinear(channels, n, weight_init=HEAD_INIT[k][0], bias_init=HEAD_INIT[k][1]) for k, n in ATTRIBUTES.items()}
+            {k: EqualLinear(channels, n, weight_init=wi, bias_init=bi) for k, (n, wi, bi) in ATTRIBUTES.items()}
         )
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -148,99 +162,102 @@ class Generator(nn.Module):
     def __init__(self, cfg: GeneratorConfig, resolution: int, camera_conditioned: bool = False) -> None:
         super().__init__()
         self.cfg, self.resolution, self.camera_conditioned = cfg, resolution, camera_conditioned
-        c_dim = LABEL_DIM if camera_conditioned else 0
-        self.mapping = MappingNetwork(
-            cfg.z_dim, cfg.w_dim, cfg.mapping_layers, cfg.mapping_lr_mult, c_dim=c_dim, w_avg_beta=cfg.w_avg_beta
-        )
-        # Random directions at radius `point_radius`, stored before the tanh squashing.
-        directions = F.normalize(torch.randn(cfg.num_points, 3), dim=-1)
-        self.points = nn.Parameter(directions * cfg.point_radius)
-        self.encoding = PositionalEncoding(cfg.width, cfg.pe_res)
+        # The label input exists in every mode (the reference's mapping takes it and zeroes it):
+        # the architecture, and so a checkpoint, is the same whatever the camera mode.
+        self.mapping = MappingNetwork(cfg.z_dim, LABEL_DIM, cfg.w_dim, cfg.mapping_layers, cfg.mapping_lr_mult,
+                                      w_avg_beta=cfg.w_avg_beta)
+        # Gaussian noise, each point scaled to unit RMS over x, y, z, times point_radius; stored
+        # before the tanh that keeps the points inside (-1, 1).
+        pts = torch.randn(cfg.num_points, 3)
+        self.points = nn.Parameter(pts * torch.rsqrt(pts.square().mean(1, keepdim=True) + 1e-8) * cfg.point_radius)
+        self.encoding = PositionalEncoding(cfg.width, cfg.pe_res, cfg.pe_lookup)
         num_blocks = cfg.base_blocks + cfg.num_levels - 1
         self.blocks = nn.ModuleList(TransformerBlock(cfg.width, cfg.heads, cfg.w_dim) for _ in range(num_blocks))
         self.upsample = nn.ModuleList(
             SubpixelUpsample(cfg.width, level_channels(cfg, i), cumulative_upsampling(i)) for i in range(cfg.num_levels)
         )
         self.gaussian_heads = nn.ModuleList(AttributeHeads(level_channels(cfg, i)) for i in range(cfg.num_levels))
-        # The last level has no children, so no anchors (level 0 always has them: its Gaussians
-        # are children of them, and the regularisers act on them).
-        self.anchor_heads = nn.ModuleList(
-            AttributeHeads(level_channels(cfg, i)) for i in range(max(1, cfg.num_levels - 1))
-        )
+        # One set of anchor heads per level, as the reference builds them. The last level's are
+        # never used (it has no children); they are kept so that the parameters are the
+        # reference's one for one (61,610,712 at 512).
+        self.anchor_heads = nn.ModuleList(AttributeHeads(level_channels(cfg, i)) for i in range(cfg.num_levels))
 
-        # Scale hierarchy: level-0 anchors start at exp(-5) and stay below 0.5 / sqrt(points); a
-        # parent larger than a pixel splits its children's scale by `split_ratio`, spread so
-        # that the finest level reaches one pixel at the target resolution.
+        # Scale hierarchy (reference train.py): level-0 anchors stay softly below
+        # log(0.5 / sqrt(points)); a parent larger than half a pixel (0.5 / resolution) splits,
+        # handing its children a log-scale smaller by log(split_ratio), the ratio spread over
+        # log2(resolution) - 4 splits (1.866 at 512).
         self.scale_threshold = math.log(0.5 / math.sqrt(cfg.num_points))
-        self.pixel_scale = 1.0 / resolution  # ~ one pixel of a 1-unit-wide head at this resolution
-        splits = max(1, math.log2(resolution * 2) - 2 - 1)
-        self.split_ratio = math.exp((self.scale_threshold - math.log(self.pixel_scale)) / splits)
+        self.split_min_scale = 0.5 / resolution
+        splits = math.log2(resolution) - 4
+        if splits < 1 or cfg.num_levels < 2:
+            raise ValueError(f"resolution {resolution} and {cfg.num_levels} levels: the hierarchy needs a resolution "
+                             ">= 32 (at least one scale split) and at least 2 levels (level-0 anchors)")
+        self.split_ratio = math.exp((self.scale_threshold - math.log(self.split_min_scale)) / splits)
 
-    def map(self, z: torch.Tensor, c: torch.Tensor | None = None, psi: float = 1.0, update_w_avg: bool = False):
-        """z [B, z_dim] (and the camera label c [B, 25] in g_conditioned mode) -> w [B, w_dim]."""
+    def map(self, z: torch.Tensor, c: torch.Tensor | None = None, psi: float = 1.0) -> torch.Tensor:
+        """z [B, z_dim] (and, camera-conditioned, the label c [B, 25]) -> w [B, w_dim], truncated by psi."""
         if self.camera_conditioned:
             if c is None:
-                raise ValueError("g_conditioned generator needs the camera label c")
-            return self.mapping(z, c, psi=psi, update_w_avg=update_w_avg)
-        return self.mapping(z, psi=psi, update_w_avg=update_w_avg)
+                raise ValueError("a g_conditioned generator needs the camera label c")
+            label = c.to(z.dtype)
+        else:
+            label = z.new_zeros(z.shape[0], LABEL_DIM)  # camera-free: whatever c is, the label is zero
+        return self.mapping.truncate(self.mapping(z, label), psi)
 
-    def forward(
-        self, z: torch.Tensor, c: torch.Tensor | None = None, psi: float = 1.0, update_w_avg: bool = False
-    ) -> GeneratorOutput:
-        return self.synthesize(self.map(z, c, psi, update_w_avg))
+    def forward(self, z: torch.Tensor, c: torch.Tensor | None = None, psi: float = 1.0) -> GeneratorOutput:
+        return self.synthesize(self.map(z, c, psi))
 
     def synthesize(self, w: torch.Tensor) -> GeneratorOutput:
         B = w.shape[0]
-        pos = torch.tanh(self.points)[None].expand(B, -1, -1)  # [B, P, 3]
-        x = self.encoding(pos)  # [B, P, width]
+        # The points are shared by every head: encode them once.
+        x = self.encoding(torch.tanh(self.points))[None].expand(B, -1, -1)  # [B, P, width]
         for block in self.blocks[: self.cfg.base_blocks]:
             x = block(x, w)
 
         levels: list[Gaussians] = []
         anchor_levels: list[Gaussians] = []
-        parent: dict[str, torch.Tensor] = {}  # previous level's anchors, one row per child
+        parent: dict[str, torch.Tensor] = {}  # the previous level's anchors, one row per child
+        last = self.cfg.num_levels - 1
         for i in range(self.cfg.num_levels):
             if i > 0:
                 x = self.blocks[self.cfg.base_blocks + i - 1](x, w)
                 parent = {k: v.repeat_interleave(UPSAMPLE_STEPS[i], dim=1) for k, v in parent.items()}
             feats = self.upsample[i](x)  # [B, P * R_i, c_i]
-            anchors = None
-            if i < len(self.anchor_heads):
+            if i < last:
                 raw = self.anchor_heads[i](feats)
                 anchors = self._level0_anchors(raw) if i == 0 else self._child(raw, parent)
                 anchor_levels.append(_as_gaussians(anchors))
-            if i == 0:
-                parent = anchors  # level-0 Gaussians are children of the level-0 anchors
-            levels.append(_as_gaussians(self._child(self.gaussian_heads[i](feats), parent)))
-            if anchors is not None:
+            # Level-0 Gaussians are children of the level-0 anchors, the others of the previous level's.
+            levels.append(_as_gaussians(self._child(self.gaussian_heads[i](feats), anchors if i == 0 else parent)))
+            if i < last:
                 parent = anchors
-        return GeneratorOutput(gaussians=Gaussians.cat(levels), levels=levels, anchor_levels=anchor_levels, ws=w)
+        rendered = Gaussians.cat(levels)
+        rendered = rendered.replace(means=rendered.means.clamp(-RENDER_BOX, RENDER_BOX))
+        return GeneratorOutput(gaussians=rendered, levels=levels, anchor_levels=anchor_levels, ws=w)
 
     def _level0_anchors(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Absolute anchors: position 0.2 * raw; log-scale -5 + raw, kept softly below the threshold."""
+        """Absolute anchors: position 0.2 * raw; log-scale -5 + raw, softly kept below the threshold."""
         t = self.scale_threshold
-        scale = -F.softplus(-(-5.0 + soft_clamp(raw["scale"]) - t)) + t
-        init_opacity = math.log(0.1 / 0.9)  # opacity 0.1
+        scale = -F.softplus(-(ROOT_LOG_SCALE + raw["scale"] - t)) + t
         return {
-            "xyz": (0.2 * raw["xyz"]).clamp(-0.5, 0.5),
-            "scale": scale,
-            "rotation": soft_clamp(raw["rotation"] + raw["rotation"].new_tensor([1.0, 0, 0, 0])),
+            "xyz": LEVEL0_XYZ_SCALE * raw["xyz"],
+            "scale": soft_clamp(scale),
+            "rotation": soft_clamp(raw["rotation"] + raw["rotation"].new_tensor([1.0, 0.0, 0.0, 0.0])),
             "color": soft_clamp(raw["color"]),
-            "opacity": soft_clamp(raw["opacity"] + init_opacity),
+            "opacity": soft_clamp(raw["opacity"] + ROOT_OPACITY),
         }
 
     def _child(self, raw: dict[str, torch.Tensor], parent: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A child of its parent anchor: offset inside the parent's ellipsoid, never larger."""
+        """A child of its parent anchor: inside the parent's ellipsoid, never larger than it."""
         rot_scale = quat_to_rotmat(parent["rotation"]) * parent["scale"].exp()[..., None, :]  # R diag(s)
         xyz = (rot_scale @ torch.tanh(raw["xyz"])[..., None])[..., 0] + parent["xyz"]
-        # Split: a parent larger than a pixel hands its children a smaller scale.
-        split = (parent["scale"] - math.log(self.split_ratio)).clamp(max=0.0)
-        big = parent["scale"].exp().amax(-1, keepdim=True) > self.pixel_scale
+        # A parent larger than half a pixel hands its children a split (smaller) scale.
+        split = (parent["scale"] - math.log(self.split_ratio)).clamp(-100.0, 0.0)
+        big = parent["scale"].exp().amax(-1, keepdim=True) > self.split_min_scale
         base = torch.where(big, split, parent["scale"])
         return {
-            "xyz": xyz.clamp(-0.5, 0.5),
-            # Clamping the raw offset (not the result) keeps children at most their parent's size.
-            "scale": base - F.softplus(-soft_clamp(raw["scale"])),
+            "xyz": xyz,
+            "scale": soft_clamp(base - F.softplus(-raw["scale"])),
             "rotation": soft_clamp(raw["rotation"] + parent["rotation"]),
             "color": soft_clamp(raw["color"] + parent["color"]),
             "opacity": soft_clamp(raw["opacity"] + parent["opacity"]),

@@ -1,40 +1,39 @@
-"""CGS-GAN losses: non-saturating GAN loss with multi-view gradient averaging, lazy R1, anchor
-regularisers, the fading blur, and the ordering of discriminator batches.
+"""CGS-GAN losses, as the reference computes them (training/loss.py):
+
+    G:    non-saturating loss of every head rendered from V cameras, view v weighted 1/V
+          (gradient averaging), + knn_weight * kNN compactness + center_weight * centre, both
+          on the level-0 anchors
+    D:    softplus(D(fake)) and softplus(-D(real)), each followed by its own gradient clip
+    R1:   lazy, its own step: gamma / 2 * ||dD/dx||^2 at the reals as D sees them, x interval
+
+Every D input passes the fading blur (`image_ops.blur`), reals and fakes alike.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from cgsgan.config import REFERENCE_BATCH, LossConfig
 from cgsgan.discriminator import Discriminator
 from cgsgan.generator import Generator, GeneratorOutput
+from cgsgan.image_ops import blur
 from cgsgan.render import render
 
 
 def view_cameras(labels: torch.Tensor, num_views: int) -> torch.Tensor:
-    """labels [B, 25] -> [B, V, 25]: view v of head b uses the label of sample (b - v) mod B.
+    """labels [B, 25] -> [B, V, 25]: view v of head b uses the label of sample (b - v - 1) mod B.
 
-    Rolling the batch's labels (as the reference does) shows every head from other samples'
-    poses, drawn from the data's pose distribution.
+    The reference rolls the batch's labels by one before each of the V renders, so every head
+    is seen from other samples' poses, drawn from the data's pose distribution.
     """
-    return torch.stack([labels.roll(v, dims=0) for v in range(num_views)], dim=1)
-
-
-def discriminator_order(num_heads: int, num_views: int) -> torch.Tensor:
-    """Permutation of head-major renders (index b * V + v) into view-major order (v * B + b).
-
-    Minibatch-std groups are runs of consecutive samples; in view-major order a run of up to
-    num_heads samples holds distinct heads, so no group sees two renders of one head as long as
-    the group size divides num_heads.
-    """
-    return torch.arange(num_heads * num_views).reshape(num_heads, num_views).t().reshape(-1)
+    return torch.stack([labels.roll(v + 1, dims=0) for v in range(num_views)], dim=1)
 
 
 def check_group_size(num_heads: int, group: int) -> None:
+    """Minibatch-std groups must hold distinct heads: the group (at most the heads) must divide them."""
     g = min(group, num_heads)
     if num_heads % g:
         raise ValueError(
@@ -43,93 +42,95 @@ def check_group_size(num_heads: int, group: int) -> None:
         )
 
 
-def blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur [N, C, H, W] with std `sigma` pixels (identity when sigma <= 0)."""
-    if sigma <= 0:
-        return images
-    radius = max(1, int(math.ceil(sigma * 3)))
-    x = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    k = k / k.sum()
-    C = images.shape[1]
-    pad = F.pad(images, (radius, radius, radius, radius), mode="reflect")
-    out = F.conv2d(pad, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C)
-    return F.conv2d(out, k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
-
-
-def blur_sigma(cur_nimg: int, sigma: float, fade_kimg: float) -> float:
-    """Blur of reals and fakes fading linearly to 0 over the first `fade_kimg` thousand images."""
+def blur_sigma(cur_nimg: int, cfg: LossConfig, batch_size: int) -> float:
+    """Blur of D's inputs: blur_sigma fading linearly to 0 over blur_fade_kimg * batch / 32 thousand images."""
+    fade_kimg = cfg.blur_fade_kimg * batch_size / REFERENCE_BATCH
     if fade_kimg <= 0:
         return 0.0
-    return max(0.0, 1.0 - cur_nimg / (fade_kimg * 1e3)) * sigma
+    return max(0.0, 1.0 - cur_nimg / (fade_kimg * 1e3)) * cfg.blur_sigma
 
 
 def knn_compactness(points: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean distance of each point [B, P, 3] to its k nearest neighbours (keeps anchors together)."""
-    d = torch.cdist(points, points)  # [B, P, P]
-    knn = d.topk(k + 1, dim=-1, largest=False).values[..., 1:]  # drop the point itself
-    return knn.mean()
+    """points [B, P, 3] -> mean over heads, points, their k nearest neighbours (the point itself
+    excluded) and x, y, z of the squared coordinate difference (the reference's knn_distance)."""
+    d = torch.cdist(points, points)  # [B, P, P]; only the ranking is used
+    idx = d.topk(k + 1, dim=-1, largest=False).indices[..., 1:]  # [B, P, k]: nearest first, self dropped
+    B, P, _ = points.shape
+    neighbours = torch.gather(points[:, None].expand(B, P, P, 3), 2, idx[..., None].expand(B, P, k, 3))
+    return (points[:, :, None] - neighbours).square().mean()
 
 
 def centre_loss(points: torch.Tensor) -> torch.Tensor:
-    """Squared distance of the anchors' centroid from the origin, averaged over heads."""
-    return points.mean(dim=1).square().sum(-1).mean()
+    """points [B, P, 3] -> mean over heads and x, y, z of the squared centroid."""
+    return points.mean(dim=1).square().mean()
 
 
 @dataclass
-class GeneratorStep:
-    loss: torch.Tensor  # total, what gets back-propagated
+class GeneratorLoss:
+    total: torch.Tensor  # what gets back-propagated
     adversarial: torch.Tensor
     knn: torch.Tensor
     centre: torch.Tensor
     per_view: torch.Tensor  # [V] adversarial loss of each view (mean over heads)
+    logits: torch.Tensor  # [B * V] head-major
     images: torch.Tensor  # [B, V, 3, H, W]
 
 
-def multiview_generator_loss(
+def generator_loss(
     G: Generator,
     D: Discriminator,
     z: torch.Tensor,
     cams: torch.Tensor,
     backgrounds: torch.Tensor,
+    cfg: LossConfig,
     *,
-    grad_averaging: bool,
     resolution: int,
     blur_px: float = 0.0,
-    knn_k: int = 0,
-    knn_weight: float = 0.0,
-    centre_weight: float = 0.0,
     backend: str = "auto",
-    update_w_avg: bool = False,
-) -> GeneratorStep:
-    """The multi-view generator step.
+) -> GeneratorLoss:
+    """The multi-view generator step: Gaussians generated once per head (z [B, z_dim]), rendered
+    from each of its V cameras (cams [B, V, 25], backgrounds [B, V, 3]).
 
-    Gaussians are generated once per head and rendered from each of its V cameras
-    (cams [B, V, 25], backgrounds [B, V, 3]). Each view's adversarial loss is weighted 1/V with
-    gradient averaging on (every view contributes 1/V of the gradient), 1 with it off.
+    With grad_averaging each view's adversarial loss is weighted 1/V, so every view contributes
+    1/V of the gradient; without, 1. The B * V renders go through D in one call, head-major:
+    with D's strided minibatch-std groups, each group then holds one view of distinct heads,
+    exactly the groups of the reference's V separate calls.
     """
     B, V = cams.shape[:2]
-    out: GeneratorOutput = G(z, cams[:, 0], update_w_avg=update_w_avg)
+    out: GeneratorOutput = G(z, cams[:, 0])
     images = render(out.gaussians, cams, resolution, backgrounds, backend=backend).image  # [B, V, 3, H, W]
-    order = discriminator_order(B, V)
-    flat = blur(images.reshape(B * V, *images.shape[2:])[order], blur_px)
-    logits = D(flat, cams.reshape(B * V, -1)[order])  # view-major: [V * B]
-    per_view = F.softplus(-logits).reshape(V, B).mean(dim=1)  # [V]
-    weight = 1.0 / V if grad_averaging else 1.0
-    adversarial = (per_view * weight).sum()
-    knn = knn_compactness(out.anchors.means, knn_k) if knn_weight > 0 else adversarial.new_zeros(())
-    centre = centre_loss(out.anchors.means) if centre_weight > 0 else adversarial.new_zeros(())
-    loss = adversarial + knn_weight * knn + centre_weight * centre
-    return GeneratorStep(loss=loss, adversarial=adversarial, knn=knn, centre=centre, per_view=per_view, images=images)
+    logits = D(blur(images.flatten(0, 1), blur_px), cams.reshape(B * V, -1), mbstd_group=B)
+    per_view = F.softplus(-logits).reshape(B, V).mean(dim=0)  # [V]
+    adversarial = per_view.sum() / V if cfg.grad_averaging else per_view.sum()
+    anchors = out.anchors.means
+    knn = knn_compactness(anchors, cfg.knn_k) if cfg.knn_weight > 0 else anchors.new_zeros(())
+    centre = centre_loss(anchors) if cfg.center_weight > 0 else anchors.new_zeros(())
+    total = adversarial + cfg.knn_weight * knn + cfg.center_weight * centre
+    return GeneratorLoss(total=total, adversarial=adversarial, knn=knn, centre=centre, per_view=per_view, logits=logits,
+                         images=images)
 
 
-def discriminator_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    return F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+def discriminator_fake_loss(D: Discriminator, fakes: torch.Tensor, labels: torch.Tensor, blur_px: float = 0.0):
+    """(mean softplus(D(fake)), logits [N]) for fakes [N, 3, H, W] rendered from labels [N, 25]."""
+    logits = D(blur(fakes.detach(), blur_px), labels)
+    return F.softplus(logits).mean(), logits
 
 
-def r1_penalty(D: Discriminator, reals: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, ||dD/dx||^2 per image [N]) for reals; the caller weights by gamma / 2 * interval."""
-    reals = reals.detach().requires_grad_(True)
-    logits = D(reals, labels)
-    (grad,) = torch.autograd.grad(logits.sum(), reals, create_graph=True)
-    return logits, grad.square().sum(dim=(1, 2, 3))
+def discriminator_real_loss(D: Discriminator, reals: torch.Tensor, labels: torch.Tensor, blur_px: float = 0.0):
+    """(mean softplus(-D(real)), logits [N]) for reals [N, 3, H, W] with their labels [N, 25]."""
+    logits = D(blur(reals, blur_px), labels)
+    return F.softplus(-logits).mean(), logits
+
+
+def r1_loss(D: Discriminator, reals: torch.Tensor, labels: torch.Tensor, cfg: LossConfig, blur_px: float = 0.0):
+    """The lazy R1 step's loss: mean of gamma / 2 * ||dD/dx||^2 times r1_interval, and the
+    penalty ||dD/dx||^2 per image [N].
+
+    x is the real image as D sees it: after the blur while it fades (the reference differentiates
+    `real_img_tmp['image']`, which its run_D has replaced by the blurred image).
+    """
+    x = blur(reals.detach(), blur_px).detach().requires_grad_(True)
+    logits = D(x, labels)
+    (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    penalty = grad.square().sum(dim=(1, 2, 3))
+    return (penalty * (cfg.r1_gamma / 2)).mean() * cfg.r1_interval, penalty

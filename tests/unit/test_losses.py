@@ -1,106 +1,125 @@
+import math
+
 import pytest
 import torch
 
 import cgsgan.losses as losses
 from cgsgan import camera, config
-from cgsgan.discriminator import Discriminator, MinibatchStd
+from cgsgan.discriminator import Discriminator, minibatch_std
 from cgsgan.generator import Generator
+from cgsgan.image_ops import blur
 
 
 def tiny_models(group=2, dtype=torch.float64):
     torch.manual_seed(0)
     cfg = config.tiny()
-    cfg.model.resolution = 16
+    cfg.model.resolution = 32
     cfg.model.discriminator.mbstd_group = group
-    G = Generator(cfg.model.generator, 16).to(dtype)
-    D = Discriminator(cfg.model.discriminator, 16).to(dtype)
+    cfg.model.discriminator.num_fp16_res = 0  # float64 end to end
+    G = Generator(cfg.model.generator, 32).to(dtype)
+    D = Discriminator(cfg.model.discriminator, 32).to(dtype)
     # Larger Gaussians than at init so that renders (and gradients) are not nearly empty.
     with torch.no_grad():
         for h in G.anchor_heads[0].heads["scale"], G.gaussian_heads[0].heads["scale"]:
             h.bias.add_(3.0)
-    return G, D
+    return G, D, cfg.loss
 
 
-def generator_grads(G, D, z, cams, bg, averaging):
+def generator_grads(G, D, z, cams, bg, loss_cfg):
     G.zero_grad(set_to_none=True)
-    step = losses.multiview_generator_loss(G, D, z, cams, bg, grad_averaging=averaging, resolution=16, backend="torch")
-    step.loss.backward()
+    step = losses.generator_loss(G, D, z, cams, bg, loss_cfg, resolution=32, backend="torch")
+    step.total.backward()
     return torch.cat([p.grad.flatten() for p in G.parameters() if p.grad is not None])
 
 
 @pytest.mark.parametrize("averaging", [True, False])
 def test_gradient_averaging_equals_mean_of_per_view_gradients(averaging):
-    G, D = tiny_models()
+    G, D, lc = tiny_models()
+    lc.knn_weight = lc.center_weight = 0.0  # the adversarial part alone
+    lc.grad_averaging = averaging
     B, V = 4, 3
     z = torch.randn(B, G.cfg.z_dim, dtype=torch.float64)
     labels = camera.sample_gaussian_poses(B, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     cams = losses.view_cameras(labels, V)
     bg = torch.rand(B, V, 3, dtype=torch.float64)
-    joint = generator_grads(G, D, z, cams, bg, averaging)
-    per_view = torch.stack([generator_grads(G, D, z, cams[:, v : v + 1], bg[:, v : v + 1], True) for v in range(V)])
+    joint = generator_grads(G, D, z, cams, bg, lc)
+    single = config.LossConfig(**{**vars(lc), "grad_averaging": True})
+    per_view = torch.stack([generator_grads(G, D, z, cams[:, v : v + 1], bg[:, v : v + 1], single) for v in range(V)])
     expected = per_view.mean(0) if averaging else per_view.sum(0)
     assert joint.abs().max() > 1e-8
     torch.testing.assert_close(joint, expected, atol=1e-6, rtol=1e-6)
     # And the two settings really differ by the factor V.
-    other = generator_grads(G, D, z, cams, bg, not averaging)
+    other = generator_grads(G, D, z, cams, bg, config.LossConfig(**{**vars(lc), "grad_averaging": not averaging}))
     ratio = V if averaging else 1 / V
     torch.testing.assert_close(other, joint * ratio, atol=1e-6, rtol=1e-6)
 
 
-def test_view_cameras_roll_the_batch_labels():
+def test_view_cameras_roll_the_batch_labels_as_the_reference():
+    # The reference rolls the labels by one before each of the V renders: view v uses roll v + 1.
     labels = camera.sample_gaussian_poses(5, generator=torch.Generator().manual_seed(1))
     cams = losses.view_cameras(labels, 3)
     assert cams.shape == (5, 3, 25)
-    torch.testing.assert_close(cams[:, 0], labels)
-    torch.testing.assert_close(cams[2, 1], labels[1])
-    torch.testing.assert_close(cams[0, 2], labels[3])
+    torch.testing.assert_close(cams[:, 0], labels.roll(1, 0))
+    torch.testing.assert_close(cams[2, 1], labels[0])
+    torch.testing.assert_close(cams[0, 2], labels[2])
+
+
+def minibatch_groups(n: int, group: int) -> list[set[int]]:
+    """The partition minibatch_std really uses, found by probing: perturbing sample k changes the
+    std channel of exactly the samples of k's group."""
+    groups = []
+    for k in range(n):
+        x = torch.zeros(n, 2, 2, 2, dtype=torch.float64)
+        x[k] = 1.0
+        std = minibatch_std(x, group, 1)[:, -1, 0, 0]
+        groups.append(set((std > 1e-3).nonzero().flatten().tolist()))
+    return groups
+
+
+def test_minibatch_std_groups_are_strided_as_stylegan2():
+    groups = minibatch_groups(8, 4)
+    assert groups[0] == {0, 2, 4, 6} and groups[1] == {1, 3, 5, 7}
 
 
 class RecordingD(Discriminator):
-    """Records which head each image passed to minibatch std came from."""
+    """Records the labels and the minibatch-std group of every call."""
 
     def __init__(self, *a, **k):
         super().__init__(*a, **k)
-        self.seen_labels = []
+        self.calls = []
 
-    def forward(self, image, label=None):
-        self.seen_labels.append(label.detach().clone())
-        return super().forward(image, label)
+    def forward(self, image, label=None, mbstd_group=None):
+        self.calls.append((label.detach().clone(), mbstd_group))
+        return super().forward(image, label, mbstd_group)
 
 
-def heads_in_groups(num_views, group, order_fn=None, B=8):
+def heads_per_group(num_views, group, B=8):
     torch.manual_seed(0)
     cfg = config.tiny()
+    cfg.model.resolution = 32
     cfg.model.discriminator.mbstd_group = group
-    G = Generator(cfg.model.generator, 16)
-    D = RecordingD(cfg.model.discriminator, 16)
+    G = Generator(cfg.model.generator, 32)
+    D = RecordingD(cfg.model.discriminator, 32)
     labels = camera.sample_gaussian_poses(B, generator=torch.Generator().manual_seed(2))
     cams = losses.view_cameras(labels, num_views).clone()
     # Rolled labels repeat across views: tag each (head, view) in an intrinsics entry the
     # renderer never reads (row 3 of K), so every render can be traced back to its head.
     cams[..., 23] = torch.arange(B * num_views, dtype=cams.dtype).reshape(B, num_views) * 1e-3
     with torch.no_grad():
-        losses.multiview_generator_loss(G, D, torch.randn(B, G.cfg.z_dim), cams, torch.ones(B, num_views, 3),
-                                        grad_averaging=True, resolution=16, backend="torch")
-    seen = D.seen_labels[-1]  # [B * V, 25] in the order D received them
+        losses.generator_loss(G, D, torch.randn(B, G.cfg.z_dim), cams, torch.ones(B, num_views, 3), cfg.loss,
+                              resolution=32, backend="torch")
+    seen, mbstd_group = D.calls[-1]  # [B * V, 25] in the order D received them
     flat = cams.reshape(B * num_views, 25)
-    head = torch.tensor([int(((flat - s).abs().sum(1) == 0).nonzero()[0]) // num_views for s in seen])
-    g = MinibatchStd(group, 1).group_size(len(head))
-    return head.reshape(-1, g)
+    head = [int(((flat - s).abs().sum(1) == 0).nonzero()[0]) // num_views for s in seen]
+    used = min(group, mbstd_group or group)
+    return [[head[i] for i in sorted(g)] for g in minibatch_groups(len(head), used)]
 
 
 @pytest.mark.parametrize("num_views", [1, 2, 4, 8])
-@pytest.mark.parametrize("group", [2, 4])
+@pytest.mark.parametrize("group", [2, 4, 8])
 def test_every_minibatch_std_group_holds_distinct_heads(num_views, group):
-    groups = heads_in_groups(num_views, group)
-    for row in groups:
-        assert len(set(row.tolist())) == len(row), f"group {row.tolist()} repeats a head"
-
-
-def test_naively_stacked_views_would_fail_the_check(monkeypatch):
-    monkeypatch.setattr(losses, "discriminator_order", lambda B, V: torch.arange(B * V))  # head-major
-    groups = heads_in_groups(4, 4)
-    assert any(len(set(r.tolist())) < len(r) for r in groups)
+    for heads in heads_per_group(num_views, group):
+        assert len(set(heads)) == len(heads) == min(group, 8), f"group {heads} repeats a head"
 
 
 def test_group_size_must_divide_the_per_worker_batch():
@@ -110,30 +129,55 @@ def test_group_size_must_divide_the_per_worker_batch():
     losses.check_group_size(2, 4)  # group shrinks to the batch
 
 
-def test_blur_fades_and_preserves_mean():
-    assert losses.blur_sigma(0, 10.0, 200) == 10.0
-    assert losses.blur_sigma(100_000, 10.0, 200) == 5.0
-    assert losses.blur_sigma(300_000, 10.0, 200) == 0.0
-    x = torch.rand(2, 3, 16, 16)
-    y = losses.blur(x, 2.0)
-    assert y.shape == x.shape and y.std() < x.std()
-    torch.testing.assert_close(losses.blur(x, 0.0), x)
+def test_blur_is_the_reference_kernel_with_zero_padding():
+    sigma = 1.5
+    radius = math.floor(3 * sigma)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp2(-(x / sigma) ** 2)
+    k = k / k.sum()
+    impulse = torch.zeros(1, 1, 21, 21, dtype=torch.float64)
+    impulse[0, 0, 10, 10] = 1.0
+    out = blur(impulse, sigma)[0, 0]
+    expected = torch.zeros(21, 21, dtype=torch.float64)
+    expected[10 - radius : 11 + radius, 10 - radius : 11 + radius] = torch.outer(k, k)
+    torch.testing.assert_close(out, expected)
+    # Its standard deviation is 0.85 sigma (sigma / sqrt(2 ln 2)).
+    std = (k * x**2).sum().sqrt()
+    assert std == pytest.approx(sigma / math.sqrt(2 * math.log(2)), rel=0.02)
+    # Zero padding: a constant image loses mass at the border; floor(3 sigma) = 0 is the identity.
+    ones = torch.ones(1, 3, 16, 16, dtype=torch.float64)
+    assert blur(ones, sigma)[0, 0, 0, 0] < 0.8 and blur(ones, sigma)[0, 0, 8, 8] == pytest.approx(1.0)
+    torch.testing.assert_close(blur(ones, 0.3), ones)
 
 
-def test_knn_and_centre_losses():
-    pts = torch.randn(2, 32, 3)
-    spread = losses.knn_compactness(pts * 2, 4)
-    torch.testing.assert_close(spread, 2 * losses.knn_compactness(pts, 4))
-    shifted = pts - pts.mean(1, keepdim=True)
-    assert losses.centre_loss(shifted) < 1e-10
-    assert losses.centre_loss(shifted + torch.tensor([0.1, 0, 0])) == pytest.approx(0.01, rel=1e-4)
+def test_blur_fades_over_blur_fade_kimg_scaled_by_batch_over_32():
+    lc = config.LossConfig(blur_sigma=10.0, blur_fade_kimg=200.0)
+    assert losses.blur_sigma(0, lc, 32) == 10.0
+    assert losses.blur_sigma(100_000, lc, 32) == pytest.approx(5.0)
+    assert losses.blur_sigma(25_000, lc, 8) == pytest.approx(5.0)  # batch 8: fades over 50 kimg
+    assert losses.blur_sigma(50_000, lc, 8) == 0.0
+    assert losses.blur_sigma(300_000, lc, 32) == 0.0
 
 
-def test_r1_penalty_matches_autograd():
-    _, D = tiny_models(dtype=torch.float32)
-    reals = torch.randn(4, 3, 16, 16)
+def test_knn_and_centre_losses_on_a_hand_made_point_set():
+    # Points at x = 0, 1, 3, 7. k = 1: nearest squared differences 1, 1, 4, 16, averaged over
+    # the 3 coordinates -> 22 / 12. k = 2: per point means 5, 2.5, 6.5, 26 -> 40 / 12.
+    pts = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [3, 0, 0], [7, 0, 0]]], dtype=torch.float64)
+    assert losses.knn_compactness(pts, 1).item() == pytest.approx(22 / 12)
+    assert losses.knn_compactness(pts, 2).item() == pytest.approx(40 / 12)
+    # Centre: the squared centroid (2.75, 0, 0) averaged over x, y, z (and over heads).
+    assert losses.centre_loss(pts).item() == pytest.approx(2.75**2 / 3)
+    two = torch.cat([pts, pts - pts.mean(1, keepdim=True)])
+    assert losses.centre_loss(two).item() == pytest.approx(2.75**2 / 6)
+
+
+def test_r1_loss_is_gamma_half_squared_gradient_times_interval_at_the_blurred_reals():
+    _, D, lc = tiny_models(dtype=torch.float32)
+    lc.r1_gamma, lc.r1_interval = 0.7, 16
+    reals = torch.rand(4, 3, 32, 32) * 2 - 1
     labels = camera.frontal_label(4)
-    _, r1 = losses.r1_penalty(D, reals, labels)
-    x = reals.clone().requires_grad_(True)
+    loss, penalty = losses.r1_loss(D, reals, labels, lc, blur_px=1.0)
+    x = blur(reals, 1.0).requires_grad_(True)  # the image D sees
     (g,) = torch.autograd.grad(D(x, labels).sum(), x)
-    torch.testing.assert_close(r1, g.square().sum(dim=(1, 2, 3)))
+    torch.testing.assert_close(penalty, g.square().sum(dim=(1, 2, 3)))
+    torch.testing.assert_close(loss, (penalty * 0.35).mean() * 16)
