@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cgsgan import camera
-from cgsgan.losses import blur
+from cgsgan.image_ops import blur
 from cgsgan.metrics.features import in_batches
 
 FORMAT = "cgsgan-synth-extractor-v1"
@@ -231,6 +231,46 @@ def train_extractor(
     stats.update({"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "seconds": time.time() - t0,
                   "images": len(images), "identities": len(uniq)})
     return net, stats
+
+
+# ---------------------------------------------------------------------------------------- cache
+# The cached extractor: trained once per machine on synthetic heads of their own seed (none of
+# them is a head the generator trains on), like the synthetic training data.
+CACHED_SEED = 1_000_003
+CACHED_IDENTITIES = 400
+CACHED_VIEWS = 4
+CACHED_STEPS = 1500
+
+
+def cached_extractor_path(root: str | Path) -> Path:
+    return Path(root) / f"extractor-synthetic-{FORMAT}-{CACHED_IDENTITIES}x{CACHED_VIEWS}-seed{CACHED_SEED}-{CACHED_STEPS}steps.pt"
+
+
+def ensure_synthetic_extractor(root: str | Path, log: bool = True) -> Path:
+    """The synthetic-heads extractor under `root`, trained there on first use (a few minutes on
+    CPU, with progress lines) and reused afterwards; several processes wait for one builder."""
+    import fcntl
+
+    from cgsgan.data.synthetic import generate_synthetic
+
+    path = cached_extractor_path(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            return path
+        data = generate_synthetic(Path(root) / f"extractor-heads-64px-{CACHED_IDENTITIES}x{CACHED_VIEWS}-seed{CACHED_SEED}",
+                                  CACHED_IDENTITIES, CACHED_VIEWS, 64, CACHED_SEED)
+        if log:
+            print(f"training the synthetic-heads feature extractor once for this machine ({CACHED_STEPS} steps) -> {path}",
+                  flush=True)
+        images, labels, ids = load_training_set(data, 64)
+        with torch.enable_grad():  # callers may be inside no_grad (the trainer's snapshot)
+            net, stats = train_extractor(images, labels, ids, steps=CACHED_STEPS,
+                                         log_every=CACHED_STEPS // 5 if log else 0)
+        save_extractor(net, {"data": str(data), "train": stats, "note": "synthetic-heads features; not comparable with FID"},
+                       path)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,18 @@
 """The CGS-GAN training loop: plain PyTorch, one process or one rank of torch.distributed.
 
-Reads top to bottom: build (data, G, D, G_ema, optimisers) -> loop { G step (multi-view),
-D step (+ lazy R1), EMA } -> ticks (log), snapshots (samples, distance), checkpoints (full
-state). Orchestration hooks in through `Callbacks`; this module imports no Ray/MLflow/S3.
+One step, in the reference's order (training_loop.py + loss.py):
+
+    G      generate each head once, render it from V cameras (rolled batch labels), random
+           backgrounds; non-saturating loss with each view weighted 1/V, + kNN and centre terms
+           on the level-0 anchors; backward, clip (per rank), all-reduce, Adam
+    D      new heads, one render each: softplus(D(fake)) backward, clip; softplus(-D(real))
+           backward, clip; all-reduce, Adam; the mapping's w average tracks this step's w
+    R1     every r1_interval steps its own D step: gamma/2 ||dD/dx||^2 x interval, clip, Adam
+    EMA    G_ema <- lerp(G, G_ema, 0.5^(batch / half-life))
+
+Ticks log, snapshots write samples and metrics, checkpoints hold the full state. Per-step
+statistics stay on the device and are read once per tick. Orchestration hooks in through
+`Callbacks`; this module imports no Ray/MLflow/S3.
 
 All randomness comes from one explicit torch.Generator per rank whose state is checkpointed,
 so a resumed run continues bit-identically.
@@ -11,9 +21,7 @@ so a resumed run continues bit-identically.
 from __future__ import annotations
 
 import copy
-import fcntl
 import json
-import os
 import resource
 import time
 from dataclasses import dataclass
@@ -27,19 +35,18 @@ from cgsgan import camera
 from cgsgan.config import CGSGANConfig, from_dict, to_dict, validate
 from cgsgan.data.backgrounds import sample_backgrounds
 from cgsgan.data.dataset import ImageDataset
-from cgsgan.data.synthetic import generate_synthetic
-from cgsgan.discriminator import Discriminator
+from cgsgan.data.prepare import prepare_data
 from cgsgan.generator import Generator
 from cgsgan.losses import (
-    blur,
     blur_sigma,
     check_group_size,
-    discriminator_loss,
-    multiview_generator_loss,
-    r1_penalty,
+    discriminator_fake_loss,
+    discriminator_real_loss,
+    generator_loss,
+    r1_loss,
     view_cameras,
 )
-from cgsgan.metrics.frechet import RandomFeatures, frechet_distance, gaussian_stats
+from cgsgan.models import build_generator, build_models
 from cgsgan.render import render
 from cgsgan.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from cgsgan.training.samples import save_grid, save_turntable
@@ -65,27 +72,6 @@ class Callbacks:
     should_stop: Callable[[], bool] | None = None
 
 
-def synthetic_data_dir(cfg: CGSGANConfig) -> Path:
-    d = cfg.data
-    root = Path(os.environ.get("CGSGAN_DATA_CACHE", Path.home() / ".cache" / "cgsgan"))
-    name = f"synthetic-{cfg.model.resolution}px-{d.synthetic_identities}x{d.synthetic_views}-seed{d.synthetic_seed}"
-    return root / name
-
-
-def prepare_data(cfg: CGSGANConfig) -> Path:
-    """The dataset folder: the user's, or the built-in synthetic heads (generated once)."""
-    if cfg.data.source == "folder":
-        return Path(cfg.data.path)
-    out = Path(cfg.data.path) if cfg.data.path else synthetic_data_dir(cfg)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Several workers on one node may get here at once: one generates, the others wait.
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        d = cfg.data
-        generate_synthetic(out, d.synthetic_identities, d.synthetic_views, cfg.model.resolution, d.synthetic_seed)
-    return out
-
-
 class Trainer:
     def __init__(
         self,
@@ -102,7 +88,7 @@ class Trainer:
         self.device = torch.device(device)
         self.callbacks = callbacks or Callbacks()
         self.extra_state: dict = {}  # owned by the orchestration layer (e.g. the MLflow run id)
-        m, t = cfg.model, cfg.train
+        m, t, lc = cfg.model, cfg.train, cfg.loss
         if t.num_threads > 0:
             torch.set_num_threads(t.num_threads)
         if t.batch_size % world_size:
@@ -112,20 +98,19 @@ class Trainer:
 
         # Reals are pasted onto the same background scheme as the renders; the dataset un-mixes
         # the colour they were stored on from the soft mask edges first (no tell-tale fringe).
-        data_path = prepare_data(cfg)
-        self.dataset = ImageDataset(data_path, resolution=m.resolution, index_list=cfg.data.index_list or None,
-                                    xflip=cfg.data.xflip, background=cfg.loss.background, seed=t.seed)
-        self._data_path = data_path
-        self.all_labels = self.dataset.labels.to(self.device)  # pose distribution for generated views
+        self.data_path = prepare_data(cfg)
+        self.dataset = ImageDataset(self.data_path, resolution=m.resolution, index_list=cfg.data.index_list or None,
+                                    xflip=cfg.data.xflip, background=lc.background, seed=t.seed)
+        self.all_labels = self.dataset.labels.to(self.device)  # the pose distribution of generated views
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
-        self.G = Generator(m.generator, m.resolution, camera_conditioned=m.camera_mode == "g_conditioned").to(self.device)
-        self.D = Discriminator(m.discriminator, m.resolution, use_camera=m.camera_mode != "d_none").to(self.device)
+        G, D = build_models(m)
+        self.G, self.D = G.to(self.device), D.to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_G = torch.optim.Adam(self.G.parameters(), lr=t.g_lr, betas=(t.beta1, t.beta2), eps=1e-8)
-        # Lazy R1: D's optimiser is rescaled as in StyleGAN2 so the regulariser's interval
-        # does not change the effective learning rate.
-        c = cfg.loss.r1_interval / (cfg.loss.r1_interval + 1)
+        # Lazy R1 (StyleGAN2): D's optimiser is rescaled so the extra steps do not change its
+        # effective learning rate and momentum.
+        c = lc.r1_interval / (lc.r1_interval + 1)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=t.d_lr * c, betas=(t.beta1**c, t.beta2**c), eps=1e-8)
 
         self.rng = torch.Generator().manual_seed(t.seed * 1000 + rank)
@@ -134,12 +119,13 @@ class Trainer:
         self.tick = 0
         self.epoch, self.epoch_pos = 0, 0
         self.fixed_z = torch.randn(8, m.generator.z_dim, generator=torch.Generator().manual_seed(123))
-        self._tick_stats: dict[str, list[float]] = {}
+        self._sums: dict[str, torch.Tensor] = {}  # per-step statistics summed on the device over a tick
+        self._counts: dict[str, int] = {}
         self._tick_start = time.time()
         self._tick_start_nimg = 0
+        self._run_start = (time.time(), 0)  # (time, images) when this process started training
         self._maintenance_sec = 0.0  # the previous tick's snapshot, checkpoint and callbacks
-        self._real_features: tuple | None = None
-        self._metric_cache: dict = {}
+        self._metrics = None  # SnapshotMetrics, built at the first snapshot
 
     # ---------------------------------------------------------------- data
     def _indices_at(self, epoch: int, pos: int) -> tuple[torch.Tensor, int, int]:
@@ -174,98 +160,100 @@ class Trainer:
         return reals.to(self.device), labels.to(self.device)
 
     def _gen_labels(self, n: int) -> torch.Tensor:
-        return self.all_labels[torch.randint(len(self.all_labels), (n,), generator=self.rng)]
+        return self.all_labels[torch.randint(len(self.all_labels), (n,), generator=self.rng).to(self.device)]
 
     def _z(self, n: int) -> torch.Tensor:
         return torch.randn(n, self.cfg.model.generator.z_dim, generator=self.rng).to(self.device)
+
+    def _backgrounds(self, n: int) -> torch.Tensor:
+        return sample_backgrounds(self.cfg.loss.background, n, self.rng).to(self.device)
 
     # ---------------------------------------------------------------- one step
     def train_step(self) -> None:
         cfg, lc = self.cfg, self.cfg.loss
         b, V, res = self.local_batch, lc.num_views, cfg.model.resolution
         backend = cfg.train.render_backend
-        blur_px = blur_sigma(self.cur_nimg, lc.blur_sigma, lc.blur_fade_kimg)
+        blur_px = blur_sigma(self.cur_nimg, lc, cfg.train.batch_size)
         reals, real_labels = self._real_batch()
 
-        # Generator step: each head generated once, rendered from V cameras of the data's poses.
+        # G: every head generated once and rendered from V cameras of the data's poses.
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
         cams = view_cameras(self._gen_labels(b), V)  # [b, V, 25]
-        bg = sample_backgrounds(lc.background, b * V, self.rng).reshape(b, V, 3).to(self.device)
-        g = multiview_generator_loss(
-            self.G, self.D, self._z(b), cams, bg, grad_averaging=lc.grad_averaging, resolution=res, blur_px=blur_px,
-            knn_k=lc.knn_k, knn_weight=lc.knn_weight, centre_weight=lc.center_weight, backend=backend,
-            update_w_avg=True,
-        )
-        self._check_finite({"G": g.loss, "G_adversarial": g.adversarial, "knn": g.knn, "centre": g.centre})
+        g = generator_loss(self.G, self.D, self._z(b), cams, self._backgrounds(b * V).reshape(b, V, 3), lc,
+                           resolution=res, blur_px=blur_px, backend=backend)
         self.opt_G.zero_grad(set_to_none=True)
-        g.loss.backward()
-        self._reduce_and_clip(self.G, lc.g_clip)
-        self.opt_G.step()
+        g.total.backward()
+        self._clip(self.G, lc.g_clip)
+        self._reduce_and_step(self.G, self.opt_G)
 
-        # Discriminator step: one view per generated head, reals on the same background scheme.
+        # D: new heads, one render each; the fake and the real halves are clipped one after the other.
         self.G.requires_grad_(False)
         self.D.requires_grad_(True)
         with torch.no_grad():
             fake_labels = self._gen_labels(b)
-            fake_bg = sample_backgrounds(lc.background, b, self.rng).to(self.device)
-            gaussians = self.G(self._z(b), fake_labels).gaussians
-            fakes = render(gaussians, fake_labels, res, fake_bg, backend=backend).image
-        logits_fake = self.D(blur(fakes, blur_px), fake_labels)
-        do_r1 = lc.r1_gamma > 0 and self.step % lc.r1_interval == 0
-        if do_r1:
-            logits_real, r1 = r1_penalty(self.D, blur(reals, blur_px), real_labels)
-            r1_term = r1.mean() * (lc.r1_gamma / 2) * lc.r1_interval
-        else:
-            logits_real = self.D(blur(reals, blur_px), real_labels)
-            r1 = r1_term = torch.zeros((), device=self.device)
-        d_adv = discriminator_loss(logits_real, logits_fake)
-        d_loss = d_adv + r1_term
-        self._check_finite({"D": d_loss, "R1": r1_term})
+            ws = self.G.map(self._z(b), fake_labels)
+            self._track_w_avg(ws)
+            fakes = render(self.G.synthesize(ws).gaussians, fake_labels, res, self._backgrounds(b), backend=backend).image
         self.opt_D.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self._reduce_and_clip(self.D, lc.d_clip)
-        self.opt_D.step()
+        loss_fake, logits_fake = discriminator_fake_loss(self.D, fakes, fake_labels, blur_px)
+        loss_fake.backward()
+        self._clip(self.D, lc.d_clip)
+        loss_real, logits_real = discriminator_real_loss(self.D, reals, real_labels, blur_px)
+        loss_real.backward()
+        self._clip(self.D, lc.d_clip)
+        self._reduce_and_step(self.D, self.opt_D)
+
+        stats = {"loss/G": g.total, "loss/G_adversarial": g.adversarial, "loss/knn": g.knn, "loss/centre": g.centre,
+                 "loss/D": loss_fake + loss_real, "scores/fake": logits_fake.mean(), "scores/real": logits_real.mean()}
+        # R1: its own step on the reals as D sees them.
+        if lc.r1_gamma > 0 and self.step % lc.r1_interval == 0:
+            self.opt_D.zero_grad(set_to_none=True)
+            loss_r1, penalty = r1_loss(self.D, reals, real_labels, lc, blur_px)
+            loss_r1.backward()
+            self._clip(self.D, lc.d_clip)
+            self._reduce_and_step(self.D, self.opt_D)
+            stats["loss/R1_penalty"] = penalty.mean()
+        self.D.requires_grad_(False)
 
         self._update_ema()
         self.step += 1
         self.cur_nimg += cfg.train.batch_size
-        stats = {
-            "loss/G": g.loss.item(), "loss/G_adversarial": g.adversarial.item(), "loss/knn": g.knn.item(),
-            "loss/centre": g.centre.item(), "loss/D": d_adv.item(), "scores/real": logits_real.mean().item(),
-            "scores/fake": logits_fake.mean().item(),
-        }  # fmt: skip
-        if do_r1:
-            stats["loss/R1"] = r1.mean().item()
         for k, v in stats.items():
-            self._tick_stats.setdefault(k, []).append(v)
+            self._sums[k] = self._sums.get(k, 0) + v.detach()
+            self._counts[k] = self._counts.get(k, 0) + 1
 
-    def _check_finite(self, losses: dict[str, torch.Tensor]) -> None:
-        for name, value in losses.items():
-            if not torch.isfinite(value).all():
-                raise TrainingDiverged(
-                    f"loss {name} is {value.item()} at step {self.step} ({self.cur_nimg / 1e3:.3f} kimg); "
-                    "stopping without writing a checkpoint (the last good one is kept)"
-                )
-
-    def _reduce_and_clip(self, model: torch.nn.Module, max_norm: float) -> None:
-        """Average gradients over ranks (one flat all-reduce), then clip their norm."""
-        params = [p for p in model.parameters() if p.grad is not None]
-        if self.world_size > 1 and dist.is_initialized():
-            flat = torch.cat([p.grad.flatten() for p in params])
-            dist.all_reduce(flat)
-            flat /= self.world_size
-            for p, g in zip(params, flat.split([p.numel() for p in params])):
-                p.grad.copy_(g.view_as(p))
-        for p in params:  # a NaN gradient would poison the weights silently
-            torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+    def _clip(self, model: torch.nn.Module, max_norm: float) -> None:
+        """Clip this rank's accumulated gradient norm (the reference clips per GPU, before the all-reduce)."""
         if max_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, max_norm)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
+
+    def _reduce_and_step(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        """Average gradients over ranks (one flat all-reduce), zero NaN/Inf as the reference does, step."""
+        params = [p for p in model.parameters() if p.grad is not None]
+        if params:
+            flat = torch.cat([p.grad.flatten() for p in params])
+            if self.world_size > 1 and dist.is_initialized():
+                dist.all_reduce(flat)
+                flat /= self.world_size
+            torch.nan_to_num_(flat, nan=0.0, posinf=1e5, neginf=-1e5)
+            for p, g in zip(params, flat.split([p.numel() for p in params])):
+                p.grad = g.view_as(p)
+        opt.step()
+
+    @torch.no_grad()
+    def _track_w_avg(self, ws: torch.Tensor) -> None:
+        """The mapping's w average follows the mean w of the whole (global) batch: every rank holds the same."""
+        mean = ws.mean(0)
+        if self.world_size > 1 and dist.is_initialized():
+            dist.all_reduce(mean)
+            mean /= self.world_size
+        self.G.mapping.track_w_avg(mean)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
         t = self.cfg.train
-        ema_nimg = t.ema_kimg * 1000
+        ema_nimg = t.ema_kimg * 1000 * t.batch_size / 32  # the reference scales the half-life by batch / 32
         if t.ema_rampup > 0:
             ema_nimg = min(ema_nimg, self.cur_nimg * t.ema_rampup)
         beta = 0.5 ** (t.batch_size / max(ema_nimg, 1e-8))
@@ -282,9 +270,10 @@ class Trainer:
         tick_nimg = max(1, int(t.tick_kimg * 1000))
         steps_done, last = 0, {}
         if self.cur_nimg == 0 and self.rank == 0:
-            # The starting point of the curves: samples and distance of the untrained generator.
+            # The starting point of the curves: samples and metrics of the untrained generator.
             self._append_metrics({"progress/kimg": 0.0, "progress/tick": 0, "time/unix": time.time(), **self.snapshot()})
         self._tick_start = time.time()  # the first tick times training, not set-up or loading
+        self._run_start = (self._tick_start, self.cur_nimg)
         while self.cur_nimg < total_nimg and (max_steps is None or steps_done < max_steps):
             self.train_step()
             steps_done += 1
@@ -295,12 +284,29 @@ class Trainer:
                 break
         return last
 
+    def _tick_stats(self) -> dict[str, float]:
+        """The tick's mean of every per-step statistic (one read from the device); raises
+        TrainingDiverged before anything is saved if one of them is not finite."""
+        names = list(self._sums)
+        values = torch.stack([self._sums[k] / self._counts[k] for k in names]).tolist() if names else []
+        self._sums, self._counts = {}, {}
+        stats = dict(zip(names, values))
+        bad = [k for k, v in stats.items() if not torch.isfinite(torch.tensor(v))]
+        if bad:
+            raise TrainingDiverged(
+                f"loss {bad[0].split('/')[-1]} is {stats[bad[0]]} in tick {self.tick + 1} (up to step {self.step}, "
+                f"{self.cur_nimg / 1e3:.3f} kimg); stopping without writing a checkpoint (the last good one is kept)"
+            )
+        return stats
+
     def _end_tick(self, done: bool) -> dict:
         t = self.cfg.train
+        stats = self._tick_stats()
         self.tick += 1
-        elapsed = time.time() - self._tick_start
-        nimg = self.cur_nimg - self._tick_start_nimg
-        stats = {k: sum(v) / len(v) for k, v in self._tick_stats.items()}
+        now = time.time()
+        elapsed, nimg = now - self._tick_start, self.cur_nimg - self._tick_start_nimg
+        run_sec, run_nimg = now - self._run_start[0], self.cur_nimg - self._run_start[1]
+        eta = (t.total_kimg * 1000 - self.cur_nimg) * run_sec / max(run_nimg, 1)
         stats.update(
             {
                 "progress/kimg": self.cur_nimg / 1e3,
@@ -311,18 +317,15 @@ class Trainer:
                 "timing/sec_per_kimg": elapsed / max(nimg / 1e3, 1e-9),
                 "timing/img_per_sec": nimg / max(elapsed, 1e-9),
                 "timing/maintenance_sec": self._maintenance_sec,
+                "timing/eta_sec": eta,
                 "memory/peak_gb": _peak_memory_gb(self.device),
-                "time/unix": time.time(),
+                "time/unix": now,
             }
         )
-        self._tick_stats, self._tick_start_nimg = {}, self.cur_nimg
+        self._tick_start_nimg = self.cur_nimg
         housekeeping_start = time.time()
         if self.rank == 0:
-            parts = [f"tick {self.tick}", f"kimg {stats['progress/kimg']:.2f}", f"sec/kimg {stats['timing/sec_per_kimg']:.1f}",
-                     f"img/s {stats['timing/img_per_sec']:.1f}", f"G {stats.get('loss/G', 0):.3f}",
-                     f"D {stats.get('loss/D', 0):.3f}", f"R1 {stats.get('loss/R1', float('nan')):.4f}",
-                     f"mem {stats['memory/peak_gb']:.2f}GB"]  # fmt: skip
-            print(" | ".join(parts), flush=True)
+            print(_tick_line(stats, t.total_kimg), flush=True)
         snapshot = done or self.tick % t.snapshot_ticks == 0
         if snapshot and self.rank == 0:
             stats.update(self.snapshot(final=done))
@@ -348,51 +351,27 @@ class Trainer:
     # ---------------------------------------------------------------- snapshots
     @torch.no_grad()
     def snapshot(self, final: bool = False) -> dict:
-        """Fixed-seed sample grid (and a turntable at the end) from G_ema; the FD-rand distance."""
+        """Fixed-seed sample grid (and a turntable and a .ply at the end) from G_ema, and the snapshot metrics."""
+        from cgsgan.training.snapshot_metrics import SnapshotMetrics
+
         res, psi = self.cfg.model.resolution, self.cfg.train.truncation_psi
         folder = self.run_dir / "samples"
         kimg = self.cur_nimg / 1e3
         grid = save_grid(self.G_ema, self.fixed_z, res, psi, folder / f"grid-{kimg:08.3f}kimg.png")
-        out = {"metrics/fd_rand": self.distance(), "artifacts/grid": str(grid), "progress/kimg": kimg,
-               "progress/step": self.step}
+        out: dict = {"artifacts/grid": str(grid), "progress/kimg": kimg, "progress/step": self.step}
         if self.cfg.train.snapshot_metrics:
-            from cgsgan.metrics.evaluation import evaluate_generator
-
-            extra = evaluate_generator(
-                self.G_ema, self.dataset, self.cfg.train.snapshot_metrics, num=self.cfg.train.metric_samples,
-                num_3d=self.cfg.train.snapshot_metric_heads, backend=self.cfg.train.render_backend,
-                resolution=res, cache=self._metric_cache,
-            )
-            out.update({f"metrics/{k}": v for k, v in extra.items()})
+            if self._metrics is None:
+                self._metrics = SnapshotMetrics(self.cfg, self.data_path)
+            out.update({f"metrics/{k}": v for k, v in self._metrics(self.G_ema).items()})
         if final:
             out["artifacts/turntable"] = str(save_turntable(self.G_ema, self.fixed_z[:1], res, psi, folder / "turntable.gif"))
             ply = folder / "sample-seed0.ply"
-            self.G_ema(self.fixed_z[:1].to(self.device), camera.frontal_label(1).to(self.device), psi=psi).gaussians.save_ply(ply)
+            z0 = self.fixed_z[:1].to(self.device)
+            self.G_ema(z0, camera.frontal_label(1).to(self.device), psi=psi).gaussians.save_ply(ply)
             out["artifacts/ply"] = str(ply)
         if self.callbacks.on_snapshot:
             self.callbacks.on_snapshot(dict(out))
         return {k: v for k, v in out.items() if k.startswith("metrics/")}
-
-    @torch.no_grad()
-    def distance(self) -> float:
-        """FD-rand between real and generated images (white backgrounds): cheap, CPU, offline."""
-        n, res = self.cfg.train.metric_samples, self.cfg.model.resolution
-        extractor = RandomFeatures(size=min(64, res))
-        g = torch.Generator().manual_seed(99)  # same images and cameras at every snapshot
-        if self._real_features is None:
-            white = ImageDataset(self._data_path, resolution=res, index_list=self.cfg.data.index_list or None,
-                                 background="white")
-            idx = torch.randperm(len(white), generator=g)[:n]
-            reals = torch.stack([white[int(i)]["image"] for i in idx])
-            self._real_features = gaussian_stats(extractor(reals))
-        feats = []
-        for start in range(0, n, 32):
-            m = min(32, n - start)
-            z = torch.randn(m, self.cfg.model.generator.z_dim, generator=g).to(self.device)
-            labels = self.all_labels[torch.randint(len(self.all_labels), (m,), generator=g)]
-            gaussians = self.G_ema(z, labels).gaussians
-            feats.append(extractor(render(gaussians, labels, res, backend=self.cfg.train.render_backend).image))
-        return frechet_distance(*self._real_features, *gaussian_stats(torch.cat(feats)))
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_path(self) -> Path:
@@ -448,6 +427,18 @@ class Trainer:
         return path
 
 
+def _tick_line(stats: dict, total_kimg: float) -> str:
+    """One console line per tick: progress, speed, losses (R1 only in ticks that ran it), memory, ETA."""
+    eta = int(stats["timing/eta_sec"])
+    parts = [f"tick {stats['progress/tick']}", f"kimg {stats['progress/kimg']:.2f}/{total_kimg:g}",
+             f"sec/kimg {stats['timing/sec_per_kimg']:.1f}", f"img/s {stats['timing/img_per_sec']:.1f}",
+             f"G {stats.get('loss/G', 0):.3f}", f"D {stats.get('loss/D', 0):.3f}"]  # fmt: skip
+    if "loss/R1_penalty" in stats:
+        parts.append(f"R1 {stats['loss/R1_penalty']:.4f}")
+    parts += [f"mem {stats['memory/peak_gb']:.2f}GB", f"eta {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"]
+    return " | ".join(parts)
+
+
 def _peak_memory_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -458,8 +449,7 @@ def load_generator(path: str | Path, ema: bool = True) -> tuple[Generator, CGSGA
     """The (EMA) generator and config of a checkpoint, for generation and evaluation."""
     state = load_checkpoint(path)
     cfg = from_dict(state["config"])
-    m = cfg.model
-    G = Generator(m.generator, m.resolution, camera_conditioned=m.camera_mode == "g_conditioned")
+    G = build_generator(cfg.model)
     try:
         G.load_state_dict(state["G_ema" if ema else "G"])
     except RuntimeError as e:

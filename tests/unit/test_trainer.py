@@ -23,6 +23,7 @@ def small_config(data_dir) -> config.CGSGANConfig:
     cfg.train.total_kimg = 1.0
     cfg.train.tick_kimg = 1.0  # no tick inside these short runs
     cfg.train.metric_samples = 16
+    cfg.train.feature_extractor = "random"  # no extractor training in unit tests
     return cfg
 
 
@@ -69,19 +70,86 @@ def test_resume_in_fresh_process_is_bit_identical(synthetic_dataset, tmp_path):
     assert params_digest(first) != params_digest(straight)
 
 
-def test_nan_loss_stops_with_step_and_name_and_keeps_checkpoint(synthetic_dataset, tmp_path):
+def test_nan_loss_stops_at_the_tick_with_its_name_and_keeps_the_checkpoint(synthetic_dataset, tmp_path):
+    # Losses stay on the device during a tick and are read once at its end: a non-finite one
+    # stops training there, before anything is saved.
     cfg = small_config(synthetic_dataset)
+    cfg.train.tick_kimg = 0.004  # one step of batch 4 per tick
+    cfg.train.snapshot_ticks = cfg.train.checkpoint_ticks = 1
+    cfg.train.snapshot_metrics = []
     t = Trainer(cfg, tmp_path)
     t.run(max_steps=1)
-    good = t.save(t.checkpoint_path())
+    good = latest_checkpoint(tmp_path / "checkpoints")
+    assert good is not None
     before = good.read_bytes()
     with torch.no_grad():
         t.D.out.bias.fill_(float("nan"))
-    with pytest.raises(TrainingDiverged, match=r"loss G.* is nan at step 1"):
+    with pytest.raises(TrainingDiverged, match=r"loss G\w* is nan in tick 2 \(up to step 2"):
         t.run(max_steps=1)
     assert latest_checkpoint(tmp_path / "checkpoints") == good
     assert good.read_bytes() == before
-    assert t.step == 1  # the failed step did not count
+
+
+def test_r1_is_its_own_discriminator_step_on_the_reals(synthetic_dataset, tmp_path, monkeypatch):
+    # The reference's lazy R1 ("Dreg") is a separate phase: its own backward of the R1 loss alone
+    # (x interval), its own clip and its own optimiser step, every r1_interval steps, on the
+    # real batch the main D step used.
+    import cgsgan.training.trainer as trainer_module
+
+    cfg = small_config(synthetic_dataset)
+    cfg.loss.r1_interval = 2
+    t = Trainer(cfg, tmp_path)
+    seen = {}
+    real_loss, r1 = trainer_module.discriminator_real_loss, trainer_module.r1_loss
+
+    def record_real(D, reals, labels, blur_px):
+        seen["reals"] = reals.clone()
+        return real_loss(D, reals, labels, blur_px)
+
+    def record_r1(D, reals, labels, cfg_, blur_px):
+        seen["r1"] = (reals.clone(), labels.clone(), sum(int(p.grad is not None) for p in D.parameters()))
+        return r1(D, reals, labels, cfg_, blur_px)
+
+    monkeypatch.setattr(trainer_module, "discriminator_real_loss", record_real)
+    monkeypatch.setattr(trainer_module, "r1_loss", record_r1)
+
+    def d_steps():
+        return int(t.opt_D.state[t.D.out.weight]["step"]) if t.D.out.weight in t.opt_D.state else 0
+
+    t.train_step()  # step 0: main D step + R1 step
+    assert d_steps() == 2
+    r1_reals, r1_labels, grads_before = seen.pop("r1")
+    assert torch.equal(r1_reals, seen["reals"])  # R1 differentiates the reals, not the fakes
+    assert grads_before == 0  # the main step's gradients were cleared: R1 is back-propagated alone
+    t.train_step()  # step 1: no R1
+    assert d_steps() == 3 and "r1" not in seen
+    t.train_step()  # step 2: R1 again
+    assert d_steps() == 5 and "r1" in seen
+    assert int(t.opt_G.state[t.G.points]["step"]) == 3
+
+
+def test_w_avg_follows_the_discriminator_steps_latents(synthetic_dataset, tmp_path):
+    # As in the reference (update_emas in the D phase), the w average moves once per step, from
+    # the latents of the heads the D step generates.
+    cfg = small_config(synthetic_dataset)
+    t = Trainer(cfg, tmp_path)
+    assert t.G.mapping.w_avg.abs().sum() == 0
+    state = t.rng.get_state()
+    t.train_step()
+    after = t.G.mapping.w_avg.clone()
+    assert after.abs().sum() > 0
+    # Replay the step's random draws to find the D step's latents: G step (labels, z, backgrounds),
+    # then D step (labels, z).
+    rng = torch.Generator().set_state(state)
+    n, V = t.local_batch, cfg.loss.num_views
+    torch.randint(len(t.all_labels), (n,), generator=rng)
+    torch.randn(n, cfg.model.generator.z_dim, generator=rng)
+    torch.rand(n * V, 3, generator=rng)
+    labels = t.all_labels[torch.randint(len(t.all_labels), (n,), generator=rng)]
+    z = torch.randn(n, cfg.model.generator.z_dim, generator=rng)
+    # w of those latents under the weights the D step used (G's, after its own update this step).
+    w = t.G.map(z, labels).detach()
+    torch.testing.assert_close(after, w.mean(0) * (1 - cfg.model.generator.w_avg_beta), atol=1e-6, rtol=1e-5)
 
 
 def test_ranks_draw_disjoint_shards_of_each_epoch(synthetic_dataset, tmp_path):
