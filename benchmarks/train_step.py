@@ -1,69 +1,147 @@
-"""Training-step cost of the tiny config at N = 1, 2 and 4 views, in one run: seconds per full
-training step (G step with N views + D step, R1 included at its interval) and peak memory;
-plus Gaussian and parameter counts of the reference configs. Writes
-benchmarks/results/train_step.md.
+"""Training-step throughput of the tiny config against the code before the CGS-GAN-fidelity and
+speed work (commit d2c84f5), measured in one run, interleaved: two worker processes (the old code
+from a `git worktree`, the current code) build the same tiny model (64x64, 128 points, 3 levels,
+batch 8, 4 views) on the same synthetic heads and take turns, a few steps each, so that a change
+in the machine's load hits both alike. Also times N = 1, 2, 4 views of the current code.
 
-The generator runs once per head whatever N is, so step(N=4) / step(N=1) should stay well below 4
-(target <= 2.5).
+    python benchmarks/train_step.py [--rounds 6 --steps 4 --threads 2]
+
+Writes benchmarks/results/train_step.md with the machine described.
 """
 
 from __future__ import annotations
 
-import resource
+import argparse
+import json
+import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 from benchmarks.machine import describe  # noqa: E402
-from cgsgan import config  # noqa: E402
-from cgsgan.data.synthetic import generate_synthetic  # noqa: E402
-from cgsgan.generator import Generator  # noqa: E402
-from cgsgan.training.trainer import Trainer  # noqa: E402
+
+BASELINE = "d2c84f5"  # the last commit before the issues "faithful core" and "show that the core learns"
+
+# A worker: builds a trainer of the tiny config on the given data, then on each "run N" line runs
+# N training steps and answers with their wall times. Works with the old and the new code (both
+# have config.tiny(), Trainer(cfg, dir) and train_step()).
+WORKER = textwrap.dedent(
+    """
+    import json, sys, time, torch
+    torch.set_num_threads(int(sys.argv[3]))
+    from cgsgan import config
+    from cgsgan.training.trainer import Trainer
+    cfg = config.tiny()
+    cfg.data.source, cfg.data.path = "folder", sys.argv[1]
+    cfg.loss.num_views = int(sys.argv[4])
+    cfg.train.snapshot_metrics = []
+    t = Trainer(cfg, sys.argv[2])
+    for _ in range(int(sys.argv[5])):
+        t.train_step()  # warm-up (and past the first, empty-looking steps)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        n = int(line.split()[1])
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            t.train_step()
+            times.append(time.perf_counter() - t0)
+        print(json.dumps(times), flush=True)
+    """
+)
 
 
-def step_time(cfg: config.CGSGANConfig, run_dir: Path, steps: int = 8) -> float:
-    t = Trainer(cfg, run_dir)
-    t.run(max_steps=2)  # warm-up
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        t.train_step()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+class Worker:
+    def __init__(self, code: Path, data: Path, run_dir: Path, threads: int, views: int, warmup: int) -> None:
+        env = {"PYTHONPATH": str(code), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(threads)}
+        self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(data), str(run_dir), str(threads), str(views),
+                                      str(warmup)], cwd=code, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"worker for {code} failed to start: {line!r}")
+
+    def run(self, steps: int) -> list[float]:
+        self.proc.stdin.write(f"run {steps}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2]
 
 
 def main() -> None:
-    tiny = config.tiny()
-    lines = [f"# Training step, tiny config (64x64, 2,688 Gaussians, batch {tiny.train.batch_size})", "", describe(),
-             f"Load average before the run: {open('/proc/loadavg').read().split()[0]} (2 cores; other jobs may share them).", ""]
+    p = argparse.ArgumentParser()
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=20)
+    args = p.parse_args()
+    from cgsgan.data.synthetic import generate_synthetic
+
+    load_before = open("/proc/loadavg").read().split()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        data = generate_synthetic(Path(tmp) / "data", 64, 2, 64, 0)
-        rows = []
-        for views in (1, 2, 4):
-            cfg = config.tiny()
-            cfg.data.source, cfg.data.path = "folder", str(data)
-            cfg.loss.num_views = views
-            cfg.loss.r1_interval = 4
-            sec = step_time(cfg, Path(tmp) / f"run{views}")
-            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-            rows.append((views, sec, rss))
-            print(f"N={views}: {sec:.3f} s/step, peak RSS so far {rss:.2f} GiB", flush=True)
-    base = rows[0][1]
-    lines += ["| views N | s / step | ratio to N=1 | peak RSS of the process so far (GiB) |", "|---|---|---|---|"]
-    lines += [f"| {v} | {s:.3f} | {s / base:.2f} | {r:.2f} |" for v, s, r in rows]
-    lines += ["", "Peak memory is the process's maximum RSS, cumulative over the runs above (CPU has no per-step peak counter).",
-              "", "## Reference configs", "", "| resolution | levels | Gaussians | generator parameters |", "|---|---|---|---|"]
-    for res in (256, 512, 1024, 2048):
-        cfg = config.ffhq(res)
-        with torch.device("meta"):
-            G = Generator(cfg.model.generator, res)
-        n = sum(p.numel() for p in G.parameters())
-        lines.append(f"| {res} | {cfg.model.generator.num_levels} | {config.num_gaussians(cfg.model.generator):,} | {n / 1e6:.1f}M |")
-    out = Path(__file__).parent / "results" / "train_step.md"
+        tmp = Path(tmp)
+        old = tmp / "old"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), BASELINE], check=True,
+                       capture_output=True)
+        try:
+            data = generate_synthetic(tmp / "data", 64, 4, 64, 0)
+            times = {"before": [], "now": []}
+            workers = {"before": Worker(old, data, tmp / "run-old", args.threads, 4, args.warmup),
+                       "now": Worker(ROOT, data, tmp / "run-new", args.threads, 4, args.warmup)}
+            for r in range(args.rounds):
+                for name in ("before", "now") if r % 2 == 0 else ("now", "before"):
+                    times[name] += workers[name].run(args.steps)
+            for w in workers.values():
+                w.close()
+            views = {}
+            for v in (1, 2, 4):
+                w = Worker(ROOT, data, tmp / f"run-v{v}", args.threads, v, args.warmup)
+                views[v] = median(w.run(args.steps * 2))
+                w.close()
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
+    before, now = median(times["before"]), median(times["now"])
+    batch = 8
+    lines = [
+        "# Training step, tiny config (64x64, 2,688 Gaussians, batch 8, 4 views)",
+        "",
+        describe(),
+        f"Load average before the run: {load_before} (2 cores; other jobs may share them).",
+        "",
+        f"Interleaved: {args.rounds} rounds of {args.steps} steps per code version, each after {args.warmup} warm-up "
+        f"steps, {args.threads} torch threads; medians over all timed steps.",
+        "",
+        "| code | s / step | images / s |",
+        "|---|---|---|",
+        f"| before ({BASELINE}) | {before:.3f} | {batch / before:.1f} |",
+        f"| now | {now:.3f} | {batch / now:.1f} |",
+        "",
+        f"**Speed-up: {before / now:.2f}x** in images per second.",
+        "",
+        "Every timed step of each version (seconds):",
+        "",
+        f"- before: {', '.join(f'{t:.3f}' for t in times['before'])}",
+        f"- now: {', '.join(f'{t:.3f}' for t in times['now'])}",
+        "",
+        "## Views per generated head (current code)",
+        "",
+        "| views N | s / step | ratio to N=1 |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {v} | {s:.3f} | {s / views[1]:.2f} |" for v, s in views.items()]
+    out = ROOT / "benchmarks" / "results" / "train_step.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
