@@ -82,11 +82,18 @@ def project(
     # Rows of T = J W: J = [[fx / z, 0, -fx tx / z], [0, fy / z, -fy ty / z]] (tx, ty already divided by z).
     t0 = (fx * rz)[..., None] * (rot[..., 0, :] - tx[..., None] * rot[..., 2, :])  # [B, V, N, 3]
     t1 = (fy * rz)[..., None] * (rot[..., 1, :] - ty[..., None] * rot[..., 2, :])
-    s_t0 = (sigma * t0[..., None, :]).sum(-1)  # Sigma T0 [B, V, N, 3]
-    s_t1 = (sigma * t1[..., None, :]).sum(-1)
-    a = (t0 * s_t0).sum(-1) + EPS2D
-    b = (t1 * s_t0).sum(-1)
-    c = (t1 * s_t1).sum(-1) + EPS2D
+    # T Sigma T^T from the six distinct entries of the symmetric Sigma, component by component.
+    sxx, sxy, sxz = sigma[..., 0, 0], sigma[..., 0, 1], sigma[..., 0, 2]  # [B, 1, N]
+    syy, syz, szz = sigma[..., 1, 1], sigma[..., 1, 2], sigma[..., 2, 2]
+
+    def quad(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:  # u^T Sigma v for u, v [B, V, N, 3]
+        (ux, uy, uz), (vx, vy, vz) = u.unbind(-1), v.unbind(-1)
+        return (sxx * ux * vx + syy * uy * vy + szz * uz * vz + sxy * (ux * vy + uy * vx) + sxz * (ux * vz + uz * vx)
+                + syz * (uy * vz + uz * vy))
+
+    a = quad(t0, t0) + EPS2D
+    b = quad(t0, t1)
+    c = quad(t1, t1) + EPS2D
     det = a * c - b * b
     det_safe = torch.where(det > 0, det, torch.ones_like(det))
     conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], dim=-1)

@@ -51,37 +51,45 @@ class _Pairs:
 
 
 def candidate_pairs(p: Projected, cameras: range, width: int, height: int) -> _Pairs:
-    """Pairs of the Gaussians seen by `cameras` (consecutive) with the pixels inside their boxes."""
+    """Pairs of the Gaussians seen by `cameras` (consecutive) with the pixels where they may reach
+    alpha >= 1/255: on each pixel row of a Gaussian's box, the span of the ellipse
+    sigma <= ln(255 o) (a hair wider against rounding; the alpha test in _Composite decides)."""
     N = p.radii.shape[1]
     radii = p.radii[cameras.start : cameras.stop]  # [c, N, 2]
     cam, gauss = (radii > 0).any(-1).nonzero(as_tuple=True)
     # Front to back: the stable sort by pixel in _Composite keeps this order inside each pixel.
-    order = torch.argsort(p.depths.detach()[cameras.start : cameras.stop][cam, gauss], stable=True)
+    order = torch.argsort(p.depths.detach()[cameras.start : cameras.stop][cam, gauss])
     cam, gauss = cam[order], gauss[order]
     rows = (cam + cameras.start) * N + gauss
     m = p.means2d.detach().reshape(-1, 2)[rows]  # [M, 2]
-    r = radii[cam, gauss].to(m.dtype)
-    # Pixels whose centres (x + 0.5) lie within [m - r, m + r], clipped to the image.
-    x0 = torch.ceil(m[:, 0] - r[:, 0] - 0.5).clamp(0, width)
-    x1 = torch.floor(m[:, 0] + r[:, 0] - 0.5).clamp(-1, width - 1) + 1
-    y0 = torch.ceil(m[:, 1] - r[:, 1] - 0.5).clamp(0, height)
-    y1 = torch.floor(m[:, 1] + r[:, 1] - 0.5).clamp(-1, height - 1) + 1
+    ry = radii[cam, gauss][:, 1].to(m.dtype)
+    a, b, c = p.conics.detach().reshape(-1, 3)[rows].unbind(1)
+    # sigma at alpha = 1/255, a hair larger so that rounding never drops a pixel the alpha test would keep
+    level = torch.log(255.0 * p.opacities.detach().reshape(-1)[rows]).clamp(min=0) * (1 + 1e-5) + 1e-5
+    # Pixel rows whose centres (y + 0.5) lie within the box [m_y - r_y, m_y + r_y], clipped.
+    y0 = torch.ceil(m[:, 1] - ry - 0.5).clamp(0, height)
+    y1 = torch.floor(m[:, 1] + ry - 0.5).clamp(-1, height - 1) + 1
+    ny = (y1 - y0).clamp(min=0).int()
+    row_g = torch.repeat_interleave(ny).int()  # [R] Gaussian of each pixel row
+    y = y0.index_select(0, row_g) + (torch.arange(len(row_g), dtype=torch.int32)
+                                     - (torch.cumsum(ny, 0) - ny).int().index_select(0, row_g))
+    # sigma(dx) = a dx^2 / 2 + b dy dx + c dy^2 / 2 <= level  <=>  dx in [(-b dy -+ sqrt(disc)) / a]
+    ag, bg, cg = a.index_select(0, row_g), b.index_select(0, row_g), c.index_select(0, row_g)
+    dy_row = m[:, 1].index_select(0, row_g) - (y + 0.5)
+    half = torch.sqrt(((bg * bg - ag * cg) * dy_row * dy_row + 2 * ag * level.index_select(0, row_g)).clamp(min=0)) / ag
+    centre = m[:, 0].index_select(0, row_g) + bg * dy_row / ag  # mean x - (-b dy / a): the span's middle
+    x0 = torch.ceil(centre - half - 0.5).clamp(0, width)
+    x1 = (torch.floor(centre + half - 0.5) + 1).clamp(0, width)  # exclusive
     nx = (x1 - x0).clamp(min=0).int()
-    counts = nx * (y1 - y0).clamp(min=0).int()
-    first = (cam * (width * height) + y0.long() * width + x0.long()).int()
-    start = (torch.cumsum(counts, 0) - counts).int()
-    g = torch.repeat_interleave(counts).int()  # [Q] Gaussian of each candidate
-    local = torch.arange(len(g), dtype=torch.int32) - start.index_select(0, g)
-    nx_g = nx.index_select(0, g)
-    ly = torch.div(local, nx_g, rounding_mode="floor")
-    lx = local - ly * nx_g
-    return _Pairs(
-        rows=rows,
-        gauss=g,
-        pixel=first.index_select(0, g) + ly * width + lx,
-        dx=(m[:, 0] - x0 - 0.5).index_select(0, g) - lx,
-        dy=(m[:, 1] - y0 - 0.5).index_select(0, g) - ly,
-    )
+    g = torch.repeat_interleave(row_g, nx)  # [Q] Gaussian of each pair
+    pair_row = torch.repeat_interleave(nx)
+    lx = torch.arange(len(g), dtype=torch.int32) - (torch.cumsum(nx, 0) - nx).int().index_select(0, pair_row)
+    x = x0.int().index_select(0, pair_row) + lx
+    yq = y.index_select(0, pair_row)
+    pixel = cam.int().index_select(0, g) * (width * height) + yq.int() * width + x
+    return _Pairs(rows=rows, gauss=g, pixel=pixel,
+                  dx=m[:, 0].index_select(0, g) - (x.to(m.dtype) + 0.5),
+                  dy=dy_row.index_select(0, pair_row))
 
 
 class _Composite(torch.autograd.Function):
@@ -103,11 +111,11 @@ class _Composite(torch.autograd.Function):
             dx, dy = pairs.dx, pairs.dy
             sigma = 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy
             alpha = (o * torch.exp(-sigma)).clamp_(max=MAX_ALPHA)
-            # gsplat skips pairs with alpha < 1/255 (and sigma < 0): they neither add nor occlude.
-            # Drop them, then order the rest by pixel (stable: the depth order stays).
-            kept = ((alpha >= ALPHA_THRESHOLD) & (sigma >= 0)).nonzero().squeeze(1)
-            pixel, order = torch.sort(pairs.pixel.index_select(0, kept), stable=True)
-            perm = kept.index_select(0, order)
+            # gsplat skips pairs with alpha < 1/255 (and sigma < 0): they neither add nor occlude,
+            # and with alpha 0 they take no gradient either. Order the pairs by pixel (stable: the
+            # depth order stays inside each pixel).
+            alpha = alpha.mul_(((alpha >= ALPHA_THRESHOLD) & (sigma >= 0)).to(alpha.dtype))
+            pixel, perm = torch.sort(pairs.pixel, stable=True)
             gauss = pairs.gauss.index_select(0, perm)
             # One gather of the stacked columns: random access costs per call more than per column.
             alpha, dx, dy = torch.stack([alpha, dx, dy]).index_select(1, perm)
