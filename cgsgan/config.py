@@ -183,6 +183,7 @@ def validate(cfg: CGSGANConfig) -> CGSGANConfig:
          "must be a power of two >= 16")
     need(m.camera_mode in CAMERA_MODES, "model.camera_mode", m.camera_mode, f"expected one of {CAMERA_MODES}")
     need(1 <= g.num_levels <= MAX_LEVELS, "model.generator.num_levels", g.num_levels, f"must be in 1..{MAX_LEVELS}")
+    need(g.heads >= 1, "model.generator.heads", g.heads, "must be >= 1")  # before the modulo below
     need(g.width % g.heads == 0, "model.generator.heads", g.heads, f"must divide width {g.width}")
     need(g.width % 2 == 0, "model.generator.width", g.width, "must be even (two halves of positional encoding)")
     need(g.base_blocks >= 1, "model.generator.base_blocks", g.base_blocks, "must be >= 1")
@@ -202,6 +203,51 @@ def validate(cfg: CGSGANConfig) -> CGSGANConfig:
     need(t.tick_kimg > 0, "train.tick_kimg", t.tick_kimg, "must be > 0")
     need(t.render_backend in ("auto", "gsplat", "torch"), "train.render_backend", t.render_backend,
          "expected auto, gsplat or torch")
+
+    # The range of every other numeric key, so that a bad value stops here and not after a tick
+    # inside a worker (e.g. snapshot_ticks=0 was a ZeroDivisionError). NaN and Inf fail too.
+    def at_least(key: str, value: Any, lo: float) -> None:
+        need(math.isfinite(value) and value >= lo, key, value, f"must be >= {lo}")
+
+    def above(key: str, value: Any, lo: float) -> None:
+        need(math.isfinite(value) and value > lo, key, value, f"must be > {lo}")
+
+    def within(key: str, value: Any, lo: float, hi: float, hi_open: bool = False) -> None:
+        ok = math.isfinite(value) and lo <= value and (value < hi if hi_open else value <= hi)
+        need(ok, key, value, f"must be in [{lo}, {hi}{')' if hi_open else ']'}")
+
+    for key, value in (("z_dim", g.z_dim), ("w_dim", g.w_dim), ("mapping_layers", g.mapping_layers),
+                       ("pe_res", g.pe_res), ("min_channels", g.min_channels), ("width", g.width)):
+        at_least(f"model.generator.{key}", value, 1)
+    above("model.generator.mapping_lr_mult", g.mapping_lr_mult, 0)
+    within("model.generator.w_avg_beta", g.w_avg_beta, 0, 1, hi_open=True)
+    above("model.generator.point_radius", g.point_radius, 0)
+    for key, value in (("channel_base", d.channel_base), ("channel_max", d.channel_max),
+                       ("mbstd_channels", d.mbstd_channels), ("cmap_dim", d.cmap_dim)):
+        at_least(f"model.discriminator.{key}", value, 1)
+    at_least("model.discriminator.camera_mapping_layers", d.camera_mapping_layers, 0)
+    at_least("data.synthetic_identities", cfg.data.synthetic_identities, 1)
+    at_least("data.synthetic_views", cfg.data.synthetic_views, 1)
+    at_least("data.synthetic_seed", cfg.data.synthetic_seed, 0)
+    for key, value in (("r1_gamma", loss.r1_gamma), ("knn_weight", loss.knn_weight),
+                       ("center_weight", loss.center_weight), ("blur_sigma", loss.blur_sigma),
+                       ("blur_fade_kimg", loss.blur_fade_kimg), ("g_clip", loss.g_clip), ("d_clip", loss.d_clip)):
+        at_least(f"loss.{key}", value, 0)
+    above("train.g_lr", t.g_lr, 0)
+    above("train.d_lr", t.d_lr, 0)
+    within("train.beta1", t.beta1, 0, 1, hi_open=True)
+    within("train.beta2", t.beta2, 0, 1, hi_open=True)
+    at_least("train.ema_kimg", t.ema_kimg, 0)
+    at_least("train.ema_rampup", t.ema_rampup, 0)
+    above("train.total_kimg", t.total_kimg, 0)
+    above("train.tick_kimg", t.tick_kimg, 0)
+    at_least("train.snapshot_ticks", t.snapshot_ticks, 1)
+    at_least("train.checkpoint_ticks", t.checkpoint_ticks, 1)
+    at_least("train.seed", t.seed, 0)
+    within("train.truncation_psi", t.truncation_psi, 0, 1)
+    at_least("train.metric_samples", t.metric_samples, 2)  # a covariance needs two samples
+    at_least("train.snapshot_metric_heads", t.snapshot_metric_heads, 1)
+    at_least("train.num_threads", t.num_threads, 0)
     return cfg
 
 

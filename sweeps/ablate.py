@@ -63,6 +63,8 @@ def trial_key(t: dict) -> str:
 
 
 def trials(axes: SweepAxes) -> list[dict]:
+    if axes.max_concurrent < 0:
+        raise ConfigError(f"sweep.max_concurrent={axes.max_concurrent!r}: must be >= 0 (0 = as many as fit)")
     grid = [
         {"views": v, "grad_averaging": ga, "camera_mode": cm, "background": bg, "seed": s}
         for v, ga, cm, bg, s in itertools.product(axes.views, axes.grad_averaging, axes.camera_mode, axes.background, axes.seeds)
