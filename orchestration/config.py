@@ -119,6 +119,7 @@ class Plan:
     tracking_uri: str
     output_dir: str
     core: dict  # CGSGANConfig as a dict
+    data_notices: list = field(default_factory=list)  # what the data check said (workers stay quiet about it)
 
 
 def resolve(cfg: LaunchConfig) -> Plan:
@@ -128,6 +129,24 @@ def resolve(cfg: LaunchConfig) -> Plan:
         storage = str(Path(storage).absolute())
     tracking = cfg.tracking.uri or f"sqlite:///{out / 'mlflow.db'}"
     return Plan(run_name(cfg), storage, tracking, str(out), dataclasses.asdict(core_config(cfg)))
+
+
+def resolve_index_list(cfg: LaunchConfig, say=None) -> LaunchConfig:
+    """data.index_list=auto -> the authors' rebalancing list beside the dataset folder (its path), or ""
+    when there is none (or the data are the synthetic heads); so the run name tells runs with and
+    without it apart. `say` (if given) gets one line on what was found. Returns cfg, changed in place."""
+    if cfg.data.index_list == "auto" and cfg.data.source != "folder":
+        cfg.data.index_list = ""
+    elif cfg.data.index_list == "auto":
+        from cgsgan.data.dataset import REBALANCING_LIST, find_rebalancing_list
+
+        found = find_rebalancing_list(cfg.data.path)
+        cfg.data.index_list = str(found.absolute()) if found else ""
+        if say is not None:
+            say(f"note: data.index_list=auto: {found} (the authors' rebalancing)" if found else
+                f"note: data.index_list=auto: no {REBALANCING_LIST} beside {cfg.data.path}; every labelled image "
+                "is used once")
+    return cfg
 
 
 def validate_launch(cfg: LaunchConfig) -> LaunchConfig:
@@ -164,9 +183,6 @@ def validate_launch(cfg: LaunchConfig) -> LaunchConfig:
         raise ConfigError(f"data.path={cfg.data.path!r}: no such file or folder")
     if cfg.data.index_list and cfg.data.index_list != "auto" and not os.path.exists(cfg.data.index_list):
         raise ConfigError(f"data.index_list={cfg.data.index_list!r}: no such file")
-    if cfg.data.index_list == "auto" and cfg.data.source != "folder":
-        raise ConfigError("data.index_list='auto': finds the rebalancing list beside a dataset folder "
-                          "(data.source=folder); give a file or '' for the synthetic heads")
     from cgsgan.metrics.evaluation import check_metrics
 
     try:
