@@ -261,7 +261,9 @@ def validate(cfg: CGSGANConfig) -> CGSGANConfig:
     need(0 < loss.knn_k < g.num_points, "loss.knn_k", loss.knn_k, f"must be in 1..{g.num_points - 1} (num_points - 1)")
 
     positive("train", t, "batch_size", "g_lr", "d_lr", "total_kimg", "tick_kimg", "snapshot_ticks",
-             "checkpoint_ticks", "metric_samples", "snapshot_metric_heads")
+             "checkpoint_ticks", "snapshot_metric_heads")
+    need(isinstance(t.metric_samples, int) and t.metric_samples >= 2, "train.metric_samples", t.metric_samples,
+         "must be >= 2 (a covariance needs two samples)")
     non_negative("train", t, "ema_kimg", "ema_rampup", "seed", "num_threads")
     need(0 <= t.beta1 < 1, "train.beta1", t.beta1, "must be in [0, 1)")
     need(0 <= t.beta2 < 1, "train.beta2", t.beta2, "must be in [0, 1)")

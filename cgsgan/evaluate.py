@@ -23,14 +23,19 @@ from pathlib import Path
 import torch
 
 from cgsgan.metrics.evaluation import METRICS, check_metrics, evaluate_generator, format_table, make_extractor
+from cgsgan.training.checkpoint import open_checkpoint
 
 DEFAULT_METRICS = "fid,kid,fid3d,sensitivity,psnr_cond,depth_consistency"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="training checkpoint (.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint file, checkpoint folder, or run folder (newest checkpoint); local or s3://")
     p.add_argument("--data", required=True, help="dataset folder the generator is compared with")
+    p.add_argument("--index-list", default=None,
+                   help="index list of the reals (image file numbers); default: the training run's "
+                        "(data.index_list, 'auto' = smile_pose_rebalancing.json beside --data); 'none': every image")
     p.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma list of: {','.join(METRICS)}")
     feats = p.add_mutually_exclusive_group()
     feats.add_argument("--extractor", help="synthetic-heads feature network file")
@@ -48,6 +53,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def real_index_list(given: str | None, trained: str) -> str | None:
+    """The index list of the reals: --index-list if given ('none' = every image), else the run's
+    data.index_list when it still exists here ('auto' is resolved beside --data by the dataset)."""
+    if given is not None:
+        return None if given == "none" else given
+    if trained == "auto" or (trained and Path(trained).is_file()):
+        return trained
+    if trained:
+        print(f"note: the run's index list {trained} is not here; evaluating on every image of the data "
+              "(give --index-list)", file=sys.stderr)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -60,11 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         from cgsgan.data.dataset import ImageDataset
         from cgsgan.training.trainer import load_generator
 
-        G, cfg = load_generator(args.checkpoint)
+        with open_checkpoint(args.checkpoint, say=lambda msg: print(msg, file=sys.stderr)) as path:
+            G, cfg = load_generator(path)
         G = G.to(args.device)
         res = cfg.model.resolution
         extractor = make_extractor(args.extractor, args.inception, device=args.device, size=min(64, res))
-        dataset = ImageDataset(data, resolution=res, xflip=cfg.data.xflip)
+        # The reals as the run trained on them (the authors evaluate on the training set: same
+        # index list, same mirroring), pasted on white by the metrics.
+        index_list = real_index_list(args.index_list, cfg.data.index_list)
+        dataset = ImageDataset(data, resolution=res, index_list=index_list, xflip=cfg.data.xflip)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,9 @@
 """Samples from a checkpoint: `python -m cgsgan.generate --checkpoint CKPT --seeds 0-7 --out DIR
 [--truncation 0.8] [--ply] [--turntable]`.
 
+CKPT: a checkpoint file, a checkpoint folder (what launch.py prints), or a run folder (its newest
+checkpoint that loads), local or s3://... .
+
 Writes grid.png (rows: seeds, columns: yaw -45..45 degrees), turntable-seedN.gif (yaw sweep of
 +-60 degrees) and seedN.ply (standard 3DGS .ply, opens in the usual splat viewers).
 """
@@ -14,6 +17,7 @@ from pathlib import Path
 import torch
 
 from cgsgan import camera
+from cgsgan.training.checkpoint import open_checkpoint
 from cgsgan.training.samples import save_grid, save_turntable
 from cgsgan.training.trainer import load_generator
 
@@ -41,7 +45,8 @@ def latents(seeds: list[int], z_dim: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True,
+                   help="checkpoint file, checkpoint folder, or run folder (newest checkpoint); local or s3://")
     p.add_argument("--seeds", default="0-7")
     p.add_argument("--out", required=True)
     p.add_argument("--truncation", type=float, default=0.8)
@@ -50,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)
-        G, cfg = load_generator(args.checkpoint)
+        with open_checkpoint(args.checkpoint, say=lambda msg: print(msg, file=sys.stderr)) as path:
+            G, cfg = load_generator(path)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +96,8 @@ def core_config(cfg: LaunchConfig) -> CGSGANConfig:
 # How long and how often to report, not what is trained: a command that only raises the budget
 # or changes the reporting continues the same run.
 SCHEDULE_FIELDS = ("total_kimg", "tick_kimg", "snapshot_ticks", "checkpoint_ticks", "truncation_psi",
-                   "metric_samples", "snapshot_metrics", "snapshot_metric_heads", "render_backend", "num_threads")  # fmt: skip
+                   "metric_samples", "snapshot_metrics", "feature_extractor", "snapshot_metric_heads", "render_backend",
+                   "num_threads")  # fmt: skip
 
 
 def run_name(cfg: LaunchConfig) -> str:
@@ -118,6 +120,7 @@ class Plan:
     tracking_uri: str
     output_dir: str
     core: dict  # CGSGANConfig as a dict
+    data_notices: list = field(default_factory=list)  # what the data check said (workers stay quiet about it)
 
 
 def resolve(cfg: LaunchConfig) -> Plan:
@@ -129,16 +132,33 @@ def resolve(cfg: LaunchConfig) -> Plan:
     return Plan(run_name(cfg), storage, tracking, str(out), dataclasses.asdict(core_config(cfg)))
 
 
+def resolve_index_list(cfg: LaunchConfig, say=None) -> LaunchConfig:
+    """data.index_list=auto -> the authors' rebalancing list beside the dataset folder (its path), or ""
+    when there is none (or the data are the synthetic heads); so the run name tells runs with and
+    without it apart. `say` (if given) gets one line on what was found. Returns cfg, changed in place."""
+    if cfg.data.index_list == "auto" and cfg.data.source != "folder":
+        cfg.data.index_list = ""
+    elif cfg.data.index_list == "auto":
+        from cgsgan.data.dataset import REBALANCING_LIST, find_rebalancing_list
+
+        found = find_rebalancing_list(cfg.data.path)
+        cfg.data.index_list = str(found.absolute()) if found else ""
+        if say is not None:
+            say(f"note: data.index_list=auto: {found} (the authors' rebalancing)" if found else
+                f"note: data.index_list=auto: no {REBALANCING_LIST} beside {cfg.data.path}; every labelled image "
+                "is used once")
+    return cfg
+
+
 def validate_launch(cfg: LaunchConfig) -> LaunchConfig:
     """All checks that need no cluster; raises ConfigError naming the key."""
     validate(core_config(cfg))
     c = cfg.cluster
     if c.kind not in ("local", "ray", "slurm"):
         raise ConfigError(f"cluster.kind={c.kind!r}: expected local, ray or slurm")
+    check_ranges(cfg)
     if c.kind == "slurm":
         s = cfg.slurm
-        if s.nodes < 1:
-            raise ConfigError(f"slurm.nodes={s.nodes}: must be >= 1")
         if c.use_gpu and c.num_workers * c.gpus_per_worker > s.nodes * s.gpus_per_node:
             raise ConfigError(
                 f"cluster.num_workers={c.num_workers} x cluster.gpus_per_worker={c.gpus_per_worker} GPUs do not fit "
@@ -149,10 +169,6 @@ def validate_launch(cfg: LaunchConfig) -> LaunchConfig:
                 f"cluster.num_workers={c.num_workers} x cluster.cpus_per_worker={c.cpus_per_worker} CPUs do not fit "
                 f"in slurm.nodes={s.nodes} x slurm.cpus_per_task={s.cpus_per_task}"
             )
-        if s.max_requeues < 0:
-            raise ConfigError(f"slurm.max_requeues={s.max_requeues}: must be >= 0")
-    if c.num_workers < 1:
-        raise ConfigError(f"cluster.num_workers={c.num_workers}: must be >= 1")
     if cfg.train.batch_size % c.num_workers:
         raise ConfigError(
             f"train.batch_size={cfg.train.batch_size} is not divisible by cluster.num_workers={c.num_workers}"
@@ -164,14 +180,50 @@ def validate_launch(cfg: LaunchConfig) -> LaunchConfig:
             f"model.discriminator.mbstd_group={cfg.model.discriminator.mbstd_group} does not divide the "
             f"per-worker batch {local} (train.batch_size / cluster.num_workers)"
         )
-    if c.use_gpu and c.gpus_per_worker <= 0:
-        raise ConfigError(f"cluster.gpus_per_worker={c.gpus_per_worker}: must be > 0 with cluster.use_gpu=true")
-    if c.max_failures < 0:
-        raise ConfigError(f"cluster.max_failures={c.max_failures}: must be >= 0")
-    if cfg.storage.num_to_keep < 1:
-        raise ConfigError(f"storage.num_to_keep={cfg.storage.num_to_keep}: must be >= 1")
     if cfg.data.source == "folder" and cfg.data.path and not os.path.exists(cfg.data.path):
         raise ConfigError(f"data.path={cfg.data.path!r}: no such file or folder")
-    if cfg.data.index_list and not os.path.exists(cfg.data.index_list):
+    if cfg.data.index_list and cfg.data.index_list != "auto" and not os.path.exists(cfg.data.index_list):
         raise ConfigError(f"data.index_list={cfg.data.index_list!r}: no such file")
+    from cgsgan.metrics.evaluation import check_metrics
+
+    try:
+        if cfg.train.snapshot_metrics:
+            check_metrics(list(cfg.train.snapshot_metrics))
+    except ValueError as e:
+        raise ConfigError(f"train.snapshot_metrics={list(cfg.train.snapshot_metrics)!r}: {e}") from e
+    if "yaw_bins" in cfg.train.snapshot_metrics and cfg.data.source != "synthetic":
+        raise ConfigError("train.snapshot_metrics: yaw_bins needs the synthetic heads' ground truth (data=synthetic)")
     return cfg
+
+
+def check_ranges(cfg: LaunchConfig) -> None:
+    """The range of every numeric key of the cluster, storage and SLURM settings (whatever
+    cluster.kind is, so a bad value is found on the first launch); ConfigError names key and value."""
+    c, s = cfg.cluster, cfg.slurm
+
+    def need(ok: bool, key: str, value, why: str) -> None:
+        if not ok:
+            raise ConfigError(f"{key}={value!r}: {why}")
+
+    def at_least(key: str, value, lo) -> None:
+        need(math.isfinite(value) and value >= lo, key, value, f"must be >= {lo}")
+
+    at_least("cluster.num_workers", c.num_workers, 1)
+    need(math.isfinite(c.cpus_per_worker) and c.cpus_per_worker > 0, "cluster.cpus_per_worker", c.cpus_per_worker,
+         "must be > 0")
+    at_least("cluster.gpus_per_worker", c.gpus_per_worker, 0)
+    if c.use_gpu:
+        need(c.gpus_per_worker > 0, "cluster.gpus_per_worker", c.gpus_per_worker, "must be > 0 with cluster.use_gpu=true")
+    at_least("cluster.max_failures", c.max_failures, 0)
+    at_least("storage.num_to_keep", cfg.storage.num_to_keep, 1)
+    at_least("slurm.nodes", s.nodes, 1)
+    at_least("slurm.gpus_per_node", s.gpus_per_node, 0)
+    at_least("slurm.cpus_per_task", s.cpus_per_task, 1)
+    at_least("slurm.mem_gb", s.mem_gb, 0)
+    at_least("slurm.time_min", s.time_min, 1)
+    at_least("slurm.max_requeues", s.max_requeues, 0)
+    # Each job takes 40 ports from port_base + (job id % 500) * 40: the block must stay below 65536.
+    need(1024 <= s.port_base <= 65535 - 500 * 40 + 1, "slurm.port_base", s.port_base,
+         f"must be in [1024, {65535 - 500 * 40 + 1}] (each job takes 40 ports of the 20000 above it)")
+    need(0 <= s.signal_delay_s < s.time_min * 60, "slurm.signal_delay_s", s.signal_delay_s,
+         f"must be >= 0 and below slurm.time_min={s.time_min} minutes")

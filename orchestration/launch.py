@@ -1,8 +1,9 @@
 """Entry point: `python orchestration/launch.py [hydra overrides]`, locally or via `ray job submit`.
 
-config (Hydra, typed) -> validate -> check storage -> Ray (existing cluster or a local one)
--> TorchTrainer.fit() -> print where checkpoints, samples and the MLflow run are.
-Nothing reaches Ray before the config and the storage have been checked.
+config (Hydra, typed) -> validate -> check storage -> check the dataset -> Ray (existing cluster or
+a local one) -> TorchTrainer.fit() -> print where checkpoints, samples and the MLflow run are.
+Nothing reaches Ray before the config, the storage and the data have been checked: a bad value or
+a broken file ends the launch with one line naming it (exit 2).
 """
 
 from __future__ import annotations
@@ -18,8 +19,17 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from cgsgan.config import ConfigError  # noqa: E402
-from orchestration.config import LaunchConfig, Plan, register, resolve, validate_launch  # noqa: E402
+from cgsgan.data.dataset import DataError  # noqa: E402
+from orchestration.config import (  # noqa: E402
+    LaunchConfig,
+    Plan,
+    register,
+    resolve,
+    resolve_index_list,
+    validate_launch,
+)
 from orchestration.storage import StorageError, check_storage  # noqa: E402
+from orchestration.tracking import redact  # noqa: E402
 
 register()
 
@@ -32,12 +42,30 @@ def to_launch_config(cfg: DictConfig) -> LaunchConfig:
 
 
 def prepare(cfg: LaunchConfig) -> Plan:
-    """Validate, resolve names and paths, check storage, make the data: no cluster resources yet."""
+    """Validate, resolve names and paths, check storage, check (or make) the data: no cluster
+    resources yet. data.index_list=auto is resolved in `cfg` (the list's path, or "")."""
     validate_launch(cfg)
+    ray_address(cfg)
+    resolve_index_list(cfg, say=lambda line: print(line, file=sys.stderr, flush=True))
     plan = resolve(cfg)
     check_storage(plan.storage_path, cfg.storage.endpoint_url, cfg.storage.create_bucket)
+    plan.data_notices = check_data(cfg)
     make_local_data(cfg, plan)
     return plan
+
+
+def check_data(cfg: LaunchConfig) -> list[str]:
+    """A dataset folder or zip is checked here, before Ray: labels, index list, every image header,
+    and the pixels (all of them when cheap, else a sample; the summary line says which). Raises
+    DataError naming the file. Returns what the check said (already on stderr) for the workers."""
+    if cfg.data.source != "folder":
+        return []  # the synthetic heads are generated and checked by this code
+    from cgsgan.data.dataset import check_dataset
+
+    notices = check_dataset(cfg.data.path, resolution=cfg.model.resolution, index_list=cfg.data.index_list or None,
+                            background=cfg.loss.background)
+    print(f"data: {notices[-1]}", flush=True)
+    return notices[:-1]
 
 
 def make_local_data(cfg: LaunchConfig, plan: Plan) -> None:
@@ -59,14 +87,20 @@ WORKER_NICENESS = 0
 TRAINING_NODE_ENV = {"RAY_worker_niceness": str(WORKER_NICENESS)}  # for `ray start`
 
 
+def ray_address(cfg: LaunchConfig) -> str | None:
+    """The Ray to connect to (None: start one here); ConfigError when cluster.kind=ray has none."""
+    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS") or None
+    if cfg.cluster.kind == "ray" and address is None:
+        raise ConfigError("cluster.kind=ray needs cluster.address or $RAY_ADDRESS (or run under `ray job submit`)")
+    return address
+
+
 def connect_ray(cfg: LaunchConfig, extra_cpus: int = 0) -> None:
     """Connect to the configured cluster, or start a local Ray. `extra_cpus` adds logical CPUs to
     a local Ray for processes that hold a sliver of CPU but do no work (Tune's trial drivers)."""
     import ray
 
-    address = cfg.cluster.address or os.environ.get("RAY_ADDRESS") or None
-    if cfg.cluster.kind == "ray" and address is None:
-        raise ConfigError("cluster.kind=ray needs cluster.address or $RAY_ADDRESS (or run under `ray job submit`)")
+    address = ray_address(cfg)
     if ray.is_initialized():
         return
     if address is None:
@@ -77,13 +111,18 @@ def connect_ray(cfg: LaunchConfig, extra_cpus: int = 0) -> None:
         ray.init(address=address)
 
 
+def one_line(error: BaseException | str) -> str:
+    return " ".join(str(error).split())
+
+
 def run(cfg: LaunchConfig) -> int:
     try:
         plan = prepare(cfg)
-    except (ConfigError, StorageError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, StorageError, DataError, ValueError) as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
-    print(f"run {plan.name}\n  checkpoints: {plan.storage_path}/{plan.name}\n  mlflow: {plan.tracking_uri}", flush=True)
+    print(f"run {plan.name}\n  checkpoints: {plan.storage_path}/{plan.name}\n  mlflow: {redact(plan.tracking_uri)}",
+          flush=True)
     if cfg.cluster.kind == "slurm":
         from orchestration.slurm import submit
 
@@ -91,21 +130,66 @@ def run(cfg: LaunchConfig) -> int:
         print(f"  follow: squeue -j {job.job_id}; tail -f {job.paths.stdout}")
         return 0
     connect_ray(cfg)
-    from orchestration.ray_trainer import build_trainer
+    return train(cfg, plan)
 
-    result = build_trainer(cfg, plan).fit()
+
+def checkpoint_uri(plan: Plan, path: str) -> str:
+    """What `python -m cgsgan.generate --checkpoint` takes: a local path, or s3://bucket/... (Ray
+    reports S3 paths without the scheme when it is given a filesystem)."""
+    if plan.storage_path.startswith("s3://") and "://" not in path:
+        return f"s3://{path.lstrip('/')}"
+    return path
+
+
+def train(cfg: LaunchConfig, plan: Plan) -> int:
+    """Fit the TorchTrainer on the connected Ray; print where everything is. Exit code: 0 done,
+    1 training failed (one line: the root cause), 2 a broken data file (one line naming it)."""
+    from ray.train import ControllerError, TrainingFailedError
+
+    from orchestration.ray_trainer import DataErrorStop, build_trainer
+
+    try:
+        result = build_trainer(cfg, plan).fit()
+    except ControllerError as e:
+        cause = e.controller_failure
+        if isinstance(cause, DataErrorStop):  # a broken file read mid-run: not retried
+            print(f"error: {one_line(cause)}", file=sys.stderr)
+            return 2
+        print(f"error: training failed: {root_cause(e)}", file=sys.stderr)
+        return 1
+    except TrainingFailedError as e:
+        print(f"error: training failed: {root_cause(e)}", file=sys.stderr)
+        return 1
+    returned = result.return_value if isinstance(result.return_value, dict) else {}
+    if "data_error" in returned:  # a broken file found while the workers built the dataset: not retried
+        print(f"error: {one_line(returned['data_error'])}", file=sys.stderr)
+        return 2
     samples = Path(plan.output_dir) / "runs" / plan.name / "samples"
+    checkpoint = checkpoint_uri(plan, result.checkpoint.path) if result.checkpoint else None
     print("\ndone.")
-    print(f"  checkpoint:  {result.checkpoint.path if result.checkpoint else None}")
+    print(f"  checkpoint:  {checkpoint}")
     print(f"  samples:     {samples} (grid-*.png, turntable.gif, sample-seed0.ply)")
     print(f"  metrics:     {Path(plan.output_dir) / 'runs' / plan.name / 'metrics.jsonl'}")
-    print(f"  MLflow run:  experiment '{cfg.tracking.experiment}', run name '{plan.name}' at {plan.tracking_uri}")
+    print(f"  MLflow run:  experiment '{cfg.tracking.experiment}', run name '{plan.name}' at {redact(plan.tracking_uri)}")
     if plan.tracking_uri.startswith("sqlite:"):
         print(f"  look:        mlflow ui --backend-store-uri {plan.tracking_uri}")
+    if checkpoint:
+        print(f"  generate:    python -m cgsgan.generate --checkpoint {checkpoint} --out samples --turntable --ply")
     if result.error:
-        print(f"error: training failed: {result.error}", file=sys.stderr)
+        print(f"error: training failed: {root_cause(result.error)}", file=sys.stderr)
         return 1
     return 0
+
+
+def root_cause(error: BaseException) -> str:
+    """The last line of the innermost traceback Ray carries (e.g. "ValueError: ..."), else the error."""
+    failures = getattr(error, "worker_failures", None)
+    if failures:
+        rank, failure = sorted(failures.items())[0]
+        lines = [ln for ln in str(failure).splitlines() if ln.strip()]
+        return f"rank {rank}: {lines[-1].strip() if lines else type(failure).__name__}"
+    cause = getattr(error, "controller_failure", None) or error
+    return one_line(f"{type(cause).__name__}: {cause}")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

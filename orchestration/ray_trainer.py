@@ -7,27 +7,55 @@ import dataclasses
 import os
 from pathlib import Path
 
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from cgsgan.data.dataset import DataError
 from orchestration.config import LaunchConfig, Plan
-from orchestration.storage import ray_storage
+from orchestration.storage import ray_storage, s3_endpoint
 from orchestration.worker import train_loop_per_worker
 
-# Environment that workers need on a cluster that did not inherit the driver's env.
-PASSTHROUGH_ENV = (
-    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
-    "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_S3_ENDPOINT_URL",
-    "CGSGAN_DATA_CACHE",
-)  # fmt: skip
+# Settings (never credentials) that workers may need, passed through Ray's runtime env only when
+# the run's storage / tracking choice needs them. Ray's runtime-env agent writes every variable it
+# is given into its log, readable by every user of the node: AWS keys, session tokens and MLflow
+# passwords are therefore never passed. Workers of a Ray started by launch.py inherit them from the
+# driver's environment; on a cluster each node has its own (instance profile, IRSA, or the
+# environment `ray start` ran in - as the SLURM job does).
+S3_ENV = ("AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL")
+TRACKING_ENV = ("MLFLOW_S3_ENDPOINT_URL",)  # only for an MLflow server without proxied artifacts
+DATA_ENV = ("CGSGAN_DATA_CACHE",)
 
 
-def worker_env() -> dict[str, str]:
-    env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
+def worker_env(plan: Plan) -> dict[str, str]:
+    keys = list(DATA_ENV)
+    if plan.storage_path.startswith("s3://"):
+        keys += S3_ENV
+    if not plan.tracking_uri.startswith(("sqlite:", "file:")):
+        keys += TRACKING_ENV
+    env = {k: os.environ[k] for k in keys if k in os.environ}
     # Train V2 patches print() in workers to also log through its logger, which Ray streams to
     # the driver a second time: every tick line showed up twice. Ray's own streaming is enough.
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     return env
+
+
+class DataErrorStop(RuntimeError):
+    """A worker failed on a broken dataset file: deterministic, so the run stops without a retry."""
+
+
+class StopOnDataError(UserCallback):
+    """Ray Train retries any worker failure up to `max_failures` times; a broken data file (a
+    `DataError`, e.g. a truncated image read on demand mid-run) fails the same way every time.
+    Raising from this controller callback turns it into a controller error, which Ray does not retry.
+    (A DataError while the trainer is built never gets here: the worker returns it.)"""
+
+    def after_exception(self, run_context, worker_exceptions: dict) -> None:
+        for rank, error in sorted(worker_exceptions.items()):
+            cause = getattr(error, "_base_exc", error)  # Ray wraps it with its traceback text
+            if isinstance(cause, DataError) or "cgsgan.data.dataset.DataError: " in str(error):
+                message = str(cause) if isinstance(cause, DataError) else \
+                    str(error).split("cgsgan.data.dataset.DataError: ", 1)[1].strip().splitlines()[0]
+                raise DataErrorStop(f"rank {rank}: {message}")
 
 
 def worker_config(cfg: LaunchConfig, plan: Plan, tags: dict | None = None) -> dict:
@@ -41,12 +69,13 @@ def worker_config(cfg: LaunchConfig, plan: Plan, tags: dict | None = None) -> di
         "use_gpu": cfg.cluster.use_gpu,
         "local_dir": str(Path(plan.output_dir) / "runs"),
         "storage_uri": plan.storage_path,
-        "storage_endpoint": cfg.storage.endpoint_url,
+        "storage_endpoint": s3_endpoint(cfg.storage.endpoint_url) or "",
         "tracking_uri": plan.tracking_uri,
         "experiment": cfg.tracking.experiment,
         "artifact_root": (Path(plan.output_dir) / "mlartifacts").as_uri() if not cfg.tracking.uri else None,
         "params": params,
         "tags": dict(tags or {}),
+        "data_notices": list(plan.data_notices),
     }
 
 
@@ -69,7 +98,7 @@ def build_trainer(
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=c.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.storage.num_to_keep),
-            callbacks=extra_callbacks,
-            worker_runtime_env={"env_vars": worker_env()},
+            callbacks=[StopOnDataError(), *(extra_callbacks or [])],
+            worker_runtime_env={"env_vars": worker_env(plan)},
         ),
     )

@@ -27,6 +27,11 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def redact(text: str) -> str:
+    """A URI with any user:password@ replaced by ***@ (for printing)."""
+    return re.sub(r"(://)[^/@\s]+:[^/@\s]+@", r"\1***@", text)
+
+
 def scrub(params: dict[str, object]) -> dict[str, object]:
     """Drop anything that looks like a credential (keys) and credentials embedded in URLs."""
     clean = {}
@@ -34,7 +39,7 @@ def scrub(params: dict[str, object]) -> dict[str, object]:
         if _SECRET.search(k):
             continue
         if isinstance(v, str):
-            v = re.sub(r"(://)[^/@\s]+:[^/@\s]+@", r"\1***@", v)  # user:pass@host
+            v = redact(v)  # user:pass@host
         clean[k] = v
     return clean
 

@@ -29,7 +29,7 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from cgsgan.config import ConfigError  # noqa: E402
-from orchestration.config import LaunchConfig, resolve, validate_launch  # noqa: E402
+from orchestration.config import LaunchConfig, resolve, resolve_index_list, validate_launch  # noqa: E402
 from orchestration.storage import StorageError, check_storage  # noqa: E402
 
 METRIC = "metrics/fd_rand"
@@ -63,6 +63,8 @@ def trial_key(t: dict) -> str:
 
 
 def trials(axes: SweepAxes) -> list[dict]:
+    if axes.max_concurrent < 0:
+        raise ConfigError(f"sweep.max_concurrent={axes.max_concurrent!r}: must be >= 0 (0 = as many as fit)")
     grid = [
         {"views": v, "grad_averaging": ga, "camera_mode": cm, "background": bg, "seed": s}
         for v, ga, cm, bg, s in itertools.product(axes.views, axes.grad_averaging, axes.camera_mode, axes.background, axes.seeds)
@@ -103,6 +105,7 @@ def run_trial(config: dict) -> None:
     cfg: LaunchConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LaunchConfig), config["launch"]))
     plan = resolve(cfg)
     plan.storage_path = config["storage_path"]
+    plan.data_notices = config.get("data_notices", [])
     # Tune may start a trial again after an interruption when its experiment state was saved
     # before the trial ended: a trial whose run finished reports that run's final metrics and
     # trains nothing (its MLflow run stays closed).
@@ -116,6 +119,10 @@ def run_trial(config: dict) -> None:
     result = build_trainer(cfg, plan, extra_callbacks=[TuneReportCallback()], tags=tags).fit()
     if result.error:
         raise result.error
+    if isinstance(result.return_value, dict) and "data_error" in result.return_value:
+        from cgsgan.data.dataset import DataError
+
+        raise DataError(result.return_value["data_error"])
 
 
 def max_concurrent(cfg: SweepConfig) -> int:
@@ -136,17 +143,20 @@ def run_sweep(cfg: SweepConfig) -> int:
     import ray
     from ray import tune
 
-    from orchestration.launch import connect_ray, make_local_data
+    from orchestration.launch import check_data, connect_ray, make_local_data, one_line, ray_address
     from orchestration.tracking import Tracker
 
     try:
         grid = trials(cfg.sweep)
+        resolve_index_list(cfg, say=lambda line: print(line, file=sys.stderr))  # once, for every trial
         trial_cfgs = [trial_config(cfg, t) for t in grid]
         base_plan = resolve(trial_cfgs[0])
         storage = f"{base_plan.storage_path}/{cfg.sweep.name}"
         check_storage(base_plan.storage_path, cfg.storage.endpoint_url, cfg.storage.create_bucket)
-    except (ConfigError, StorageError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        ray_address(cfg)
+        data_notices = check_data(trial_cfgs[0])  # every trial trains on the same data
+    except (ConfigError, StorageError, ValueError) as e:  # ValueError includes a broken data file (DataError)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     make_local_data(trial_cfgs[0], base_plan)
 
@@ -158,7 +168,7 @@ def run_sweep(cfg: SweepConfig) -> int:
     connect_ray(cfg, extra_cpus=1)  # room for the trial drivers (0.01 CPU each) beside the workers
     space = [
         {"launch": dataclasses.asdict(tc), "axes": t, "storage_path": storage, "parent_run_id": parent,
-         "sweep": cfg.sweep.name}  # fmt: skip
+         "sweep": cfg.sweep.name, "data_notices": data_notices}  # fmt: skip
         for t, tc in zip(grid, trial_cfgs)
     ]
     trainable = tune.with_resources(run_trial, {"cpu": 0.01})

@@ -11,8 +11,8 @@ and rebalance the classes of one column the same way; the two balancings are sol
 (raking), each image repeated at most --max-repeat times. Histograms are printed before and after. No face model is bundled: the
 attributes are whatever the user measured.
 
-The output is a JSON array of indices into the dataset's labels sorted by name, the order
-`ImageDataset` uses.
+The output is a JSON array of image FILE NUMBERS (17 for `00017.png`), repeats included: the
+index-list format of the authors' code that `ImageDataset(index_list=...)` reads.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from cgsgan import camera
-from cgsgan.data.dataset import load_labels
+from cgsgan.data.dataset import DataError, file_number, load_labels
 
 RULE = re.compile(r"^\s*([^=!<>]+?)\s*(==|!=|<|>)\s*(.*?)\s*$")
 
@@ -250,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--filter and --balance need --attributes")
         picked = curate(yaws_sel, rows, args.filter, args.balance, args.yaw_bins, args.max_repeat)
         indices = [keep_all[i] for i in picked]
+        numbers = {i: file_number(names[i]) for i in set(indices)}
+        unnumbered = [names[i] for i, n in numbers.items() if n is None]
+        if unnumbered:
+            raise DataError(f"{unnumbered[0]}: index lists select images by the number in their file name, "
+                            "and this image's name has none")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -263,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         print(histogram_text(f"{args.balance} before:", dict(sorted(before.items()))))
         print(histogram_text(f"{args.balance} after:", {k: after.get(k, 0) for k in sorted(before)}))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(indices))
+    args.out.write_text(json.dumps([numbers[i] for i in indices]))
     print(f"{len(indices)} entries ({len(set(indices))} unique images of {len(names)}) -> {args.out}")
     return 0
 

@@ -12,9 +12,19 @@ Layout (paths relative to the dataset root):
 (`FFHQC/512`) whose parent holds dataset.json and mask/. A label name is looked up relative to the
 root first, then relative to the image folder (`<res>/` or the folder given).
 
-Items are the labels sorted by name; an index list (a JSON array of indices into that order,
-repeats allowed) filters and rebalances them, and xflip appends the mirrored copies. Everything is
-validated in the constructor, so a broken dataset fails before training with the file named.
+Items are the labels sorted by name. An index list (a JSON array) filters and rebalances them as
+the authors' code does (fraunhoferhhi/cgs-gan, training/dataset.py): its entries are image FILE
+NUMBERS, the first number in an image's file name (17 -> `00017.png`), in the list's order, with
+repeats kept (they are the rebalancing); entries whose file does not exist are dropped, with one
+line saying how many. `index_list="auto"` takes the authors' FFHQC list, `smile_pose_rebalancing.json`
+(their `custom_dist/smile_pose_rebalancing.json`), from the dataset folder when it is there (see
+`find_rebalancing_list`). xflip appends the mirrored copies (yaw-flipped labels). Masks stored at
+another resolution are resized (bilinear) to the images'.
+
+Everything but the pixel data is validated in the constructor (labels, index list, every image and
+mask header), so a broken dataset fails before training with the file named (`DataError`);
+`check_dataset` also decodes the images (all of them when cheap, else a sample) for a check before
+any cluster resource is used.
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import sys
 import threading
 import warnings
 import zipfile
@@ -45,8 +57,62 @@ MASK_DIR = "mask"
 CACHE_LIMIT_BYTES = 4 << 30
 
 
+# The authors' rebalanced FFHQC list (their custom_dist/smile_pose_rebalancing.json): what
+# data.index_list="auto" looks for beside the dataset. Nothing is downloaded.
+REBALANCING_LIST = "smile_pose_rebalancing.json"
+# check_dataset decodes every used image up to this many; above, a seeded sample of DECODE_SAMPLE.
+FULL_DECODE_MAX = 4096
+DECODE_SAMPLE = 1024
+
+
+class DataError(ValueError):
+    """The dataset (a file of it) is broken; the message starts with the file at fault. Deterministic:
+    reading the same files again fails the same way, so retrying does not help."""
+
+
+# Notices already shown in this process: each is said once, however many datasets are built
+# (the trainer builds two over the same files) - and not at all in a worker when the launcher
+# already said it before Ray started (`mark_shown`).
+_SHOWN: set[str] = set()
+
+
+def _say_once(kind: str, message: str) -> None:
+    """One line on stderr, once per process: `kind` is "note" or "warning"."""
+    if message not in _SHOWN:
+        _SHOWN.add(message)
+        print(f"{kind}: {message}", file=sys.stderr, flush=True)
+
+
+def mark_shown(messages: Iterable[str]) -> None:
+    """Treat these notices as already said (a Ray worker, after the launcher printed them)."""
+    _SHOWN.update(messages)
+
+
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTS)
+
+
+_DIGITS = re.compile(r"\d+")
+
+
+def file_number(name: str) -> int | None:
+    """The number of an image file, as the authors' loader reads it: the first run of digits in the
+    file's name (`512/00017.png` -> 17, `img00017.png` -> 17); None when the name has no digits."""
+    m = _DIGITS.search(PurePosixPath(name).name)
+    return int(m.group()) if m else None
+
+
+def find_rebalancing_list(path: str | Path) -> Path | None:
+    """The authors' FFHQC rebalancing list beside a dataset, if present: REBALANCING_LIST in the folder
+    given (or, for a zip, the folder holding it), in its parent (FFHQC/ when given FFHQC/512), or in
+    a custom_dist/ folder below either."""
+    p = Path(path)
+    folders = [p, p.parent] if p.is_dir() else [p.parent]
+    for folder in folders:
+        for cand in (folder / REBALANCING_LIST, folder / "custom_dist" / REBALANCING_LIST):
+            if cand.is_file():
+                return cand
+    return None
 
 
 class _Store:
@@ -108,18 +174,18 @@ def _open_layout(path: Path) -> tuple[_Store, str | None]:
     """The store holding dataset.json at its root, and the image folder if `path` was one resolution's."""
     if path.is_file():
         if not zipfile.is_zipfile(path):
-            raise ValueError(f"{path}: not a folder or a .zip")
+            raise DataError(f"{path}: not a folder or a .zip")
         store = _Store(path, is_zip=True)
         if "dataset.json" not in store.list():
-            raise ValueError(f"{path}: missing dataset.json at the root of the zip")
+            raise DataError(f"{path}: missing dataset.json at the root of the zip")
         return store, None
     if not path.is_dir():
-        raise ValueError(f"dataset not found: {path}")
+        raise DataError(f"dataset not found: {path}")
     if (path / "dataset.json").is_file():
         return _Store(path, is_zip=False), None
     if (path.parent / "dataset.json").is_file():  # FFHQC/512 with FFHQC/dataset.json and FFHQC/mask
         return _Store(path.parent, is_zip=False), path.name
-    raise ValueError(f"{path / 'dataset.json'}: missing dataset.json (looked in {path} and its parent)")
+    raise DataError(f"{path / 'dataset.json'}: missing dataset.json (looked in {path} and its parent)")
 
 
 @dataclass
@@ -138,41 +204,44 @@ def _parse_labels(store: _Store) -> LabelTable:
     try:
         meta = json.loads(store.read("dataset.json"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{where}: not valid JSON: {e}") from e
+        raise DataError(f"{where}: not valid JSON: {e}") from e
     raw = meta.get("labels") if isinstance(meta, dict) else None
     if isinstance(raw, dict):
         raw = list(raw.items())
     if not isinstance(raw, list) or not raw:
-        raise ValueError(f"{where}: no camera labels (expected \"labels\": [[name, [25 floats]], ...])")
+        raise DataError(f"{where}: no camera labels (expected \"labels\": [[name, [25 floats]], ...])")
     table: dict[str, torch.Tensor] = {}
     for entry in raw:
         if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)):
-            raise ValueError(f"{where}: a label entry is not [name, [25 floats]]: {str(entry)[:80]}")
+            raise DataError(f"{where}: a label entry is not [name, [25 floats]]: {str(entry)[:80]}")
         name, values = entry
         if name in table:
-            raise ValueError(f"{where}: image {name!r} is labelled twice")
+            raise DataError(f"{where}: image {name!r} is labelled twice")
         if not isinstance(values, list) or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
         ):
-            raise ValueError(f"{where}: label of {name!r}: camera label must be {camera.LABEL_DIM} numbers, "
+            raise DataError(f"{where}: label of {name!r}: camera label must be {camera.LABEL_DIM} numbers, "
                              f"got {str(values)[:60]}")
-        table[name] = camera.validate_label(values, f"{where}: label of {name!r}")
+        try:
+            table[name] = camera.validate_label(values, f"{where}: label of {name!r}")
+        except ValueError as e:  # wrong length, NaN / Inf
+            raise DataError(str(e)) from e
     ids_raw = meta.get("identities") or {}
     if not isinstance(ids_raw, dict):
-        raise ValueError(f"{where}: \"identities\" must map image names to integers")
+        raise DataError(f"{where}: \"identities\" must map image names to integers")
     names = sorted(table)
     ids = []
     for n in names:
         v = ids_raw.get(n, -1)
         if isinstance(v, bool) or not isinstance(v, int):
-            raise ValueError(f"{where}: identity of {n!r} is not an integer: {v!r}")
+            raise DataError(f"{where}: identity of {n!r} is not an integer: {v!r}")
         ids.append(v)
     bg = meta.get("background")
     if bg is not None:
         named = {"white": [1.0, 1.0, 1.0], "black": [0.0, 0.0, 0.0]}
         bg = named.get(bg, bg) if isinstance(bg, str) else bg
         if not (isinstance(bg, list) and len(bg) == 3 and all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in bg)):
-            raise ValueError(f"{where}: \"background\" must be \"white\", \"black\" or [r, g, b] in [0, 1], "
+            raise DataError(f"{where}: \"background\" must be \"white\", \"black\" or [r, g, b] in [0, 1], "
                              f"got {meta.get('background')!r}")
         bg = torch.tensor(bg, dtype=torch.float32)
     return LabelTable(names, torch.stack([table[n] for n in names]), torch.tensor(ids, dtype=torch.int64), where, bg)
@@ -187,28 +256,51 @@ def load_labels(path: str | Path) -> LabelTable:
         store.close()
 
 
-def load_index_list(index_list: str | Path | Sequence[int], num_images: int) -> list[int]:
-    """An index list (JSON file or sequence) checked against `num_images` labels."""
+def _read_index_list(index_list: str | Path | Sequence[int]) -> tuple[list[int], str]:
     where = "index list"
     if isinstance(index_list, (str, Path)):
         where = str(index_list)
         try:
             values = json.loads(Path(index_list).read_text())
         except FileNotFoundError as e:
-            raise ValueError(f"{where}: index list not found") from e
+            raise DataError(f"{where}: index list not found") from e
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{where}: not valid JSON: {e}") from e
+            raise DataError(f"{where}: not valid JSON: {e}") from e
     else:
         values = list(index_list)
     if not isinstance(values, list) or not values:
-        raise ValueError(f"{where}: expected a non-empty JSON array of image indices")
+        raise DataError(f"{where}: expected a non-empty JSON array of image file numbers")
     for pos, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-            raise ValueError(f"{where}: entry {pos} is not an integer index: {v!r}")
-        if not 0 <= v < num_images:
-            raise ValueError(f"{where}: index {v} (entry {pos}) is out of range; the dataset has {num_images} "
-                             f"labelled images (indices 0..{num_images - 1})")
-    return [int(v) for v in values]
+            raise DataError(f"{where}: entry {pos} is not an integer image number: {v!r}")
+    return [int(v) for v in values], where
+
+
+def load_index_list(index_list: str | Path | Sequence[int], names: Sequence[str],
+                    describe=str) -> tuple[list[int], int]:
+    """Positions into `names` of an index list's entries, and how many entries were dropped.
+
+    Entries are image FILE NUMBERS (`file_number`: 17 -> `00017.png`), as in the authors' loader:
+    kept in the list's order with their repeats; an entry whose number no image has is dropped.
+    `describe` turns a name into the path shown in messages.
+    """
+    values, where = _read_index_list(index_list)
+    position: dict[int, int] = {}
+    for pos, name in enumerate(names):
+        number = file_number(name)
+        if number is None:
+            raise DataError(f"{describe(name)}: the index list {where} selects images by the number in their file "
+                            "name, and this image's name has none")
+        if number in position:
+            raise DataError(f"{describe(name)}: has the same file number ({number}) as "
+                            f"{describe(names[position[number]])}, so the index list {where} is ambiguous")
+        position[number] = pos
+    kept = [position[v] for v in values if v in position]
+    if not kept:
+        lo, hi = min(position), max(position)
+        raise DataError(f"{where}: none of its {len(values)} entries is the file number of an image of the "
+                        f"dataset (its images are numbered {lo}..{hi})")
+    return kept, len(values) - len(kept)
 
 
 def _resolve_images(store: _Store, image_dir: str | None, names: list[str], resolution: int | None,
@@ -239,7 +331,7 @@ def _resolve_images(store: _Store, image_dir: str | None, names: list[str], reso
         hint = ""
         if not image_dir and not prefixes and len(res_dirs) > 1:
             hint = f"; several resolution folders ({', '.join(res_dirs)}): give resolution= or the folder of one"
-        raise ValueError(f"{source}: {len(missing)} label(s) without an image, e.g. {missing[0]!r} "
+        raise DataError(f"{source}: {len(missing)} label(s) without an image, e.g. {missing[0]!r} "
                          f"(looked in {looked}){hint}")
     # Unlabelled images among the labelled ones: folders holding none of the labelled images
     # (another resolution, say) are not part of this dataset.
@@ -247,7 +339,7 @@ def _resolve_images(store: _Store, image_dir: str | None, names: list[str], reso
     labelled = set(resolved)
     extra = sorted(f for f in files if f not in labelled and str(PurePosixPath(f).parent) in used_dirs)
     if extra:
-        raise ValueError(f"{store.describe(extra[0])}: image without a label in {source} "
+        raise DataError(f"{store.describe(extra[0])}: image without a label in {source} "
                          f"({len(extra)} unlabelled image(s))")
     return resolved
 
@@ -267,7 +359,7 @@ def _resolve_masks(store: _Store, images: list[str]) -> list[str] | None:
                 out.append(by_stem[key])
                 break
         else:
-            raise ValueError(f"{store.describe(img)}: no mask for this image in {store.describe(MASK_DIR)}")
+            raise DataError(f"{store.describe(img)}: no mask for this image in {store.describe(MASK_DIR)}")
     return out
 
 
@@ -276,7 +368,7 @@ def _image_size(store: _Store, name: str) -> tuple[int, int]:
         with store.open(name) as f, Image.open(f) as im:
             return im.size
     except Exception as e:  # PIL raises many types for broken files
-        raise ValueError(f"{store.describe(name)}: unreadable image ({type(e).__name__}: {e})") from e
+        raise DataError(f"{store.describe(name)}: unreadable image ({type(e).__name__}: {e})") from e
 
 
 def _decode(store: _Store, name: str, mode: str, size: int | None = None) -> np.ndarray:
@@ -288,7 +380,7 @@ def _decode(store: _Store, name: str, mode: str, size: int | None = None) -> np.
                 im = im.resize((size, size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
     except Exception as e:
-        raise ValueError(f"{store.describe(name)}: unreadable image ({type(e).__name__}: {e})") from e
+        raise DataError(f"{store.describe(name)}: unreadable image ({type(e).__name__}: {e})") from e
     return arr[..., None] if arr.ndim == 2 else arr
 
 
@@ -307,12 +399,17 @@ class ImageDataset(torch.utils.data.Dataset):
     without masks); label float32 [25] (mirrored for flipped items); identity int64 (-1 when
     dataset.json has no identities); index int (the item index).
 
+    index_list: a JSON file or a sequence of image file numbers (see the module docstring), or
+    "auto" for the authors' FFHQC list beside the dataset (`find_rebalancing_list`; every image
+    once when there is none). Dropped entries are said once, on stderr.
     background: "off" returns images as stored; "random" / "white" / "black" paste them onto a
     uniform colour with their mask ("random": one colour per item, fixed by (seed, epoch, index);
     call `set_epoch`). When dataset.json declares the colour the images were composited on
     ("background", as the synthetic heads do), that colour is first un-mixed from the soft mask
-    edges, so no fringe of it survives on the new background. mask_resize: accept masks of another size and resize them to the image
-    (FFHQC keeps one mask folder for all resolutions); by default a size mismatch is an error.
+    edges, so no fringe of it survives on the new background. Without masks the reals cannot be
+    repainted: one warning says so. mask_resize: masks of another (square) size are resized,
+    bilinear, to the image size (FFHQC keeps one mask folder for all resolutions); False makes a
+    size mismatch an error.
     cache: decode the images once into memory (skipped, with a warning, above CACHE_LIMIT_BYTES).
     """
 
@@ -325,7 +422,7 @@ class ImageDataset(torch.utils.data.Dataset):
         background: str = "off",
         seed: int = 0,
         cache: bool = True,
-        mask_resize: bool = False,
+        mask_resize: bool = True,
     ) -> None:
         if background not in BACKGROUNDS:
             raise ValueError(f"background={background!r}: expected one of {BACKGROUNDS}")
@@ -333,6 +430,7 @@ class ImageDataset(torch.utils.data.Dataset):
             raise ValueError(f"seed={seed!r}: expected an integer >= 0")
         self.path = Path(path)
         self.background, self.seed, self.xflip, self.epoch = background, seed, bool(xflip), 0
+        self.notices: list[str] = []  # what this dataset said (or would have said) once on stderr
         self._store, image_dir = _open_layout(self.path)
         table = _parse_labels(self._store)
         self.names, self._source = table.names, table.source
@@ -340,10 +438,24 @@ class ImageDataset(torch.utils.data.Dataset):
         self._files = _resolve_images(self._store, image_dir, table.names, resolution, table.source)
         self._mask_files = _resolve_masks(self._store, self._files)
         self._res = self._check_sizes(resolution, mask_resize)
+        self._check_background()
 
         n = len(self.names)
+        if isinstance(index_list, str) and index_list == "auto":
+            index_list = find_rebalancing_list(self.path)
+            if index_list is None:
+                self._notice("note", f"{self.path}: no {REBALANCING_LIST} beside the dataset (index_list=auto); "
+                                     "every labelled image is used once")
         self.index_list_path = str(index_list) if isinstance(index_list, (str, Path)) else None
-        raw = load_index_list(index_list, n) if index_list is not None else list(range(n))
+        if index_list is not None:
+            raw, dropped = load_index_list(index_list, self._files, self._store.describe)
+            if dropped:
+                where = self.index_list_path or "index list"
+                self._notice("note", f"{where}: {dropped} of {dropped + len(raw)} entries name no image of "
+                                     f"{self.path} (no file with that number) and are dropped; {len(raw)} kept "
+                                     f"({len(set(raw))} distinct images)")
+        else:
+            raw = list(range(n))
         self._raw = torch.tensor(raw, dtype=torch.int64)  # [M] into the sorted label list
         self._base_labels, self._base_ids = table.labels, table.identities
         item_raw = self._raw.repeat(2) if self.xflip else self._raw
@@ -360,33 +472,50 @@ class ImageDataset(torch.utils.data.Dataset):
             self._fill_cache()
 
     # ------------------------------------------------------------------ validation / loading
+    def _notice(self, kind: str, message: str) -> None:
+        self.notices.append(message)
+        _say_once(kind, message)
+
+    def _check_background(self) -> None:
+        """Without masks the reals keep the background they were stored on, whatever the scheme."""
+        if self.background == "off" or self.has_masks:
+            return
+        fixed = sample_backgrounds(self.background, 1)[0] if self.background != "random" else None
+        stored = self.stored_background
+        if fixed is not None and stored is not None and torch.allclose(fixed, stored):
+            return  # e.g. white on images stored on white: nothing to repaint
+        self._notice("warning", f"{self.path}: no masks ({MASK_DIR}/ folder), so the real images keep the "
+                                "background they were stored with while generated images are rendered on the "
+                                "loss.background colours; add masks, or set loss.background to the colour the "
+                                "images were stored on")
+
     def _check_sizes(self, resolution: int | None, mask_resize: bool) -> int:
         first, size0 = self._files[0], None
         for name in self._files:
             w, h = _image_size(self._store, name)
             if w != h:
-                raise ValueError(f"{self._store.describe(name)}: image is {w}x{h}, not square")
+                raise DataError(f"{self._store.describe(name)}: image is {w}x{h}, not square")
             if resolution is not None and w != resolution:
-                raise ValueError(f"{self._store.describe(name)}: image is {w}x{h} but resolution={resolution}")
+                raise DataError(f"{self._store.describe(name)}: image is {w}x{h} but resolution={resolution}")
             if size0 is None:
                 size0 = w
             elif w != size0:
-                raise ValueError(f"{self._store.describe(name)}: image is {w}x{h} but {self._store.describe(first)} "
+                raise DataError(f"{self._store.describe(name)}: image is {w}x{h} but {self._store.describe(first)} "
                                  f"is {size0}x{size0} (mixed sizes)")
         if self._mask_files is not None:
             for img, mask in zip(self._files, self._mask_files):
                 mw, mh = _image_size(self._store, mask)
                 if (mw, mh) != (size0, size0) and not (mask_resize and mw == mh):
-                    raise ValueError(f"{self._store.describe(mask)}: mask is {mw}x{mh} but its image "
-                                     f"{self._store.describe(img)} is {size0}x{size0} (mask_resize=True "
-                                     "resizes square masks)")
+                    raise DataError(f"{self._store.describe(mask)}: mask is {mw}x{mh} but its image "
+                                     f"{self._store.describe(img)} is {size0}x{size0}"
+                                     + (" (only square masks are resized)" if mask_resize else ""))
         return int(size0)
 
     def _load(self, raw: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """uint8 image [3, H, W] and mask [1, H, W] (or None) of raw image `raw`."""
         img = torch.from_numpy(_decode(self._store, self._files[raw], "RGB").copy()).permute(2, 0, 1)
         if img.shape[-1] != self._res or img.shape[-2] != self._res:
-            raise ValueError(f"{self._store.describe(self._files[raw])}: decoded size {tuple(img.shape[1:])} differs "
+            raise DataError(f"{self._store.describe(self._files[raw])}: decoded size {tuple(img.shape[1:])} differs "
                              f"from the {self._res}x{self._res} of its header")
         mask = None
         if self._mask_files is not None:
@@ -513,3 +642,32 @@ class ImageDataset(torch.utils.data.Dataset):
             self._pool.shutdown(cancel_futures=True)
             self._pool, self._pending = None, {}
         self._store.close()
+
+
+def check_dataset(path: str | Path, resolution: int | None = None, index_list: str | Path | Sequence[int] | None = None,
+                  background: str = "off", full_decode_max: int = FULL_DECODE_MAX,
+                  sample: int = DECODE_SAMPLE) -> list[str]:
+    """Everything `ImageDataset` checks (labels, index list, every image and mask header), then the
+    pixel data: every image the items use (and its mask) is decoded when there are at most
+    `full_decode_max` of them, else a seeded random sample of `sample`. For a check before any
+    cluster resource is used; raises DataError naming the file. Returns the notices the dataset
+    said (on stderr, once) followed by a one-line summary of what was checked.
+    """
+    ds = ImageDataset(path, resolution=resolution, index_list=index_list, background=background, cache=False)
+    try:
+        used = torch.unique(ds._raw)
+        what = "images and masks" if ds.has_masks else "images"
+        if len(used) <= full_decode_max:
+            picked, how = used.tolist(), f"decoded all {len(used)} {what}"
+        else:
+            order = torch.randperm(len(used), generator=torch.Generator().manual_seed(0))[:sample]
+            picked = used[order].tolist()
+            how = (f"decoded a random sample of {len(picked)} of the {len(used)} {what} (the others are decoded "
+                   "when training reads them)")
+        for raw in picked:
+            ds._load(raw)
+    finally:
+        ds.close()
+    summary = (f"{path}: {len(ds.names)} labelled {ds.resolution}px images, {len(ds._raw)} items"
+               f"{' from ' + ds.index_list_path if ds.index_list_path else ''}; headers read, {how}")
+    return [*ds.notices, summary]

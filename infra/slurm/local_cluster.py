@@ -111,17 +111,50 @@ def up(state: Path | None = None, timeout_s: float = 60) -> LocalSlurm:
     raise RuntimeError(f"SLURM node did not become idle within {timeout_s:.0f} s; slurmctld log:\n{tail}")
 
 
+def _ours(pid: int, name: str, conf: Path) -> bool:
+    """Whether `pid` is the `name` daemon started with this state folder's slurm.conf (a pid file can
+    outlive its process, and the pid be reused by someone else's)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(args) and Path(args[0].decode()).name == name and str(conf).encode() in args
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # an exited child not yet reaped is gone too
+
+
 def down(state: Path | None = None, quiet: bool = False) -> None:
+    """Stop the daemons of this state folder only (by their pid files, checked against this
+    folder's slurm.conf); never daemons by name, which would stop other people's SLURM."""
     state = (state or ROOT / ".tmp" / "slurm").absolute()
+    stopping = []
     for name in ("slurmd", "slurmctld"):
         pid_file = state / f"{name}.pid"
-        if pid_file.exists():
+        try:
+            pid = int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if _ours(pid, name, state / "slurm.conf"):
             try:
-                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
-            except (ProcessLookupError, ValueError):
+                os.kill(pid, signal.SIGTERM)
+                stopping.append(pid)
+            except ProcessLookupError:
                 pass
-        subprocess.run(["pkill", "-x", name], capture_output=True)
-    time.sleep(1)
+    deadline = time.time() + 30
+    for pid in stopping:
+        while _alive(pid) and time.time() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     if not quiet:
         print("slurm stopped")
 

@@ -2,19 +2,20 @@
 S3 endpoint (moto server) and an `mlflow server`, all on 127.0.0.1.
 
 Each test trains the tiny model for a few steps on small synthetic data; the failure tests kill
-a Ray Train worker, the driver, or the S3 endpoint mid-run.
+a Ray Train worker, the driver, or the S3 endpoint mid-run. Each test's Ray lives in its own temp
+dir (RAY_TMPDIR / --temp-dir) and only processes the test started are stopped (tests/integration/procs.py).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from cgsgan.training.checkpoint import load_checkpoint
 from infra.local.stack import s3_client
+from tests.integration.procs import cmdline, descendants, kill_tree, ray_tmpdir, stop_ray
 from tests.integration.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
@@ -40,8 +42,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_env(s3_env: dict, tmp: Path) -> dict:
-    env = {**os.environ, **s3_env}
+@pytest.fixture
+def ray_tmp():
+    """This test's Ray temp dir; whatever Ray of it is left at the end is stopped (and only that)."""
+    path = ray_tmpdir()
+    yield path
+    stop_ray(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def launch_env(s3_env: dict, tmp: Path, ray_tmp: Path) -> dict:
+    env = {**os.environ, **s3_env, "RAY_TMPDIR": str(ray_tmp)}
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
     env["CGSGAN_DATA_CACHE"] = os.environ.get("CGSGAN_DATA_CACHE", str(tmp / "data-cache"))
     env.pop("RAY_ADDRESS", None)  # a local Ray unless a test says otherwise
@@ -92,15 +103,14 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_ray_job_submit_finishes_a_short_run(s3_server, mlflow_server, tmp_path):
-    env = launch_env(s3_server.env(), tmp_path)
+def test_ray_job_submit_finishes_a_short_run(s3_server, mlflow_server, tmp_path, ray_tmp):
+    env = launch_env(s3_server.env(), tmp_path, ray_tmp)
     # Ray (>= 2.59) protects a `ray start` cluster with a token: give the cluster and the
     # submitting client the same one.
     token = tmp_path / "ray_token"
     token.write_text(secrets.token_hex(32))
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     port, dash = free_port(), free_port()
-    ray_tmp = Path("/tmp") / f"rayt-{uuid.uuid4().hex[:6]}"
     subprocess.run(
         [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2", f"--temp-dir={ray_tmp}",
@@ -125,11 +135,12 @@ def test_ray_job_submit_finishes_a_short_run(s3_server, mlflow_server, tmp_path)
         assert len(runs) == 1 and runs[0].info.status == "FINISHED"
         assert runs[0].data.metrics["progress.kimg"] == pytest.approx(TOTAL_KIMG)
     finally:
-        subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_ray(ray_tmp)  # this test's cluster only (`ray stop` would stop every Ray on the machine)
 
 
-def test_killed_worker_restarts_from_checkpoint_and_mlflow_stays_continuous(s3_server, mlflow_server, tmp_path):
-    env = launch_env(s3_server.env(), tmp_path)
+def test_killed_worker_restarts_from_checkpoint_and_mlflow_stays_continuous(s3_server, mlflow_server, tmp_path,
+                                                                           ray_tmp):
+    env = launch_env(s3_server.env(), tmp_path, ray_tmp)
     proc = subprocess.Popen(launch_args(s3_server.bucket, mlflow_server.tracking_uri, tmp_path / "out", "killworker"),
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # fmt: skip
@@ -145,14 +156,16 @@ def test_killed_worker_restarts_from_checkpoint_and_mlflow_stays_continuous(s3_s
 
         wait_for(first_checkpoint, 600, "the first checkpoint", proc)
         time.sleep(3)
-        pids = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True).stdout.split()
-        assert pids, "no Ray Train worker process found"
-        os.kill(int(pids[0]), signal.SIGKILL)
+        # This launch's worker: a descendant of the driver we started (its local Ray's raylet
+        # started it), never the first RayTrainWorker on the machine, which may be someone else's.
+        workers = [p for p in descendants(proc.pid) if "RayTrainWorker" in " ".join(cmdline(p))]
+        assert len(workers) == 1, f"expected this launch's one Ray Train worker, found {workers}"
+        os.kill(workers[0], signal.SIGKILL)
         rest, _ = proc.communicate(timeout=900)
         lines.append(rest)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_tree(proc.pid)
     output = "".join(lines)
     assert proc.returncode == 0, output[-5000:]
     assert "resumed from" in output
@@ -182,17 +195,17 @@ def wait_for_s3_checkpoint(proc: subprocess.Popen, s3_server) -> tuple[str, list
     return run, lines
 
 
-def test_stopped_driver_resumes_from_s3_with_the_same_mlflow_run(s3_server, mlflow_server, tmp_path):
-    env = launch_env(s3_server.env(), tmp_path)
+def test_stopped_driver_resumes_from_s3_with_the_same_mlflow_run(s3_server, mlflow_server, tmp_path, ray_tmp):
+    env = launch_env(s3_server.env(), tmp_path, ray_tmp)
     args = launch_args(s3_server.bucket, mlflow_server.tracking_uri, tmp_path / "out", "stopdriver")
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # fmt: skip
     try:
         run, _ = wait_for_s3_checkpoint(proc, s3_server)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver, its local Ray and the workers
+        kill_tree(proc.pid)  # the driver, its local Ray and the workers
         proc.wait(timeout=60)
-    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], env=env, capture_output=True, timeout=120)
+    stop_ray(ray_tmp)  # anything of that Ray that left the tree (none expected)
     first_runs = mlflow_runs(mlflow_server.tracking_uri, run)
     assert len(first_runs) == 1
 
@@ -207,8 +220,8 @@ def test_stopped_driver_resumes_from_s3_with_the_same_mlflow_run(s3_server, mlfl
     assert_continuous_steps(mlflow_server.tracking_uri, runs[0].info.run_id)
 
 
-def test_unreachable_s3_or_missing_bucket_fails_before_any_worker(s3_server, tmp_path):
-    env = launch_env(s3_server.env(), tmp_path)
+def test_unreachable_s3_or_missing_bucket_fails_before_any_worker(s3_server, tmp_path, ray_tmp):
+    env = launch_env(s3_server.env(), tmp_path, ray_tmp)
     args = [sys.executable, "orchestration/launch.py", "storage=s3", f"output_dir={tmp_path}"]
     missing = subprocess.run([*args, "storage.path=s3://no-such-bucket/x"], cwd=ROOT, env=env, capture_output=True,
                              text=True, timeout=120)  # fmt: skip
@@ -224,10 +237,10 @@ def test_unreachable_s3_or_missing_bucket_fails_before_any_worker(s3_server, tmp
         assert "RayTrainWorker" not in out.stdout + out.stderr
 
 
-def test_s3_outage_during_training_never_leaves_a_half_checkpoint(s3_server, mlflow_server, tmp_path):
+def test_s3_outage_during_training_never_leaves_a_half_checkpoint(s3_server, mlflow_server, tmp_path, ray_tmp):
     proxy = TcpProxy(s3_server.port).start()
     s3_env = {**s3_server.env(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
-    env = launch_env(s3_env, tmp_path)
+    env = launch_env(s3_env, tmp_path, ray_tmp)
     args = launch_args(s3_server.bucket, mlflow_server.tracking_uri, tmp_path / "out", "s3outage",
                        "cluster.max_failures=1")  # fmt: skip
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -240,8 +253,8 @@ def test_s3_outage_during_training_never_leaves_a_half_checkpoint(s3_server, mlf
         output = "".join(lines) + rest
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], env=env, capture_output=True, timeout=120)
+            kill_tree(proc.pid)
+    stop_ray(ray_tmp)
     # Either it failed with a clear error, or it retried and got through; never a silent success
     # with a partial checkpoint.
     assert proc.returncode != 0 or "done." in output, output[-4000:]

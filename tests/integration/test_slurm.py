@@ -27,6 +27,7 @@ SHORT = [
     "train.total_kimg=0.096", "train.tick_kimg=0.016", "train.snapshot_ticks=3", "train.checkpoint_ticks=2",
     "train.metric_samples=16", "slurm.time_min=30",
 ]  # fmt: skip
+SUBMITTED: list[str] = []  # job ids, cancelled at the end if still there
 KEY_LINES = re.compile(r"Starting with JobEnvironment|Bypassing|Caught signal|requeue|resumed from|CANCELLED|tick \d+ \|")
 
 
@@ -41,7 +42,8 @@ def slurm():
         os.environ.pop("SLURM_CONF", None)
     else:
         os.environ["SLURM_CONF"] = previous
-    subprocess.run(["scancel", "--user=root"], env={**os.environ, **cluster.env()}, capture_output=True)
+    if SUBMITTED:  # the jobs these tests submitted, not every job of the user
+        subprocess.run(["scancel", *SUBMITTED], env={**os.environ, **cluster.env()}, capture_output=True)
     local_cluster.down(ROOT / ".tmp" / "slurm-test")
 
 
@@ -56,6 +58,7 @@ def submit(slurm, tmp_path, name, tracking_uri, *extra):
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     job_id = next(line.split()[3] for line in out.stdout.splitlines() if line.startswith("submitted SLURM job"))
+    SUBMITTED.append(job_id)
     run = next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("run "))
     folder = tmp_path / "out" / "slurm"
     return submitit.SlurmJob(folder=folder, job_id=job_id), run, env

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from tests.integration.procs import kill_tree, ray_tmpdir, stop_ray
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,8 +32,9 @@ def sweep_cmd(out: Path, tracking: str, name: str) -> list[str]:
             f"sweep.name={name}"]  # fmt: skip
 
 
-def env_for(s3_server, tmp_path) -> dict:
-    env = {**os.environ, **s3_server.env(), "PYTHONUNBUFFERED": "1",
+def env_for(s3_server, tmp_path, ray_tmp: Path) -> dict:
+    """The sweep's local Ray lives in `ray_tmp` (RAY_TMPDIR), so the test can stop it and only it."""
+    env = {**os.environ, **s3_server.env(), "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": str(ray_tmp),
            "CGSGAN_DATA_CACHE": os.environ.get("CGSGAN_DATA_CACHE", str(tmp_path / "cache"))}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
     return env
@@ -49,8 +51,13 @@ def sweep_runs(tracking: str, name: str):
 @pytest.fixture(scope="module")
 def finished_sweep(s3_server, mlflow_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sweep")
-    out = subprocess.run(sweep_cmd(tmp / "out", mlflow_server.tracking_uri, "itest"), cwd=ROOT,
-                         env=env_for(s3_server, tmp), capture_output=True, text=True, timeout=1200)  # fmt: skip
+    ray_tmp = ray_tmpdir()
+    try:
+        out = subprocess.run(sweep_cmd(tmp / "out", mlflow_server.tracking_uri, "itest"), cwd=ROOT,
+                             env=env_for(s3_server, tmp, ray_tmp), capture_output=True, text=True, timeout=1200)  # fmt: skip
+    finally:
+        stop_ray(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
     return tmp, out
 
@@ -105,7 +112,16 @@ def test_mlflow_ui_lists_the_child_runs(finished_sweep, mlflow_server):
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(s3_server, mlflow_server, tmp_path):
-    env = env_for(s3_server, tmp_path)
+    ray_tmp = ray_tmpdir()
+    try:
+        interrupt_and_resume(s3_server, mlflow_server, tmp_path, ray_tmp)
+    finally:
+        stop_ray(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def interrupt_and_resume(s3_server, mlflow_server, tmp_path, ray_tmp):
+    env = env_for(s3_server, tmp_path, ray_tmp)
     cmd = sweep_cmd(tmp_path / "out", mlflow_server.tracking_uri, "resume")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # fmt: skip
@@ -118,9 +134,9 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(s3_server, 
             assert proc.poll() is None and time.time() < deadline, "sweep ended before it could be interrupted"
             time.sleep(2)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)  # the sweep driver we started, its local Ray and the trials
         proc.wait(timeout=60)
-    subprocess.run([str(Path(sys.executable).with_name("ray")), "stop", "--force"], capture_output=True, timeout=120)
+    stop_ray(ray_tmp)  # anything of that Ray that left the tree
     _, _, _, before = sweep_runs(mlflow_server.tracking_uri, "resume")
     done = {c.info.run_id: c.info.end_time for c in before if c.info.status == "FINISHED"}
 

@@ -142,3 +142,25 @@ def test_cli_errors(synthetic_dataset, tmp_path, capsys):
     assert set(json.loads(out.read_text())) <= set(range(10))
     assert curate.main(["--data", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert not (tmp_path / "none").exists()
+
+
+def test_cli_writes_image_file_numbers(tmp_path):
+    """Index lists hold file numbers (the authors' format), not positions in the sorted names: with
+    00001.png missing, the curated list names 00002.png..00015.png by 2..15."""
+    import shutil
+
+    from cgsgan.data.synthetic import generate_synthetic
+
+    root = generate_synthetic(tmp_path / "heads", identities=4, views=4, resolution=32, seed=3)
+    (root / "32" / "00001.png").unlink()
+    (root / "mask" / "00001.png").unlink()
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["labels"] = [e for e in meta["labels"] if e[0] != "32/00001.png"]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    out = tmp_path / "list.json"
+    assert curate.main(["--data", str(root), "--out", str(out), "--yaw-bins", "3"]) == 0
+    entries = json.loads(out.read_text())
+    assert set(entries) == {0, *range(2, 16)}  # every image kept at least once, by its number
+    ds = ImageDataset(root, index_list=out)
+    assert [int(ds.names[r][3:8]) for r in ds.raw_indices.tolist()] == entries
+    shutil.rmtree(root)

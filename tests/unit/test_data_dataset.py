@@ -15,7 +15,14 @@ from PIL import Image
 
 from cgsgan import camera
 from cgsgan.data.backgrounds import composite, sample_backgrounds
-from cgsgan.data.dataset import ImageDataset, load_labels
+from cgsgan.data.dataset import (
+    REBALANCING_LIST,
+    DataError,
+    ImageDataset,
+    check_dataset,
+    find_rebalancing_list,
+    load_labels,
+)
 from cgsgan.data.synthetic import generate_synthetic, render_identity
 
 
@@ -254,26 +261,141 @@ def test_truncated_image_is_caught_when_decoding(broken):
 
 
 def test_mask_size_and_missing_mask(broken):
+    # A mask at another (square) resolution is resized to its image, as the authors' loader does.
     Image.new("L", (16, 16), 255).save(broken / "mask" / "00001.png")
-    msg = expect_error(broken, str(broken / "mask" / "00001.png"))
-    assert "16x16" in msg and "32x32" in msg
-    ds = ImageDataset(broken, mask_resize=True)  # FFHQC keeps one mask folder for all resolutions
+    ds = ImageDataset(broken)
     assert ds[1]["mask"].shape == (1, 32, 32) and (ds[1]["mask"] == 1).all()
+    msg = expect_error(broken, str(broken / "mask" / "00001.png"), mask_resize=False)  # strict on request
+    assert "16x16" in msg and "32x32" in msg
+    Image.new("L", (32, 16), 255).save(broken / "mask" / "00001.png")
+    assert "32x16" in expect_error(broken, str(broken / "mask" / "00001.png"))  # not square: no guessing
     (broken / "mask" / "00001.png").unlink()
     assert "no mask" in expect_error(broken, str(broken / "32" / "00001.png"))
 
 
-def test_index_list_out_of_range(tiny, tmp_path):
+def test_ffhqc_masks_at_another_resolution_load_resized_bilinear(tiny, tmp_path):
+    """FFHQC keeps one mask/ folder beside the resolution folders: masks at 64x64 for 32x32 images load,
+    resized bilinear to the image, whether the root or the resolution folder is given, folder or zip."""
+    root = Path(shutil.copytree(tiny, tmp_path / "FFHQC"))
+    big = {}
+    for f in sorted((root / "mask").glob("*.png")):
+        m = Image.open(f).resize((64, 64), Image.BICUBIC)
+        m.save(f)
+        big[f.name] = m
+    ref = ImageDataset(tiny)
+    for ds in (ImageDataset(root / "32"), ImageDataset(root), ImageDataset(make_zip(root, tmp_path / "FFHQC.zip"))):
+        assert ds.has_masks and ds.resolution == 32
+        for i in (0, 7):
+            name = Path(ds.names[i]).name
+            expected = np.asarray(big[name].resize((32, 32), Image.BILINEAR), dtype=np.float32) / 255
+            assert torch.equal(ds[i]["mask"][0], torch.from_numpy(expected))
+            assert (ds[i]["mask"] - ref[i]["mask"]).abs().mean() < 0.02  # the same silhouette
+            assert torch.equal(ds[i]["image"], ref[i]["image"])
+
+
+def reference_index_list_files(image_names: list[str], index_list: list[int]) -> list[str]:
+    """What the authors' ImageFolderDataset (fraunhoferhhi/cgs-gan, training/dataset.py) makes of an
+    index list, restated: the numbers of the images present, the list filtered to them (order and
+    repeats kept), then f"{i:05d}.<ext>" file names."""
+    available = {int(re.findall(r"\d+", Path(f).name)[0]) for f in image_names}
+    ext = image_names[0].split(".")[-1]
+    return [f"{i:05d}.{ext}" for i in index_list if i in available]
+
+
+def test_index_list_entries_are_file_numbers_as_in_the_reference(broken, tmp_path, capsys):
+    # Remove image 00005 (and its label and mask): from there on, positions and file numbers differ.
+    (broken / "32" / "00005.png").unlink()
+    (broken / "mask" / "00005.png").unlink()
+    edit_json(broken, lambda m: m.update(labels=[e for e in m["labels"] if e[0] != "32/00005.png"]))
+    entries = [6, 5, 6, 0, 15, 99, 14, -1]  # 5, 99 and -1 name no file
+    lst = tmp_path / "smile_pose.json"
+    lst.write_text(json.dumps(entries))
+    capsys.readouterr()
+    ds = ImageDataset(broken, index_list=lst)
+    expected = reference_index_list_files(sorted(p.name for p in (broken / "32").glob("*.png")), entries)
+    assert expected == ["00006.png", "00006.png", "00000.png", "00015.png", "00014.png"]
+    assert [Path(ds.names[r]).name for r in ds.raw_indices.tolist()] == expected  # which files, in which order
+    assert len(ds) == 5
+    for i, name in enumerate(expected):
+        pixels = torch.from_numpy(np.array(Image.open(broken / "32" / name))).permute(2, 0, 1).float() / 255 * 2 - 1
+        assert torch.equal(ds[i]["image"], pixels)
+    labels = dict(json.loads((broken / "dataset.json").read_text())["labels"])
+    assert torch.equal(ds.labels, torch.tensor([labels[f"32/{n}"] for n in expected]))
+    err = capsys.readouterr().err
+    assert err.count("3 of 8 entries name no image") == 1, err  # how many were dropped, said once
+    ImageDataset(broken, index_list=lst)  # a second dataset over the same list says nothing new
+    assert "entries name no image" not in capsys.readouterr().err
+    flipped = ImageDataset(broken, index_list=lst, xflip=True)  # mirrored copies appended, as in the reference
+    assert len(flipped) == 10 and flipped.raw_indices.tolist() == ds.raw_indices.tolist() * 2
+
+
+def test_index_list_errors(tiny, tmp_path):
     lst = tmp_path / "bad_index.json"
-    lst.write_text(json.dumps([0, 1, 99]))
+    lst.write_text(json.dumps([99, 100]))
     msg = expect_error(tiny, str(lst), index_list=lst)
-    assert re.search(r"index 99\b", msg) and "entry 2" in msg
-    lst.write_text(json.dumps([0, -1]))
-    assert "index -1" in expect_error(tiny, str(lst), index_list=lst)
+    assert "none of its 2 entries" in msg and "0..15" in msg
     lst.write_text(json.dumps([0, "a"]))
-    assert "not an integer" in expect_error(tiny, str(lst), index_list=lst)
+    assert "entry 1 is not an integer" in expect_error(tiny, str(lst), index_list=lst)
     lst.write_text("[0, 1")
     assert "not valid JSON" in expect_error(tiny, str(lst), index_list=lst)
+    lst.write_text("[]")
+    assert "non-empty" in expect_error(tiny, str(lst), index_list=lst)
+
+
+def test_index_list_needs_unambiguous_file_numbers(broken):
+    shutil.copy(broken / "32" / "00003.png", broken / "32" / "img3.png")
+    shutil.copy(broken / "mask" / "00003.png", broken / "mask" / "img3.png")
+    edit_json(broken, lambda m: m["labels"].append(["32/img3.png", m["labels"][3][1]]))
+    ImageDataset(broken)  # without an index list the numbers do not matter
+    msg = expect_error(broken, str(broken / "32"), index_list=[3])
+    assert "same file number (3)" in msg and "00003.png" in msg and "img3.png" in msg
+
+
+def test_auto_index_list_takes_the_rebalancing_list_beside_the_dataset(broken, capsys):
+    ds = ImageDataset(broken / "32", index_list="auto")  # none there: every image once, said once
+    assert len(ds) == 16 and "no smile_pose_rebalancing.json" in capsys.readouterr().err
+    (broken / "custom_dist").mkdir()
+    (broken / "custom_dist" / REBALANCING_LIST).write_text(json.dumps([2, 2, 7]))
+    assert find_rebalancing_list(broken / "32") == broken / "custom_dist" / REBALANCING_LIST
+    (broken / REBALANCING_LIST).write_text(json.dumps([1, 1, 4]))
+    ds = ImageDataset(broken / "32", index_list="auto")  # FFHQC/512 given: FFHQC/smile_pose_rebalancing.json
+    assert ds.index_list_path == str(broken / REBALANCING_LIST) and ds.raw_indices.tolist() == [1, 1, 4]
+
+
+def test_mirrored_labels_flip_yaw_as_the_reference(tiny):
+    """The authors' flip_yaw negates cam2world entries [0,1], [0,2], [1,0], [2,0], [0,3]; intrinsics stay."""
+    labels = ImageDataset(tiny).labels
+    mirrored = ImageDataset(tiny, xflip=True).labels[len(labels):]
+    expected = labels.clone()
+    for r, c in ((0, 1), (0, 2), (1, 0), (2, 0), (0, 3)):
+        expected[:, r * 4 + c] *= -1
+    assert torch.allclose(mirrored, expected, atol=1e-7)
+    assert not torch.allclose(mirrored, labels)
+
+
+def test_a_dataset_without_masks_warns_once_that_reals_keep_their_background(broken, capsys):
+    shutil.rmtree(broken / "mask")
+    capsys.readouterr()
+    ImageDataset(broken, background="random")
+    ImageDataset(broken, background="black")  # the trainer builds a second dataset over the same files
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "no masks" in err and str(broken) in err, err
+    ImageDataset(broken, background="white")  # stored on white (dataset.json says so): nothing to repaint
+    ImageDataset(broken)  # background off: the images are used as stored
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_check_dataset_decodes_what_the_header_check_misses(broken):
+    path = broken / "32" / "00012.png"
+    path.write_bytes(path.read_bytes()[:120])  # header intact, pixel data cut
+    ImageDataset(broken, cache=False)  # headers only: loads
+    with pytest.raises(DataError, match=re.escape(str(path))):
+        check_dataset(broken)
+    shutil.copy(broken / "32" / "00011.png", path)
+    notes = check_dataset(broken, full_decode_max=4, sample=3)
+    assert "random sample of 3 of the 16 images and masks" in notes[-1]
+    assert "decoded all 16 images and masks" in check_dataset(broken)[-1]
+    assert "decoded all 2 images" in check_dataset(broken, index_list=[1, 1, 2])[-1]
 
 
 def test_load_labels_matches_dataset_order(tiny):

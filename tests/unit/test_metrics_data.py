@@ -141,3 +141,23 @@ def test_evaluate_cli_writes_json_and_rejects_bad_inputs(synthetic_dataset, tmp_
     ]:
         assert evaluate_main(argv) == 2
         assert msg in capsys.readouterr().err
+
+
+def test_evaluate_compares_with_the_reals_the_run_trained_on(synthetic_dataset, tmp_path):
+    """As the authors' evaluation: the training set's index list and x-flips (6 reals from a
+    3-entry list with xflip), unless --index-list says otherwise."""
+    lst = tmp_path / "list.json"
+    lst.write_text(json.dumps([5, 5, 9]))
+    cfg = config.tiny()
+    cfg.data.index_list, cfg.data.xflip = str(lst), True
+    ckpt = save_checkpoint({"config": to_dict(cfg), "G_ema": tiny_perturbed().state_dict()}, tmp_path / "ckpt.pt")
+
+    def num_real(*extra: str) -> int:
+        out = tmp_path / "m.json"
+        assert evaluate_main(["--checkpoint", str(ckpt), "--data", str(synthetic_dataset), "--metrics", "fid",
+                              "--num", "4", "--num-real", "100000", "--batch", "8", "--backend", "torch",
+                              "--out", str(out), *extra]) == 0
+        return json.loads(out.read_text())["num_real"]
+
+    assert num_real() == 6
+    assert num_real("--index-list", "none") == 2 * 256

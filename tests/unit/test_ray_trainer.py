@@ -1,0 +1,98 @@
+"""What the TorchTrainer is built with: no credential in Ray's runtime env (issue 14.2), no retry of
+a broken data file (14.3), no per-report log dumps from the workers (14.7)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
+
+from cgsgan.data.dataset import DataError
+from orchestration.config import Plan
+from orchestration.ray_trainer import DataErrorStop, StopOnDataError, worker_env
+from orchestration.worker import quiet_ray_train_reports
+
+SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAPLANTED0000001", "AWS_SECRET_ACCESS_KEY": "planted/secret+value",
+           "AWS_SESSION_TOKEN": "planted-session-token", "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-pw",
+           "MLFLOW_TRACKING_USERNAME": "planted-user"}  # fmt: skip
+
+
+def plan(storage: str, tracking: str) -> Plan:
+    return Plan("run", storage, tracking, "/tmp/out", {})
+
+
+@pytest.mark.parametrize("storage, tracking", [("/tmp/out/ray_results", "sqlite:////tmp/out/mlflow.db"),
+                                               ("s3://bucket/runs", "http://127.0.0.1:5000")])
+def test_no_credential_goes_into_the_runtime_env(monkeypatch, storage, tracking):
+    for k, v in {**SECRETS, "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_DEFAULT_REGION": "eu-west-1",
+                 "MLFLOW_S3_ENDPOINT_URL": "http://127.0.0.1:9000", "CGSGAN_DATA_CACHE": "/tmp/cache"}.items():
+        monkeypatch.setenv(k, v)
+    env = worker_env(plan(storage, tracking))
+    assert not set(SECRETS) & set(env) and not any(v in str(env) for v in SECRETS.values())
+    assert env["CGSGAN_DATA_CACHE"] == "/tmp/cache"
+    if storage.startswith("s3://"):  # what S3 storage needs besides credentials
+        assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and env["AWS_DEFAULT_REGION"] == "eu-west-1"
+        assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:9000"
+    else:  # local storage and tracking need nothing of AWS or MLflow
+        assert not any(k.startswith(("AWS_", "MLFLOW_")) for k in env)
+
+
+def test_a_data_error_in_a_worker_stops_the_run_instead_of_a_retry():
+    callback = StopOnDataError()
+    error = DataError("/data/64/00009.png: unreadable image (OSError: image file is truncated)")
+    wrapped = UserExceptionWithTraceback(error, "Traceback (most recent call last):\n  ...\n"
+                                                f"cgsgan.data.dataset.DataError: {error}\n")
+    with pytest.raises(DataErrorStop, match=r"rank 1: /data/64/00009.png: unreadable image"):
+        callback.after_exception(None, {0: UserExceptionWithTraceback(RuntimeError("gloo: connection reset"), "tb"),
+                                        1: wrapped})
+    # Anything else is Ray's to retry (a killed worker, a lost node, a flaky store).
+    callback.after_exception(None, {0: UserExceptionWithTraceback(RuntimeError("worker died"), "tb"),
+                                    1: ConnectionError("S3 endpoint unreachable")})
+
+
+def test_ray_train_report_dumps_are_kept_off_the_console():
+    from ray.train.v2._internal.execution import context, storage
+
+    quiet_ray_train_reports()
+    for name in (context.__file__, storage.__name__):
+        assert logging.getLogger(name).getEffectiveLevel() >= logging.WARNING
+    assert Path(context.__file__).name == "context.py"  # the report line's logger is named after this file
+
+
+def test_launch_reports_a_failed_or_stopped_run_in_one_line(monkeypatch, capsys):
+    """What `launch.train` makes of the ways a fit ends: a data error a worker returned (exit 2), a
+    data error met mid-run (exit 2), any other failure (exit 1), each one line without a traceback."""
+    from types import SimpleNamespace
+
+    from ray.train import ControllerError, WorkerGroupError
+
+    import orchestration.ray_trainer as ray_trainer
+    from orchestration.launch import train
+
+    outcomes = {
+        "returned": SimpleNamespace(return_value={"data_error": "/d/64/00009.png: unreadable image"}, checkpoint=None,
+                                    error=None),
+        "stopped": ControllerError(DataErrorStop("rank 0: /d/64/00003.png: unreadable image")),
+        "failed": WorkerGroupError("x", {0: UserExceptionWithTraceback(
+            ZeroDivisionError("division by zero"), "Traceback ...\n  File x\nZeroDivisionError: division by zero\n")}),
+    }
+
+    class Fit:
+        def __init__(self, outcome):
+            self.outcome = outcome
+
+        def fit(self):
+            if isinstance(self.outcome, Exception):
+                raise self.outcome
+            return self.outcome
+
+    cfg = SimpleNamespace(tracking=SimpleNamespace(experiment="cgsgan"))
+    plan = Plan("run", "/tmp/out/ray_results", "sqlite:////tmp/out/mlflow.db", "/tmp/out", {})
+    for kind, expected_rc, fragment in (("returned", 2, "/d/64/00009.png"), ("stopped", 2, "/d/64/00003.png"),
+                                        ("failed", 1, "rank 0: ZeroDivisionError: division by zero")):
+        monkeypatch.setattr(ray_trainer, "build_trainer", lambda c, p, o=outcomes[kind]: Fit(o))
+        assert train(cfg, plan) == expected_rc, kind
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and fragment in err, (kind, err)
