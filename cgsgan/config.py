@@ -98,7 +98,9 @@ class ModelConfig:
 class DataConfig:
     source: DataSource = DataSource.synthetic
     path: str = ""  # the folder or zip (source=folder); for synthetic, where to write ("" = cache)
-    index_list: str = ""  # optional JSON array of image file numbers (filter + rebalance)
+    # JSON array of image FILE NUMBERS (17 = 00017.png); repeats rebalance; "auto" = the authors'
+    # smile_pose_rebalancing.json beside the dataset (none if absent); "" = every image once.
+    index_list: str = ""
     xflip: bool = True
     # Built-in synthetic heads, generated into `path` (or a cache folder) when missing.
     synthetic_identities: int = 512
@@ -179,6 +181,7 @@ def ffhq(resolution: int = 512) -> CGSGANConfig:
     cfg.model.resolution = resolution
     cfg.model.generator.num_levels = LEVELS_FOR_RESOLUTION[resolution]
     cfg.data.source = DataSource.folder
+    cfg.data.index_list = "auto"  # the reference trains FFHQC on its smile/pose rebalancing list
     cfg.train.feature_extractor = "random"  # FID proper needs local Inception weights: train.feature_extractor=FILE
     return cfg
 

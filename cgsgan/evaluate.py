@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if not data.exists():
             raise FileNotFoundError(f"dataset not found: {data}")
         from cgsgan.data.dataset import ImageDataset
-        from cgsgan.training.trainer import load_generator
+        from cgsgan.training.checkpoint import load_generator
 
         with open_checkpoint(args.checkpoint, say=lambda msg: print(msg, file=sys.stderr)) as path:
             G, cfg = load_generator(path)

@@ -19,7 +19,7 @@ import torch
 from cgsgan import camera
 from cgsgan.training.checkpoint import open_checkpoint
 from cgsgan.training.samples import save_grid, save_turntable
-from cgsgan.training.trainer import load_generator
+from cgsgan.training.checkpoint import load_generator
 
 
 def parse_seeds(text: str) -> list[int]:

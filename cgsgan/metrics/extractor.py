@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cgsgan import camera
+from cgsgan.atomic_file import atomic_torch_save
 from cgsgan.image_ops import blur
 from cgsgan.metrics.features import in_batches
 
@@ -107,18 +106,8 @@ class SynthFeatures(nn.Module):
 def save_extractor(net: SynthFeatureNet, meta: dict, path: str | Path) -> Path:
     """Atomic write of {"format", "meta" (JSON-able), "state_dict"}."""
     json.dumps(meta)  # fails early if the meta is not plain data
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "meta": {**meta, "arch": dict(net.arch)}, "state_dict": net.state_dict()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save(payload, path)
 
 
 def _first_line(e: Exception) -> str:

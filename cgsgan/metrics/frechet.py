@@ -59,9 +59,3 @@ class RandomFeatures(nn.Module):
         for w in self.weights:
             x = F.avg_pool2d(F.leaky_relu(F.conv2d(x, w, padding=1), 0.2), 2)
         return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
-
-
-def fd_random_features(real: torch.Tensor, fake: torch.Tensor, extractor: RandomFeatures | None = None) -> float:
-    """FD-rand between two image sets [N, 3, H, W] in [-1, 1]."""
-    extractor = extractor or RandomFeatures()
-    return frechet_distance(*gaussian_stats(extractor(real)), *gaussian_stats(extractor(fake)))

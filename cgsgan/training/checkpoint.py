@@ -22,23 +22,13 @@ from pathlib import Path, PurePosixPath
 
 import torch
 
+from cgsgan.atomic_file import atomic_torch_save
+
 FORMAT = "cgsgan-checkpoint-v1"
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_torch_save({"format": FORMAT, **state}, path)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -179,3 +169,18 @@ def open_checkpoint(ref: str | Path, say: Callable[[str], None] = print) -> Iter
             yield path
             return
     raise ValueError(f"{ref}: none of its {len(candidates)} checkpoints loads")
+
+
+def load_generator(path: str | Path, ema: bool = True):
+    """The (EMA) generator and config of a checkpoint file, for generation and evaluation."""
+    from cgsgan.config import from_dict
+    from cgsgan.models import build_generator
+
+    state = load_checkpoint(path)
+    cfg = from_dict(state["config"])
+    G = build_generator(cfg.model)
+    try:
+        G.load_state_dict(state["G_ema" if ema else "G"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: generator weights do not fit the model in its config: {e}") from e
+    return G.eval().requires_grad_(False), cfg

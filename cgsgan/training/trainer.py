@@ -36,7 +36,6 @@ from cgsgan.config import CGSGANConfig, from_dict, to_dict, validate
 from cgsgan.data.backgrounds import sample_backgrounds
 from cgsgan.data.dataset import ImageDataset
 from cgsgan.data.prepare import prepare_data
-from cgsgan.generator import Generator
 from cgsgan.losses import (
     blur_sigma,
     check_group_size,
@@ -46,7 +45,7 @@ from cgsgan.losses import (
     r1_loss,
     view_cameras,
 )
-from cgsgan.models import build_generator, build_models
+from cgsgan.models import build_models
 from cgsgan.render import render
 from cgsgan.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from cgsgan.training.samples import save_grid, save_turntable
@@ -445,16 +444,4 @@ def _peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-def load_generator(path: str | Path, ema: bool = True) -> tuple[Generator, CGSGANConfig]:
-    """The (EMA) generator and config of a checkpoint, for generation and evaluation."""
-    state = load_checkpoint(path)
-    cfg = from_dict(state["config"])
-    G = build_generator(cfg.model)
-    try:
-        G.load_state_dict(state["G_ema" if ema else "G"])
-    except RuntimeError as e:
-        raise ValueError(f"{path}: generator weights do not fit the model in its config: {e}") from e
-    return G.eval().requires_grad_(False), cfg
-
-
-__all__ = ["Callbacks", "Trainer", "TrainingDiverged", "load_generator", "prepare_data"]
+__all__ = ["Callbacks", "Trainer", "TrainingDiverged"]
