@@ -14,8 +14,23 @@ Ticks log, snapshots write samples and metrics, checkpoints hold the full state.
 statistics stay on the device and are read once per tick. Orchestration hooks in through
 `Callbacks`; this module imports no Ray/MLflow/S3.
 
-All randomness comes from one explicit torch.Generator per rank whose state is checkpointed,
-so a resumed run continues bit-identically.
+Several workers (torch.distributed, one rank per process; gradients averaged by one flat
+all-reduce per optimiser step):
+
+    data     one global sample order, the concatenation of per-epoch permutations (the same on
+             every rank, from train.seed); each step consumes the next train.batch_size samples
+             of it, rank r taking samples r, r + W, r + 2W, ... of the global batch (W workers).
+             The position (epoch, sample in the epoch) is global and checkpointed as such.
+    streams  rank r's random stream in step s (latents, cameras, backgrounds) is a torch.Generator
+             seeded from SeedSequence([train.seed, r, s]) at the step's first draw: a function of
+             (seed, rank, step) alone, never of the history, so no rank's stream state needs saving.
+
+Checkpoints are written by rank 0 and hold everything the ranks share (weights, optimiser
+states, counters, the global data position). Resuming, with the same or another number of
+workers (the global batch must stay divisible by it), therefore continues the same global
+sample order from the saved position, and every rank draws the stream of (seed, its rank, step):
+the same resume always gives bit-identical weights, and a resume with as many workers as
+before continues exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -112,7 +128,10 @@ class Trainer:
         c = lc.r1_interval / (lc.r1_interval + 1)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=t.d_lr * c, betas=(t.beta1**c, t.beta2**c), eps=1e-8)
 
-        self.rng = torch.Generator().manual_seed(t.seed * 1000 + rank)
+        # This rank's random stream, reseeded from (seed, rank, step) at each step's first draw (`rng`).
+        self._rng = torch.Generator()
+        self._rng_step: int | None = None
+        self._perms: dict[int, torch.Tensor] = {}  # the per-epoch permutations in use (global sample order)
         self.step = 0
         self.cur_nimg = 0
         self.tick = 0
@@ -126,20 +145,42 @@ class Trainer:
         self._maintenance_sec = 0.0  # the previous tick's snapshot, checkpoint and callbacks
         self._metrics = None  # SnapshotMetrics, built at the first snapshot
 
+    @property
+    def rng(self) -> torch.Generator:
+        """This rank's random stream of the current step: seeded from (seed, rank, step) at the
+        step's first draw, so it depends on nothing but those three (see the module docstring)."""
+        if self._rng_step != self.step:
+            self._rng.manual_seed(stream_seed(self.cfg.train.seed, self.rank, self.step))
+            self._rng_step = self.step
+        return self._rng
+
     # ---------------------------------------------------------------- data
+    def _epoch_perm(self, epoch: int) -> torch.Tensor:
+        """The sample order of `epoch`: a permutation of the dataset from (seed, epoch), the same on every rank."""
+        perm = self._perms.get(epoch)
+        if perm is None:
+            perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.cfg.train.seed * 7919 + epoch))
+            if len(self._perms) >= 3:  # a batch spans at most the current epoch and the next
+                del self._perms[min(self._perms)]
+            self._perms[epoch] = perm
+        return perm
+
     def _indices_at(self, epoch: int, pos: int) -> tuple[torch.Tensor, int, int]:
-        """This rank's next batch from (epoch, position) in its shard of a per-epoch permutation
-        shared by all ranks (same seed), and the (epoch, position) after it."""
-        n, out = len(self.dataset), []
-        while len(out) < self.local_batch:
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.train.seed * 7919 + epoch))
-            shard = perm[self.rank :: self.world_size]
-            take = shard[pos : pos + self.local_batch - len(out)]
-            out.extend(take.tolist())
-            pos += len(take)
-            if pos >= len(shard):
-                epoch, pos = epoch + 1, 0
-        return torch.tensor(out), epoch, pos
+        """This rank's part of the global batch that starts at sample `pos` of epoch `epoch`'s
+        permutation, and the global (epoch, position) after that batch.
+
+        The global order is the concatenation of the epochs' permutations; a global batch is its
+        next train.batch_size samples, of which rank r takes r, r + W, r + 2W, ... (W workers): the
+        ranks' parts are disjoint, the steps of an epoch cover it once, and the position means the
+        same whatever the number of workers. Taking every W-th sample (not a contiguous slice)
+        keeps the discriminator's strided minibatch-std groups the same as in one process with
+        the whole batch when the per-worker batch equals the group size.
+        """
+        n, W = len(self.dataset), self.world_size
+        offsets = [pos + self.rank + W * j for j in range(self.local_batch)]
+        out = [int(self._epoch_perm(epoch + k // n)[k % n]) for k in offsets]
+        end = pos + self.local_batch * W
+        return torch.tensor(out, dtype=torch.long), epoch + end // n, end % n
 
     def _next_indices(self) -> torch.Tensor:
         indices, self.epoch, self.epoch_pos = self._indices_at(self.epoch, self.epoch_pos)
@@ -386,9 +427,10 @@ class Trainer:
             "opt_D": self.opt_D.state_dict(),
             "counters": {"step": self.step, "cur_nimg": self.cur_nimg, "tick": self.tick, "epoch": self.epoch,
                          "epoch_pos": self.epoch_pos},  # fmt: skip
-            # One generator per rank; checkpoints are written by rank 0 and every rank restores
-            # its own stream by reseeding from (seed, rank, step) when the states are missing.
-            "rng": {"trainer": self.rng.get_state(), "torch": torch.get_rng_state()},
+            # Every rank's stream is a function of (seed, rank, step) (see `rng`): nothing to save
+            # but torch's global generator (used only to initialise weights).
+            "rng": {"torch": torch.get_rng_state(), "streams": STREAMS},
+            "data_order": DATA_ORDER,  # counters.epoch_pos is the global position in the epoch
             "world_size": self.world_size,
             "extra": dict(self.extra_state),
         }
@@ -409,11 +451,13 @@ class Trainer:
         c = state["counters"]
         self.step, self.cur_nimg, self.tick = c["step"], c["cur_nimg"], c["tick"]
         self.epoch, self.epoch_pos = c["epoch"], c["epoch_pos"]
-        if self.rank == 0 or state.get("world_size", 1) == 1:
-            self.rng.set_state(state["rng"]["trainer"])
-        else:
-            # Only rank 0's stream is saved: other ranks continue on a stream derived from the step.
-            self.rng.manual_seed(self.cfg.train.seed * 1000 + self.rank + 7 * self.step)
+        if state.get("data_order") != DATA_ORDER:
+            # Written before the global order: epoch_pos was rank 0's position in its shard
+            # (every W-th sample), i.e. W x epoch_pos samples of the epoch were consumed.
+            self.epoch_pos = c["epoch_pos"] * state.get("world_size", 1)
+        # The random streams need no state: each rank's is seeded from (seed, rank, step) at the
+        # next step's first draw, whatever the number of workers that wrote the checkpoint.
+        self._rng_step = None
         torch.set_rng_state(state["rng"]["torch"])
         self.extra_state = dict(state.get("extra", {}))
         self._tick_start_nimg = self.cur_nimg
@@ -424,6 +468,16 @@ class Trainer:
         if path is not None:
             self.load(path)
         return path
+
+
+DATA_ORDER = "global-strided"  # checkpoints whose epoch_pos is the global position (see `_indices_at`)
+STREAMS = "SeedSequence([seed, rank, step])"
+
+
+def stream_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of rank `rank`'s random stream in step `step` (a 64-bit integer)."""
+    words = np.random.SeedSequence([seed, rank, step]).generate_state(2)
+    return int(words[0]) << 32 | int(words[1])
 
 
 def _tick_line(stats: dict, total_kimg: float) -> str:
