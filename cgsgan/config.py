@@ -149,6 +149,9 @@ class TrainConfig:
     snapshot_metric_heads: int = 16  # heads for the 3D metrics
     render_backend: RenderBackend = RenderBackend.auto
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch default
+    # bf16 autocast of the generator's transformer blocks (CUDA only; the heads, the Gaussian
+    # hierarchy and the rendering stay float32). Off until measured to keep samples unchanged.
+    autocast_bf16: bool = False
 
 
 @dataclass

@@ -39,6 +39,7 @@ import copy
 import json
 import resource
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -144,6 +145,11 @@ class Trainer:
         self._run_start = (time.time(), 0)  # (time, images) when this process started training
         self._maintenance_sec = 0.0  # the previous tick's snapshot, checkpoint and callbacks
         self._metrics = None  # SnapshotMetrics, built at the first snapshot
+        if t.autocast_bf16:
+            if self.device.type == "cuda":
+                _autocast_blocks_bf16(self.G)  # G only: G_ema (samples, metrics) stays float32
+            else:
+                warnings.warn(f"train.autocast_bf16 applies on CUDA only; {self.device} trains in float32", stacklevel=2)
 
     @property
     def rng(self) -> torch.Generator:
@@ -478,6 +484,29 @@ def stream_seed(seed: int, rank: int, step: int) -> int:
     """The seed of rank `rank`'s random stream in step `step` (a 64-bit integer)."""
     words = np.random.SeedSequence([seed, rank, step]).generate_state(2)
     return int(words[0]) << 32 | int(words[1])
+
+
+def _autocast_blocks_bf16(G: torch.nn.Module) -> None:
+    """Run G's transformer blocks under bf16 autocast (train.autocast_bf16, CUDA).
+
+    Only the blocks: their matmuls are most of G's arithmetic. The residual stream stays float32
+    (float32 + bf16 is float32), and the upsampling, the attribute heads and the Gaussian
+    hierarchy stay float32: in bf16 (8 significant bits) absolute positions in [-0.5, 0.5] would
+    be rounded to about 0.002, over a pixel at 512. The blocks' class is swapped for a subclass
+    whose forward enters autocast; parameters, state_dict and deepcopy are unchanged.
+    """
+    for block in G.blocks:
+        block.__class__ = _BF16_CLASSES.setdefault(type(block), type(
+            f"BF16{type(block).__name__}", (type(block),), {"forward": _bf16_forward}))
+
+
+_BF16_CLASSES: dict[type, type] = {}
+
+
+def _bf16_forward(self, *args, **kwargs):
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = super(type(self), self).forward(*args, **kwargs)
+    return out.float()
 
 
 def _tick_line(stats: dict, total_kimg: float) -> str:

@@ -132,7 +132,7 @@ def test_gaussians_behind_the_camera_contribute_nothing():
 
 def test_gsplat_backend_without_cuda_gives_clear_error():
     if torch.cuda.is_available():
-        pytest.skip("CUDA present: the gsplat backend is exercised by benchmarks/gpu_check.py")
+        pytest.skip("CUDA present: the gsplat backend is exercised by tests/gpu")
     with pytest.raises(RuntimeError, match="gsplat.*(CUDA|cuda)"):
         render(one_gaussian((0, 0, 0), 0.1), camera.frontal_label(1, dtype=F64), 16, backend="gsplat")
 
