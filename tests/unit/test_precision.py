@@ -2,6 +2,7 @@
 Its effect on a GPU (blocks in bf16, finite losses at 512) is asserted in tests/gpu/test_gsplat.py."""
 
 import copy
+import pickle
 import warnings
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 
 from cgsgan import config
 from cgsgan.models import build_models
-from cgsgan.training.trainer import Trainer, _autocast_blocks_bf16
+from cgsgan.training.trainer import BF16TransformerBlock, Trainer, _autocast_blocks_bf16
 
 
 def test_autocast_is_off_by_default_and_cuda_only(synthetic_dataset, tmp_path):
@@ -28,9 +29,10 @@ def test_autocast_wrapper_keeps_parameters_copies_and_outputs():
     plain = copy.deepcopy(G)
     keys = list(G.state_dict())
     _autocast_blocks_bf16(G)
-    assert all(type(b).__name__ == "BF16TransformerBlock" for b in G.blocks)
+    _autocast_blocks_bf16(G)  # idempotent
+    assert all(type(b) is BF16TransformerBlock for b in G.blocks)
     assert list(G.state_dict()) == keys and list(G.parameters())[0] is next(G.parameters())
-    twin = copy.deepcopy(G)  # a copy runs its own blocks (its class, its parameters)
+    twin = pickle.loads(pickle.dumps(copy.deepcopy(G)))  # copies run their own blocks (class kept)
     assert type(twin.blocks[0]) is type(G.blocks[0]) and twin.blocks[0].qkv.weight is not G.blocks[0].qkv.weight
     z = torch.randn(2, G.cfg.z_dim)
     with warnings.catch_warnings():
