@@ -115,6 +115,9 @@ class TransformerBlock(nn.Module):
         self.fc2 = EqualLinear(4 * width, width)
         self.scale1 = EqualLinear(w_dim, width, weight_init=0.0)
         self.scale2 = EqualLinear(w_dim, width, weight_init=0.0)
+        # None: float32. torch.bfloat16 on CUDA (train.autocast_bf16): the block's matmuls under
+        # autocast; its output, the residual stream, is returned in float32.
+        self.autocast_dtype: torch.dtype | None = None
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         B, P, C = x.shape
@@ -124,6 +127,12 @@ class TransformerBlock(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, P, C))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        if self.autocast_dtype is not None and x.device.type == "cuda":
+            with torch.autocast("cuda", dtype=self.autocast_dtype):
+                return self._forward(x, w).float()
+        return self._forward(x, w)
+
+    def _forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.norm1(x, w)) * self.scale1(w)[:, None]
         mlp = self.fc2(F.gelu(self.fc1(self.norm2(x, w))) * math.sqrt(2))
         return x + mlp * self.scale2(w)[:, None]

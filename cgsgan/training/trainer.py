@@ -53,7 +53,6 @@ from cgsgan.config import CGSGANConfig, from_dict, to_dict, validate
 from cgsgan.data.backgrounds import sample_backgrounds
 from cgsgan.data.dataset import ImageDataset
 from cgsgan.data.prepare import prepare_data
-from cgsgan.generator import TransformerBlock
 from cgsgan.losses import (
     blur_sigma,
     check_group_size,
@@ -493,20 +492,10 @@ def _autocast_blocks_bf16(G: torch.nn.Module) -> None:
     Only the blocks: their matmuls are most of G's arithmetic. The residual stream stays float32
     (float32 + bf16 is float32), and the upsampling, the attribute heads and the Gaussian
     hierarchy stay float32: in bf16 (8 significant bits) absolute positions in [-0.5, 0.5] would
-    be rounded to about 0.002, over a pixel at 512. Each block's class becomes a subclass whose
-    forward enters autocast; parameters, state_dict, deepcopy and pickling are unchanged.
+    be rounded to about 0.002, over a pixel at 512. Parameters and state_dict are unchanged.
     """
     for block in G.blocks:
-        if type(block) is TransformerBlock:
-            block.__class__ = BF16TransformerBlock
-
-
-class BF16TransformerBlock(TransformerBlock):
-    """A generator block whose forward runs under bf16 autocast on CUDA (see `_autocast_blocks_bf16`)."""
-
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            return super().forward(x, w).float()
+        block.autocast_dtype = torch.bfloat16
 
 
 def _tick_line(stats: dict, total_kimg: float) -> str:
