@@ -191,7 +191,8 @@ def ffhq(resolution: int = 512) -> CGSGANConfig:
 
 def tiny() -> CGSGANConfig:
     """A CPU-sized model from the same code and formulas: 64x64, 128 points, 3 levels (2,688
-    Gaussians), batch 8 with 4 views."""
+    Gaussians), batch 8 with 4 views; 6 kimg (about 7 minutes of training on 2 cores), snapshots
+    (grid, fid_synth) every kimg. See benchmarks/results/convergence.md for longer runs."""
     cfg = CGSGANConfig()
     cfg.model = ModelConfig(
         resolution=64,
@@ -207,10 +208,10 @@ def tiny() -> CGSGANConfig:
         g_lr=0.0025,
         d_lr=0.002,
         ema_kimg=2.0,
-        total_kimg=2.0,
-        tick_kimg=0.1,
-        snapshot_ticks=5,
-        checkpoint_ticks=5,
+        total_kimg=6.0,
+        tick_kimg=0.25,
+        snapshot_ticks=4,
+        checkpoint_ticks=4,
         metric_samples=256,
         num_threads=0,
     )
