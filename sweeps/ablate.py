@@ -8,9 +8,13 @@ Full grid by default; `sweep.only=[...]` keeps a listed subset of trial keys.
 
 Ray Tune runs one trial per configuration; each trial is a driver function that builds the same
 TorchTrainer as launch.py (orchestration.ray_trainer.build_trainer) and reports through
-TuneReportCallback. One MLflow parent run per sweep, one child run per trial. An interrupted
-sweep resumes by running the same command (Tuner.restore; finished trials are not re-run). At
-the end: a comparison table (CSV, Markdown) and a plot (PNG), logged to the parent run.
+TuneReportCallback. The sweep is prepared (config, storage, data) and gets its Ray through
+orchestration/cluster.py, as a launch does, so cluster.kind means the same: local starts a Ray
+here, ray connects to one, slurm submits one SLURM job that starts Ray on its allocation and runs
+the whole sweep there (requeued like a training job; the requeued job resumes the sweep). One
+MLflow parent run per sweep, one child run per trial. An interrupted sweep resumes by running the
+same command (Tuner.restore; finished trials are not re-run). At the end: a comparison table
+(CSV, Markdown) and a plot (PNG), logged to the parent run.
 """
 
 from __future__ import annotations
@@ -26,11 +30,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hydra  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
-from cgsgan.config import ConfigError  # noqa: E402
-from orchestration.config import LaunchConfig, resolve, resolve_index_list, validate_launch  # noqa: E402
-from orchestration.storage import StorageError, check_storage  # noqa: E402
+from cgsgan.config import Background, CameraMode, ConfigError, to_dict  # noqa: E402
+from orchestration import cluster  # noqa: E402
+from orchestration.config import (  # noqa: E402
+    ClusterKind,
+    LaunchConfig,
+    register,
+    resolve,
+    resolve_index_list,
+    to_typed,
+    validate_launch,
+)
 
 METRIC = "metrics/fd_rand"
 # Also in the table: how much the Gaussians depend on the conditioning camera (0 and 100 dB for a
@@ -42,8 +54,8 @@ EXTRA = ["metrics/sensitivity", "metrics/psnr_cond", "loss/G", "loss/D"]
 class SweepAxes:
     views: list[int] = field(default_factory=lambda: [1, 4])
     grad_averaging: list[bool] = field(default_factory=lambda: [True])
-    camera_mode: list[str] = field(default_factory=lambda: ["d_projection", "g_conditioned"])
-    background: list[str] = field(default_factory=lambda: ["random"])
+    camera_mode: list[CameraMode] = field(default_factory=lambda: [CameraMode.d_projection, CameraMode.g_conditioned])
+    background: list[Background] = field(default_factory=lambda: [Background.random])
     seeds: list[int] = field(default_factory=lambda: [0])
     only: list[str] = field(default_factory=list)  # trial keys to keep; [] = full grid
     name: str = "ablation"
@@ -55,18 +67,24 @@ class SweepConfig(LaunchConfig):
     sweep: SweepAxes = field(default_factory=SweepAxes)
 
 
+register()
 ConfigStore.instance().store(name="sweep_schema", node=SweepConfig)
 
 
 def trial_key(t: dict) -> str:
-    return f"v{t['views']}-avg{int(t['grad_averaging'])}-{t['camera_mode']}-bg{t['background']}-s{t['seed']}"
+    return f"{config_key(t)}-s{t['seed']}"
+
+
+def config_key(t: dict) -> str:
+    """A trial's configuration: its key without the seed."""
+    return f"v{t['views']}-avg{int(t['grad_averaging'])}-{t['camera_mode']}-bg{t['background']}"
 
 
 def trials(axes: SweepAxes) -> list[dict]:
     if axes.max_concurrent < 0:
         raise ConfigError(f"sweep.max_concurrent={axes.max_concurrent!r}: must be >= 0 (0 = as many as fit)")
-    grid = [
-        {"views": v, "grad_averaging": ga, "camera_mode": cm, "background": bg, "seed": s}
+    grid = [  # plain values: they travel through Ray Tune and into MLflow tags
+        {"views": v, "grad_averaging": ga, "camera_mode": str(cm), "background": str(bg), "seed": s}
         for v, ga, cm, bg, s in itertools.product(axes.views, axes.grad_averaging, axes.camera_mode, axes.background, axes.seeds)
     ]
     if axes.only:
@@ -85,8 +103,9 @@ def trial_config(base: SweepConfig, t: dict) -> LaunchConfig:
     cfg = LaunchConfig(**{f.name: getattr(base, f.name) for f in dataclasses.fields(LaunchConfig)})
     cfg = dataclasses.replace(
         cfg,
-        model=dataclasses.replace(cfg.model, camera_mode=t["camera_mode"]),
-        loss=dataclasses.replace(cfg.loss, num_views=t["views"], grad_averaging=t["grad_averaging"], background=t["background"]),
+        model=dataclasses.replace(cfg.model, camera_mode=CameraMode(t["camera_mode"])),
+        loss=dataclasses.replace(cfg.loss, num_views=t["views"], grad_averaging=t["grad_averaging"],
+                                 background=Background(t["background"])),
         train=dataclasses.replace(cfg.train, seed=t["seed"]),
         name=f"{base.sweep.name}-{trial_key(t)}",
     )
@@ -102,7 +121,7 @@ def run_trial(config: dict) -> None:
     from orchestration.tracking import Tracker
 
     config = config["trial"]  # the grid-searched entry of the param space
-    cfg: LaunchConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LaunchConfig), config["launch"]))
+    cfg: LaunchConfig = to_typed(config["launch"])
     plan = resolve(cfg)
     plan.storage_path = config["storage_path"]
     plan.data_notices = config.get("data_notices", [])
@@ -140,35 +159,37 @@ def max_concurrent(cfg: SweepConfig) -> int:
 
 
 def run_sweep(cfg: SweepConfig) -> int:
+    """The whole sweep, wherever cluster.kind says: the exit code (0 every trial finished or the
+    SLURM job was submitted, 1 a trial failed, 2 stopped before anything started)."""
+    try:
+        grid = trials(cfg.sweep)
+        resolve_index_list(cfg, say=cluster.say)  # once, for every trial
+        trial_cfgs = [trial_config(cfg, t) for t in grid]
+        # Storage, data and the cluster settings are the same for every trial: prepared once.
+        base_plan = cluster.prepare(trial_cfgs[0])
+    except cluster.PREPARE_ERRORS as e:
+        print(f"error: {cluster.one_line(e)}", file=sys.stderr)
+        return 2
+    if cfg.cluster.kind == ClusterKind.slurm:
+        print(f"sweep {cfg.sweep.name}: {len(grid)} trials, as one SLURM job", flush=True)
+        # One logical CPU more on the job's Ray head for the trial drivers (0.01 CPU each).
+        return cluster.submit_to_slurm(cfg, f"sweep-{cfg.sweep.name}", run_sweep, driver_cpus=1)
+
     import ray
     from ray import tune
 
-    from orchestration.launch import check_data, connect_ray, make_local_data, one_line, ray_address
     from orchestration.tracking import Tracker
 
-    try:
-        grid = trials(cfg.sweep)
-        resolve_index_list(cfg, say=lambda line: print(line, file=sys.stderr))  # once, for every trial
-        trial_cfgs = [trial_config(cfg, t) for t in grid]
-        base_plan = resolve(trial_cfgs[0])
-        storage = f"{base_plan.storage_path}/{cfg.sweep.name}"
-        check_storage(base_plan.storage_path, cfg.storage.endpoint_url, cfg.storage.create_bucket)
-        ray_address(cfg)
-        data_notices = check_data(trial_cfgs[0])  # every trial trains on the same data
-    except (ConfigError, StorageError, ValueError) as e:  # ValueError includes a broken data file (DataError)
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
-    make_local_data(trial_cfgs[0], base_plan)
-
+    storage = f"{base_plan.storage_path}/{cfg.sweep.name}"
     tracker = Tracker(base_plan.tracking_uri, cfg.tracking.experiment, f"sweep-{cfg.sweep.name}",
                       (Path(base_plan.output_dir) / "mlartifacts").as_uri() if not cfg.tracking.uri else None)
-    parent = tracker.start(params={"sweep": dataclasses.asdict(cfg.sweep)}, tags={"cgsgan.sweep": cfg.sweep.name})
+    parent = tracker.start(params={"sweep": to_dict(cfg.sweep)}, tags={"cgsgan.sweep": cfg.sweep.name})
     print(f"sweep {cfg.sweep.name}: {len(grid)} trials, MLflow parent run {parent}", flush=True)
 
-    connect_ray(cfg, extra_cpus=1)  # room for the trial drivers (0.01 CPU each) beside the workers
+    cluster.connect_ray(cfg, extra_cpus=1)  # room for the trial drivers (0.01 CPU each) beside the workers
     space = [
-        {"launch": dataclasses.asdict(tc), "axes": t, "storage_path": storage, "parent_run_id": parent,
-         "sweep": cfg.sweep.name, "data_notices": data_notices}  # fmt: skip
+        {"launch": to_dict(tc), "axes": t, "storage_path": storage, "parent_run_id": parent,
+         "sweep": cfg.sweep.name, "data_notices": base_plan.data_notices}  # fmt: skip
         for t, tc in zip(grid, trial_cfgs)
     ]
     trainable = tune.with_resources(run_trial, {"cpu": 0.01})
@@ -247,12 +268,16 @@ def write_report(rows: list[dict], out: Path) -> list[Path]:
 @hydra.main(version_base="1.3", config_path="conf", config_name="ablate")
 def main(dcfg: DictConfig) -> None:
     try:
-        cfg: SweepConfig = OmegaConf.to_object(dcfg)
-    except Exception as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        cfg: SweepConfig = to_typed(dcfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     sys.exit(run_sweep(cfg))
 
 
 if __name__ == "__main__":
-    main()
+    # Run as the module sweeps.ablate, not __main__: what a SLURM job and Ray Tune pickle by
+    # reference (run_sweep, run_trial, SweepConfig) must be importable again where they run.
+    from sweeps import ablate
+
+    ablate.main()
