@@ -14,7 +14,8 @@ here, ray connects to one, slurm submits one SLURM job that starts Ray on its al
 the whole sweep there (requeued like a training job; the requeued job resumes the sweep). One
 MLflow parent run per sweep, one child run per trial. An interrupted sweep resumes by running the
 same command (Tuner.restore; finished trials are not re-run). At the end: a comparison table
-(CSV, Markdown) and a plot (PNG), logged to the parent run.
+(Markdown: mean +- spread over seeds per configuration, then every trial; CSV: every trial) and a
+plot (PNG, with error bars), logged to the parent run.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +46,20 @@ from orchestration.config import (  # noqa: E402
     validate_launch,
 )
 
-METRIC = "metrics/fd_rand"
-# Also in the table: how much the Gaussians depend on the conditioning camera (0 and 100 dB for a
-# camera-free generator), and the final losses.
-EXTRA = ["metrics/sensitivity", "metrics/psnr_cond", "loss/G", "loss/D"]
+METRIC = "metrics/fid_synth"  # what the sweep compares (lower is better)
+# The comparison, per configuration over its seeds: the synthetic-heads FID, its multi-view
+# variant, FID as a multiple of the real-vs-held-out floor, and how much the Gaussians depend on
+# the conditioning camera (0 and 100 dB for a camera-free generator).
+COMPARED = {
+    METRIC: "fid_synth",
+    "metrics/fid3d_synth": "fid3d_synth",
+    "metrics/fid_synth_ratio": "fid_synth / floor",
+    "metrics/sensitivity": "sensitivity",
+    "metrics/psnr_cond": "psnr_cond (dB)",
+}
+# Also in the per-trial table and the CSV.
+EXTRA = ["metrics/fid3d_synth", "metrics/fid_synth_floor", "metrics/fid_synth_ratio", "metrics/sensitivity",
+         "metrics/psnr_cond", "loss/G", "loss/D"]  # fmt: skip
 
 
 @dataclass
@@ -224,8 +236,30 @@ def run_sweep(cfg: SweepConfig) -> int:
     return 0 if all(not r["error"] for r in rows) else 1
 
 
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per configuration (trials that differ only in the seed): the number of seeds that finished
+    and, for each compared metric, (mean, spread, values) over them; the spread is the sample
+    standard deviation (None with one value)."""
+    groups: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: r["trial"]):
+        groups.setdefault(config_key(r), []).append(r)
+    out = []
+    for key, group in groups.items():
+        done = [r for r in group if not r.get("error")]
+        entry = {"config": key, "seeds": len(done), "failed": len(group) - len(done)}
+        for metric in COMPARED:
+            values = [float(r[metric]) for r in done if isinstance(r.get(metric), (int, float))]
+            mean = statistics.fmean(values) if values else None
+            spread = statistics.stdev(values) if len(values) > 1 else None
+            entry[metric] = (mean, spread, values)
+        out.append(entry)
+    return out
+
+
 def write_report(rows: list[dict], out: Path) -> list[Path]:
-    """comparison.csv, comparison.md and comparison.png (metric per configuration, seeds as points)."""
+    """comparison.csv (every trial), comparison.md (per configuration: mean +- spread over its
+    seeds of each compared metric and the number of seeds; then every trial) and comparison.png
+    (the same per configuration, with error bars and the seeds as points)."""
     import csv
 
     import matplotlib
@@ -244,20 +278,38 @@ def write_report(rows: list[dict], out: Path) -> list[Path]:
     def fmt(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    def mean_spread(mean, spread, _values):
+        if mean is None:
+            return "-"
+        return fmt(mean) if spread is None else f"{fmt(mean)} ± {fmt(spread)}"
+
+    summary = summarize(rows)
+    head = ["configuration", "seeds", *COMPARED.values()]
+    md = ["Mean ± standard deviation over seeds (lower is better for the FIDs; sensitivity 0 and psnr_cond 100 dB "
+          "for a camera-free generator).", "",
+          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    for e in summary:
+        seeds = str(e["seeds"]) + (f" ({e['failed']} failed)" if e["failed"] else "")
+        md.append("| " + " | ".join([e["config"], seeds, *(mean_spread(*e[m]) for m in COMPARED)]) + " |")
+    md += ["", "Every trial:", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     (out / "comparison.md").write_text("\n".join(md) + "\n")
 
-    configs = sorted({r["trial"].rsplit("-s", 1)[0] for r in rows})
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(configs)), 4))
-    for i, c in enumerate(configs):
-        vals = [r[METRIC] for r in rows if r["trial"].rsplit("-s", 1)[0] == c and r[METRIC] is not None]
-        ax.scatter([i] * len(vals), vals, color="C0", zorder=3)
-        if vals:
-            ax.hlines(sum(vals) / len(vals), i - 0.25, i + 0.25, color="C1")
-    ax.set_xticks(range(len(configs)), configs, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("FD-rand at the end (lower is better)")
-    ax.set_title("Ablation: FD-rand per configuration (points: seeds, bar: mean)")
+    # One panel per metric, the configurations down the shared y axis: mean +- std, seeds as points.
+    fig, axes = plt.subplots(1, len(COMPARED), sharey=True,
+                             figsize=(3.0 * len(COMPARED), max(2.8, 0.45 * len(summary) + 1.6)))  # fmt: skip
+    y = list(range(len(summary)))
+    for ax, (metric, label) in zip(axes, COMPARED.items()):
+        for i, e in enumerate(summary):
+            mean, spread, values = e[metric]
+            ax.scatter(values, [i] * len(values), color="C0", alpha=0.45, s=14, zorder=2)
+            if mean is not None:
+                ax.errorbar(mean, i, xerr=spread or 0.0, fmt="o", color="C1", capsize=4, zorder=3)
+        ax.set_title(label, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, [f"{e['config']} (n={e['seeds']})" for e in summary], fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle("Ablation at the end of training: mean ± std over seeds (orange), seeds (blue)", fontsize=11)
     fig.tight_layout()
     fig.savefig(out / "comparison.png", dpi=120)
     plt.close(fig)
