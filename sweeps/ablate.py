@@ -317,7 +317,9 @@ def write_report(rows: list[dict], out: Path) -> list[Path]:
     return [out / "comparison.csv", out / "comparison.md", out / "comparison.png"]
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="ablate")
+# An absolute path: imported as sweeps.ablate (see __main__ below), Hydra would look for the
+# relative "conf" as a Python package.
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="ablate")
 def main(dcfg: DictConfig) -> None:
     try:
         cfg: SweepConfig = to_typed(dcfg)

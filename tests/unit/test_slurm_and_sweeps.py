@@ -186,3 +186,13 @@ def test_a_launch_with_cluster_slurm_submits_the_launch(monkeypatch, tmp_path):
     assert cluster.launch(cfg) == 0
     ((sent, job_name, entry, _),) = submitted.calls
     assert entry is cluster.launch and job_name == run_name(cfg) and type(sent) is LaunchConfig
+
+
+def test_the_sweep_script_stops_on_a_bad_value_before_anything_starts(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "sweeps" / "ablate.py"), "sweep.only=[nope]", "cluster=slurm",
+                          f"output_dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2 and out.stderr.startswith("error: sweep.only: no such trials ['nope']"), out.stderr
+    assert "Started a local Ray instance" not in out.stdout + out.stderr and "submitted" not in out.stdout
