@@ -4,7 +4,7 @@ running whichever of the two submitted it) take.
 
     prepare(cfg)             validate, resolve names and paths, check storage, check (or make) the data
     connect_ray(cfg)         the configured Ray (cluster.kind=ray), or a local one (cluster.kind=local)
-    submit_to_slurm(...)     cluster.kind=slurm: the same entry runs as a SLURM job, on a Ray it starts there
+    run_as_job(...)          cluster.kind=slurm: the entry runs as a SLURM job, on a Ray it starts there
     train_on_ray(cfg, plan)  build the TorchTrainer, fit it, say where everything is
     launch(cfg)              all of it for one training run; returns the exit code
 
@@ -113,12 +113,19 @@ def connect_ray(cfg: LaunchConfig, extra_cpus: int = 0) -> None:
         ray.init(address=address)
 
 
-def submit_to_slurm(cfg: LaunchConfig, job_name: str, entry: Callable[[Any], int], driver_cpus: int = 0) -> int:
-    """cluster.kind=slurm: submit a job that starts Ray on its allocation and runs `entry(cfg)`
-    there, with cluster.kind=ray at that Ray's address (`entry` is pickled by reference: a
-    module-level function such as `launch`). Returns 0 once submitted."""
+def run_as_job(cfg: LaunchConfig, job_name: str, entry: Callable[[Any], int], driver_cpus: int = 0,
+               what: str = "") -> int | None:
+    """Where cluster.kind is a batch system (slurm), submit a job that starts Ray on its allocation
+    and runs `entry(cfg)` there with cluster.kind=ray at that Ray's address (`entry` is pickled
+    by reference: a module-level function such as `launch`), and return 0 once submitted
+    (`driver_cpus`: logical CPUs added to its Ray head for drivers that hold a sliver). Elsewhere
+    None: the caller connects (`connect_ray`) and runs here."""
+    if cfg.cluster.kind != ClusterKind.slurm:
+        return None
     from orchestration.slurm import submit
 
+    if what:
+        print(f"{what}, as one SLURM job", flush=True)
     job = submit(cfg, job_name, entry, driver_cpus=driver_cpus)
     print(f"  follow: squeue -j {job.job_id}; tail -f {job.paths.stdout}", flush=True)
     return 0
@@ -196,7 +203,8 @@ def launch(cfg: LaunchConfig) -> int:
         return 2
     print(f"run {plan.name}\n  checkpoints: {plan.storage_path}/{plan.name}\n  mlflow: {redact(plan.tracking_uri)}",
           flush=True)
-    if cfg.cluster.kind == ClusterKind.slurm:
-        return submit_to_slurm(cfg, plan.name, launch)
+    submitted = run_as_job(cfg, plan.name, launch)
+    if submitted is not None:
+        return submitted
     connect_ray(cfg)
     return train_on_ray(cfg, plan)

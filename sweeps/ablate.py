@@ -1,6 +1,6 @@
 """Ablation sweeps: `python sweeps/ablate.py [hydra overrides]`.
 
-Axes (sweep.* in sweeps/conf/ablate.yaml, any subset from the command line):
+Axes (sweep.*, AXES and SweepAxes below; any subset from the command line):
     sweep.views=[1,4]  sweep.grad_averaging=[true,false]
     sweep.camera_mode=[d_projection,g_conditioned,d_none]  sweep.background=[random,white,black]
     sweep.seeds=[0,1]  (repeats per configuration)
@@ -26,18 +26,18 @@ import json
 import statistics
 import sys
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import hydra  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from cgsgan.config import Background, CameraMode, ConfigError, to_dict  # noqa: E402
 from orchestration import cluster  # noqa: E402
 from orchestration.config import (  # noqa: E402
-    ClusterKind,
     LaunchConfig,
     register,
     resolve,
@@ -62,8 +62,22 @@ EXTRA = ["metrics/fid3d_synth", "metrics/fid_synth_floor", "metrics/fid_synth_ra
          "metrics/psnr_cond", "loss/G", "loss/D"]  # fmt: skip
 
 
+# The axes: sweep.<axis> (a list, a field of SweepAxes) -> (the config key its values set, its tag
+# in trial keys). Adding an axis is a SweepAxes field and an entry here. The seeds (train.seed,
+# tag "s") repeat every configuration.
+AXES = {
+    "views": ("loss.num_views", "v"),
+    "grad_averaging": ("loss.grad_averaging", "avg"),
+    "camera_mode": ("model.camera_mode", ""),
+    "background": ("loss.background", "bg"),
+}
+SEED = ("train.seed", "s")
+
+
 @dataclass
 class SweepAxes:
+    """The values of every axis (the full grid by default) and how the sweep runs."""
+
     views: list[int] = field(default_factory=lambda: [1, 4])
     grad_averaging: list[bool] = field(default_factory=lambda: [True])
     camera_mode: list[CameraMode] = field(default_factory=lambda: [CameraMode.d_projection, CameraMode.g_conditioned])
@@ -83,22 +97,26 @@ register()
 ConfigStore.instance().store(name="sweep_schema", node=SweepConfig)
 
 
-def trial_key(t: dict) -> str:
-    return f"{config_key(t)}-s{t['seed']}"
+def _tagged(tag: str, value) -> str:
+    return f"{tag}{int(value) if isinstance(value, bool) else value}"
 
 
 def config_key(t: dict) -> str:
-    """A trial's configuration: its key without the seed."""
-    return f"v{t['views']}-avg{int(t['grad_averaging'])}-{t['camera_mode']}-bg{t['background']}"
+    """A trial's configuration, e.g. v4-avg1-d_projection-bgrandom: its key without the seed."""
+    return "-".join(_tagged(tag, t[axis]) for axis, (_, tag) in AXES.items())
+
+
+def trial_key(t: dict) -> str:
+    """A trial's key, e.g. v4-avg1-d_projection-bgrandom-s0: names its run, selects it in sweep.only."""
+    return f"{config_key(t)}-{_tagged(SEED[1], t['seed'])}"
 
 
 def trials(axes: SweepAxes) -> list[dict]:
     if axes.max_concurrent < 0:
         raise ConfigError(f"sweep.max_concurrent={axes.max_concurrent!r}: must be >= 0 (0 = as many as fit)")
-    grid = [  # plain values: they travel through Ray Tune and into MLflow tags
-        {"views": v, "grad_averaging": ga, "camera_mode": str(cm), "background": str(bg), "seed": s}
-        for v, ga, cm, bg, s in itertools.product(axes.views, axes.grad_averaging, axes.camera_mode, axes.background, axes.seeds)
-    ]
+    values = [[v.value if isinstance(v, StrEnum) else v for v in getattr(axes, axis)] for axis in AXES]
+    # plain values: they travel through Ray Tune and into MLflow tags
+    grid = [dict(zip([*AXES, "seed"], combo)) for combo in itertools.product(*values, axes.seeds)]
     if axes.only:
         keys = {trial_key(t) for t in grid}
         unknown = [k for k in axes.only if k not in keys]
@@ -111,17 +129,17 @@ def trials(axes: SweepAxes) -> list[dict]:
 
 
 def trial_config(base: SweepConfig, t: dict) -> LaunchConfig:
-    """The launch config of one trial: the base config with the axis values applied."""
-    cfg = LaunchConfig(**{f.name: getattr(base, f.name) for f in dataclasses.fields(LaunchConfig)})
-    cfg = dataclasses.replace(
-        cfg,
-        model=dataclasses.replace(cfg.model, camera_mode=CameraMode(t["camera_mode"])),
-        loss=dataclasses.replace(cfg.loss, num_views=t["views"], grad_averaging=t["grad_averaging"],
-                                 background=Background(t["background"])),
-        train=dataclasses.replace(cfg.train, seed=t["seed"]),
-        name=f"{base.sweep.name}-{trial_key(t)}",
-    )
-    return validate_launch(cfg)
+    """The launch config of one trial: the base config with the axis values applied (typed and
+    checked by OmegaConf as a command-line override would be, then validated)."""
+    node = OmegaConf.structured(LaunchConfig(**{f.name: getattr(base, f.name) for f in dataclasses.fields(LaunchConfig)}))
+    for axis, value in t.items():
+        key = SEED[0] if axis == "seed" else AXES[axis][0]
+        try:
+            OmegaConf.update(node, key, value, merge=False)
+        except Exception as e:  # a value of the wrong type, a mode that is not one of its values
+            raise ConfigError(f"{key}={value!r}: {str(e).splitlines()[0]}") from None
+    node.name = f"{base.sweep.name}-{trial_key(t)}"
+    return validate_launch(to_typed(node))
 
 
 def run_trial(config: dict) -> None:
@@ -182,10 +200,12 @@ def run_sweep(cfg: SweepConfig) -> int:
     except cluster.PREPARE_ERRORS as e:
         print(f"error: {cluster.one_line(e)}", file=sys.stderr)
         return 2
-    if cfg.cluster.kind == ClusterKind.slurm:
-        print(f"sweep {cfg.sweep.name}: {len(grid)} trials, as one SLURM job", flush=True)
-        # One logical CPU more on the job's Ray head for the trial drivers (0.01 CPU each).
-        return cluster.submit_to_slurm(cfg, f"sweep-{cfg.sweep.name}", run_sweep, driver_cpus=1)
+    # On a batch cluster (slurm) the whole sweep runs as one job, with one logical CPU more on its
+    # Ray head for the trial drivers (0.01 CPU each).
+    submitted = cluster.run_as_job(cfg, f"sweep-{cfg.sweep.name}", run_sweep, driver_cpus=1,
+                                   what=f"sweep {cfg.sweep.name}: {len(grid)} trials")
+    if submitted is not None:
+        return submitted
 
     import ray
     from ray import tune
@@ -268,7 +288,7 @@ def write_report(rows: list[dict], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["trial", "views", "grad_averaging", "camera_mode", "background", "seed", "kimg", METRIC, *EXTRA, "error"]
+    cols = ["trial", *AXES, "seed", "kimg", METRIC, *EXTRA, "error"]
     rows = sorted(rows, key=lambda r: r["trial"])
     with open(out / "comparison.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)

@@ -1,3 +1,4 @@
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -196,3 +197,20 @@ def test_the_sweep_script_stops_on_a_bad_value_before_anything_starts(tmp_path):
                           f"output_dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert out.returncode == 2 and out.stderr.startswith("error: sweep.only: no such trials ['nope']"), out.stderr
     assert "Started a local Ray instance" not in out.stdout + out.stderr and "submitted" not in out.stdout
+
+
+def test_every_axis_is_a_sweep_list_that_sets_one_config_key():
+    lists = {f.name for f in dataclasses.fields(ablate.SweepAxes) if f.name not in ("seeds", "only", "name",
+                                                                                     "max_concurrent")}  # fmt: skip
+    assert lists == set(ablate.AXES)
+    cfg = load_sweep()
+    for axis, (key, _) in ablate.AXES.items():
+        assert OmegaConf.select(OmegaConf.structured(cfg), key) is not None, (axis, key)
+    tc = ablate.trial_config(cfg, {"views": 2, "grad_averaging": False, "camera_mode": "d_none",
+                                   "background": "white", "seed": 7})  # fmt: skip
+    assert [OmegaConf.select(OmegaConf.structured(tc), key) for key, _ in ablate.AXES.values()] == [
+        2, False, "d_none", "white"]
+    assert tc.train.seed == 7 and tc.name == "ablation-v2-avg0-d_none-bgwhite-s7"
+    with pytest.raises(ConfigError, match="camera_mode"):  # a value is typed as on the command line
+        ablate.trial_config(cfg, {"views": 2, "grad_averaging": False, "camera_mode": "sideways",
+                                  "background": "white", "seed": 7})  # fmt: skip
