@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from cgsgan.config import RenderBackend
 from cgsgan.metrics.evaluation import METRICS, check_metrics, evaluate_generator, format_table, make_extractor
 from cgsgan.training.checkpoint import open_checkpoint
 
@@ -48,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--backend", default="auto", choices=["auto", "gsplat", "torch"])
+    p.add_argument("--backend", default=RenderBackend.auto.value, choices=[b.value for b in RenderBackend])
     p.add_argument("--out", help="write the results as JSON here")
     return p.parse_args(argv)
 

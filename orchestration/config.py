@@ -1,22 +1,29 @@
 """Typed launch configuration: the model core's config plus cluster, storage and tracking.
 
 Registered with Hydra's ConfigStore as the schema of orchestration/conf/config.yaml, so a
-wrongly typed override fails at composition; `validate_launch` then checks values and
-cross-field constraints before anything is launched.
+wrongly typed override (or a mode that is not one of its enum's values) fails at composition;
+`validate_launch` then checks values and cross-field constraints before anything is launched.
+
+The model presets (`model=tiny`, `model=ffhq512`, ...) are the core's own `cgsgan.config.tiny()`
+and `cgsgan.config.ffhq(resolution)`, registered as options of the `model` group (`register`):
+there is no YAML copy of them to keep in step.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 import os
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
+from cgsgan import config as core
 from cgsgan.config import (
     CGSGANConfig,
     ConfigError,
@@ -24,13 +31,25 @@ from cgsgan.config import (
     LossConfig,
     ModelConfig,
     TrainConfig,
+    to_dict,
     validate,
 )
 
 
+class ClusterKind(StrEnum):
+    local = "local"  # start a Ray on this machine
+    ray = "ray"  # connect to an existing Ray cluster (cluster.address or $RAY_ADDRESS)
+    slurm = "slurm"  # submit a SLURM job (submitit) that starts Ray on its allocation
+
+
+class StorageKind(StrEnum):
+    local = "local"  # a folder (storage.path; "" = <output_dir>/ray_results)
+    s3 = "s3"  # s3://bucket/prefix (storage.path), on AWS or a custom endpoint
+
+
 @dataclass
 class ClusterConfig:
-    kind: str = "local"  # local: start a Ray here; ray: connect to an existing cluster; slurm: submit a job
+    kind: ClusterKind = ClusterKind.local
     address: str = ""  # Ray address; "" = $RAY_ADDRESS, else (kind=local) start one
     num_workers: int = 1
     use_gpu: bool = False
@@ -59,7 +78,8 @@ class SlurmConfig:
 
 @dataclass
 class StorageConfig:
-    path: str = ""  # s3://bucket/prefix or a local folder; "" = <output_dir>/ray_results
+    kind: StorageKind = StorageKind.local
+    path: str = ""  # kind=s3: s3://bucket/prefix; kind=local: a folder, "" = <output_dir>/ray_results
     endpoint_url: str = ""  # custom S3 endpoint; "" = $AWS_ENDPOINT_URL or AWS itself
     create_bucket: bool = False
     num_to_keep: int = 3
@@ -85,8 +105,32 @@ class LaunchConfig:
     output_dir: str = "outputs"
 
 
+def presets() -> dict[str, CGSGANConfig]:
+    """The options of the `model` group: the core's presets, called now (so whatever tiny() and
+    ffhq() return is what launches)."""
+    return {"tiny": core.tiny(), **{f"ffhq{res}": core.ffhq(res) for res in core.LEVELS_FOR_RESOLUTION}}
+
+
 def register() -> None:
-    ConfigStore.instance().store(name="launch_schema", node=LaunchConfig)
+    """The launch schema and the model presets, in Hydra's ConfigStore (call before composing).
+
+    A preset applies to every section it sets (model, data, loss, train); the groups after it in
+    the defaults list (data=...) and the command line override it as usual."""
+    cs = ConfigStore.instance()
+    cs.store(name="launch_schema", node=LaunchConfig)
+    for name, preset in presets().items():
+        cs.store(group="model", name=name, node=to_dict(preset), package="_global_")
+
+
+def to_typed(cfg: DictConfig | dict, cls: type | None = None) -> Any:
+    """A composed Hydra config, or plain values that crossed a process boundary (then merged onto
+    `cls`, default LaunchConfig), as typed dataclasses; ConfigError for a missing or mistyped value."""
+    try:
+        if not isinstance(cfg, DictConfig):
+            cfg = OmegaConf.merge(OmegaConf.structured(cls or LaunchConfig), cfg)
+        return OmegaConf.to_object(cfg)  # all interpolations resolved
+    except Exception as e:  # missing mandatory values (???), a value of the wrong type, ...
+        raise ConfigError(str(e).splitlines()[0]) from e
 
 
 def core_config(cfg: LaunchConfig) -> CGSGANConfig:
@@ -104,9 +148,9 @@ def run_name(cfg: LaunchConfig) -> str:
     """Deterministic: the same config (and tag) always names the same run, so resubmitting the
     same command resumes it. Cluster, storage and tracking settings and the training schedule
     (SCHEDULE_FIELDS) do not enter the hash."""
-    core = dataclasses.asdict(core_config(cfg))
-    core["train"] = {k: v for k, v in core["train"].items() if k not in SCHEDULE_FIELDS}
-    digest = hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:8]
+    values = to_dict(core_config(cfg))
+    values["train"] = {k: v for k, v in values["train"].items() if k not in SCHEDULE_FIELDS}
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
     base = f"cgsgan-{cfg.model.resolution}px-{cfg.model.camera_mode}-v{cfg.loss.num_views}"
     return f"{cfg.name}-{digest}" if cfg.name else f"{base}-{digest}"
 
@@ -119,17 +163,17 @@ class Plan:
     storage_path: str
     tracking_uri: str
     output_dir: str
-    core: dict  # CGSGANConfig as a dict
+    core: dict  # CGSGANConfig as plain values
     data_notices: list = field(default_factory=list)  # what the data check said (workers stay quiet about it)
 
 
 def resolve(cfg: LaunchConfig) -> Plan:
     out = Path(cfg.output_dir).absolute()
-    storage = cfg.storage.path or str(out / "ray_results")
-    if not storage.startswith("s3://"):
-        storage = str(Path(storage).absolute())
+    storage = cfg.storage.path
+    if cfg.storage.kind == StorageKind.local:
+        storage = str(Path(storage or out / "ray_results").absolute())
     tracking = cfg.tracking.uri or f"sqlite:///{out / 'mlflow.db'}"
-    return Plan(run_name(cfg), storage, tracking, str(out), dataclasses.asdict(core_config(cfg)))
+    return Plan(run_name(cfg), storage, tracking, str(out), to_dict(core_config(cfg)))
 
 
 def resolve_index_list(cfg: LaunchConfig, say=None) -> LaunchConfig:
@@ -154,10 +198,12 @@ def validate_launch(cfg: LaunchConfig) -> LaunchConfig:
     """All checks that need no cluster; raises ConfigError naming the key."""
     validate(core_config(cfg))
     c = cfg.cluster
-    if c.kind not in ("local", "ray", "slurm"):
-        raise ConfigError(f"cluster.kind={c.kind!r}: expected local, ray or slurm")
+    for key, value, kind in (("cluster.kind", c.kind, ClusterKind), ("storage.kind", cfg.storage.kind, StorageKind)):
+        if value not in set(kind):
+            raise ConfigError(f"{key}={value!r}: expected one of {[k.value for k in kind]}")
+    check_storage_path(cfg)
     check_ranges(cfg)
-    if c.kind == "slurm":
+    if c.kind == ClusterKind.slurm:
         s = cfg.slurm
         if c.use_gpu and c.num_workers * c.gpus_per_worker > s.nodes * s.gpus_per_node:
             raise ConfigError(
@@ -194,6 +240,18 @@ def validate_launch(cfg: LaunchConfig) -> LaunchConfig:
     if "yaw_bins" in cfg.train.snapshot_metrics and cfg.data.source != "synthetic":
         raise ConfigError("train.snapshot_metrics: yaw_bins needs the synthetic heads' ground truth (data=synthetic)")
     return cfg
+
+
+def check_storage_path(cfg: LaunchConfig) -> None:
+    """storage.path agrees with storage.kind: an S3 URI for s3 (storage=s3), a folder for local."""
+    path = cfg.storage.path
+    if cfg.storage.kind == StorageKind.s3:
+        bucket = path.removeprefix("s3://").split("/", 1)[0] if path.startswith("s3://") else ""
+        if not bucket:
+            raise ConfigError(f"storage.path={path!r}: storage.kind=s3 needs s3://bucket/prefix")
+    elif "://" in path:
+        raise ConfigError(f"storage.path={path!r}: a URI, but storage.kind=local takes a folder "
+                          "(for S3 use storage=s3, which sets storage.kind=s3)")
 
 
 def check_ranges(cfg: LaunchConfig) -> None:

@@ -1,6 +1,6 @@
 """Ablation sweeps: `python sweeps/ablate.py [hydra overrides]`.
 
-Axes (sweep.* in sweeps/conf/ablate.yaml, any subset from the command line):
+Axes (sweep.*, AXES and SweepAxes below; any subset from the command line):
     sweep.views=[1,4]  sweep.grad_averaging=[true,false]
     sweep.camera_mode=[d_projection,g_conditioned,d_none]  sweep.background=[random,white,black]
     sweep.seeds=[0,1]  (repeats per configuration)
@@ -8,9 +8,14 @@ Full grid by default; `sweep.only=[...]` keeps a listed subset of trial keys.
 
 Ray Tune runs one trial per configuration; each trial is a driver function that builds the same
 TorchTrainer as launch.py (orchestration.ray_trainer.build_trainer) and reports through
-TuneReportCallback. One MLflow parent run per sweep, one child run per trial. An interrupted
-sweep resumes by running the same command (Tuner.restore; finished trials are not re-run). At
-the end: a comparison table (CSV, Markdown) and a plot (PNG), logged to the parent run.
+TuneReportCallback. The sweep is prepared (config, storage, data) and gets its Ray through
+orchestration/cluster.py, as a launch does, so cluster.kind means the same: local starts a Ray
+here, ray connects to one, slurm submits one SLURM job that starts Ray on its allocation and runs
+the whole sweep there (requeued like a training job; the requeued job resumes the sweep). One
+MLflow parent run per sweep, one child run per trial. An interrupted sweep resumes by running the
+same command (Tuner.restore; finished trials are not re-run). At the end: a comparison table
+(Markdown: mean +- spread over seeds per configuration, then every trial; CSV: every trial) and a
+plot (PNG, with error bars), logged to the parent run.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import statistics
 import sys
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,22 +35,53 @@ import hydra  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from cgsgan.config import ConfigError  # noqa: E402
-from orchestration.config import LaunchConfig, resolve, resolve_index_list, validate_launch  # noqa: E402
-from orchestration.storage import StorageError, check_storage  # noqa: E402
+from cgsgan.config import Background, CameraMode, ConfigError, to_dict  # noqa: E402
+from orchestration import cluster  # noqa: E402
+from orchestration.config import (  # noqa: E402
+    LaunchConfig,
+    register,
+    resolve,
+    resolve_index_list,
+    to_typed,
+    validate_launch,
+)
 
-METRIC = "metrics/fd_rand"
-# Also in the table: how much the Gaussians depend on the conditioning camera (0 and 100 dB for a
-# camera-free generator), and the final losses.
-EXTRA = ["metrics/sensitivity", "metrics/psnr_cond", "loss/G", "loss/D"]
+METRIC = "metrics/fid_synth"  # what the sweep compares (lower is better)
+# The comparison, per configuration over its seeds: the synthetic-heads FID, its multi-view
+# variant, FID as a multiple of the real-vs-held-out floor, and how much the Gaussians depend on
+# the conditioning camera (0 and 100 dB for a camera-free generator).
+COMPARED = {
+    METRIC: "fid_synth",
+    "metrics/fid3d_synth": "fid3d_synth",
+    "metrics/fid_synth_ratio": "fid_synth / floor",
+    "metrics/sensitivity": "sensitivity",
+    "metrics/psnr_cond": "psnr_cond (dB)",
+}
+# Also in the per-trial table and the CSV.
+EXTRA = ["metrics/fid3d_synth", "metrics/fid_synth_floor", "metrics/fid_synth_ratio", "metrics/sensitivity",
+         "metrics/psnr_cond", "loss/G", "loss/D"]  # fmt: skip
+
+
+# The axes: sweep.<axis> (a list, a field of SweepAxes) -> (the config key its values set, its tag
+# in trial keys). Adding an axis is a SweepAxes field and an entry here. The seeds (train.seed,
+# tag "s") repeat every configuration.
+AXES = {
+    "views": ("loss.num_views", "v"),
+    "grad_averaging": ("loss.grad_averaging", "avg"),
+    "camera_mode": ("model.camera_mode", ""),
+    "background": ("loss.background", "bg"),
+}
+SEED = ("train.seed", "s")
 
 
 @dataclass
 class SweepAxes:
+    """The values of every axis (the full grid by default) and how the sweep runs."""
+
     views: list[int] = field(default_factory=lambda: [1, 4])
     grad_averaging: list[bool] = field(default_factory=lambda: [True])
-    camera_mode: list[str] = field(default_factory=lambda: ["d_projection", "g_conditioned"])
-    background: list[str] = field(default_factory=lambda: ["random"])
+    camera_mode: list[CameraMode] = field(default_factory=lambda: [CameraMode.d_projection, CameraMode.g_conditioned])
+    background: list[Background] = field(default_factory=lambda: [Background.random])
     seeds: list[int] = field(default_factory=lambda: [0])
     only: list[str] = field(default_factory=list)  # trial keys to keep; [] = full grid
     name: str = "ablation"
@@ -55,20 +93,30 @@ class SweepConfig(LaunchConfig):
     sweep: SweepAxes = field(default_factory=SweepAxes)
 
 
+register()
 ConfigStore.instance().store(name="sweep_schema", node=SweepConfig)
 
 
+def _tagged(tag: str, value) -> str:
+    return f"{tag}{int(value) if isinstance(value, bool) else value}"
+
+
+def config_key(t: dict) -> str:
+    """A trial's configuration, e.g. v4-avg1-d_projection-bgrandom: its key without the seed."""
+    return "-".join(_tagged(tag, t[axis]) for axis, (_, tag) in AXES.items())
+
+
 def trial_key(t: dict) -> str:
-    return f"v{t['views']}-avg{int(t['grad_averaging'])}-{t['camera_mode']}-bg{t['background']}-s{t['seed']}"
+    """A trial's key, e.g. v4-avg1-d_projection-bgrandom-s0: names its run, selects it in sweep.only."""
+    return f"{config_key(t)}-{_tagged(SEED[1], t['seed'])}"
 
 
 def trials(axes: SweepAxes) -> list[dict]:
     if axes.max_concurrent < 0:
         raise ConfigError(f"sweep.max_concurrent={axes.max_concurrent!r}: must be >= 0 (0 = as many as fit)")
-    grid = [
-        {"views": v, "grad_averaging": ga, "camera_mode": cm, "background": bg, "seed": s}
-        for v, ga, cm, bg, s in itertools.product(axes.views, axes.grad_averaging, axes.camera_mode, axes.background, axes.seeds)
-    ]
+    values = [[v.value if isinstance(v, StrEnum) else v for v in getattr(axes, axis)] for axis in AXES]
+    # plain values: they travel through Ray Tune and into MLflow tags
+    grid = [dict(zip([*AXES, "seed"], combo)) for combo in itertools.product(*values, axes.seeds)]
     if axes.only:
         keys = {trial_key(t) for t in grid}
         unknown = [k for k in axes.only if k not in keys]
@@ -81,16 +129,17 @@ def trials(axes: SweepAxes) -> list[dict]:
 
 
 def trial_config(base: SweepConfig, t: dict) -> LaunchConfig:
-    """The launch config of one trial: the base config with the axis values applied."""
-    cfg = LaunchConfig(**{f.name: getattr(base, f.name) for f in dataclasses.fields(LaunchConfig)})
-    cfg = dataclasses.replace(
-        cfg,
-        model=dataclasses.replace(cfg.model, camera_mode=t["camera_mode"]),
-        loss=dataclasses.replace(cfg.loss, num_views=t["views"], grad_averaging=t["grad_averaging"], background=t["background"]),
-        train=dataclasses.replace(cfg.train, seed=t["seed"]),
-        name=f"{base.sweep.name}-{trial_key(t)}",
-    )
-    return validate_launch(cfg)
+    """The launch config of one trial: the base config with the axis values applied (typed and
+    checked by OmegaConf as a command-line override would be, then validated)."""
+    node = OmegaConf.structured(LaunchConfig(**{f.name: getattr(base, f.name) for f in dataclasses.fields(LaunchConfig)}))
+    for axis, value in t.items():
+        key = SEED[0] if axis == "seed" else AXES[axis][0]
+        try:
+            OmegaConf.update(node, key, value, merge=False)
+        except Exception as e:  # a value of the wrong type, a mode that is not one of its values
+            raise ConfigError(f"{key}={value!r}: {str(e).splitlines()[0]}") from None
+    node.name = f"{base.sweep.name}-{trial_key(t)}"
+    return validate_launch(to_typed(node))
 
 
 def run_trial(config: dict) -> None:
@@ -102,7 +151,7 @@ def run_trial(config: dict) -> None:
     from orchestration.tracking import Tracker
 
     config = config["trial"]  # the grid-searched entry of the param space
-    cfg: LaunchConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(LaunchConfig), config["launch"]))
+    cfg: LaunchConfig = to_typed(config["launch"])
     plan = resolve(cfg)
     plan.storage_path = config["storage_path"]
     plan.data_notices = config.get("data_notices", [])
@@ -140,35 +189,39 @@ def max_concurrent(cfg: SweepConfig) -> int:
 
 
 def run_sweep(cfg: SweepConfig) -> int:
+    """The whole sweep, wherever cluster.kind says: the exit code (0 every trial finished or the
+    SLURM job was submitted, 1 a trial failed, 2 stopped before anything started)."""
+    try:
+        grid = trials(cfg.sweep)
+        resolve_index_list(cfg, say=cluster.say)  # once, for every trial
+        trial_cfgs = [trial_config(cfg, t) for t in grid]
+        # Storage, data and the cluster settings are the same for every trial: prepared once.
+        base_plan = cluster.prepare(trial_cfgs[0])
+    except cluster.PREPARE_ERRORS as e:
+        print(f"error: {cluster.one_line(e)}", file=sys.stderr)
+        return 2
+    # On a batch cluster (slurm) the whole sweep runs as one job, with one logical CPU more on its
+    # Ray head for the trial drivers (0.01 CPU each).
+    submitted = cluster.run_as_job(cfg, f"sweep-{cfg.sweep.name}", run_sweep, driver_cpus=1,
+                                   what=f"sweep {cfg.sweep.name}: {len(grid)} trials")
+    if submitted is not None:
+        return submitted
+
     import ray
     from ray import tune
 
-    from orchestration.launch import check_data, connect_ray, make_local_data, one_line, ray_address
     from orchestration.tracking import Tracker
 
-    try:
-        grid = trials(cfg.sweep)
-        resolve_index_list(cfg, say=lambda line: print(line, file=sys.stderr))  # once, for every trial
-        trial_cfgs = [trial_config(cfg, t) for t in grid]
-        base_plan = resolve(trial_cfgs[0])
-        storage = f"{base_plan.storage_path}/{cfg.sweep.name}"
-        check_storage(base_plan.storage_path, cfg.storage.endpoint_url, cfg.storage.create_bucket)
-        ray_address(cfg)
-        data_notices = check_data(trial_cfgs[0])  # every trial trains on the same data
-    except (ConfigError, StorageError, ValueError) as e:  # ValueError includes a broken data file (DataError)
-        print(f"error: {one_line(e)}", file=sys.stderr)
-        return 2
-    make_local_data(trial_cfgs[0], base_plan)
-
+    storage = f"{base_plan.storage_path}/{cfg.sweep.name}"
     tracker = Tracker(base_plan.tracking_uri, cfg.tracking.experiment, f"sweep-{cfg.sweep.name}",
                       (Path(base_plan.output_dir) / "mlartifacts").as_uri() if not cfg.tracking.uri else None)
-    parent = tracker.start(params={"sweep": dataclasses.asdict(cfg.sweep)}, tags={"cgsgan.sweep": cfg.sweep.name})
+    parent = tracker.start(params={"sweep": to_dict(cfg.sweep)}, tags={"cgsgan.sweep": cfg.sweep.name})
     print(f"sweep {cfg.sweep.name}: {len(grid)} trials, MLflow parent run {parent}", flush=True)
 
-    connect_ray(cfg, extra_cpus=1)  # room for the trial drivers (0.01 CPU each) beside the workers
+    cluster.connect_ray(cfg, extra_cpus=1)  # room for the trial drivers (0.01 CPU each) beside the workers
     space = [
-        {"launch": dataclasses.asdict(tc), "axes": t, "storage_path": storage, "parent_run_id": parent,
-         "sweep": cfg.sweep.name, "data_notices": data_notices}  # fmt: skip
+        {"launch": to_dict(tc), "axes": t, "storage_path": storage, "parent_run_id": parent,
+         "sweep": cfg.sweep.name, "data_notices": base_plan.data_notices}  # fmt: skip
         for t, tc in zip(grid, trial_cfgs)
     ]
     trainable = tune.with_resources(run_trial, {"cpu": 0.01})
@@ -203,8 +256,30 @@ def run_sweep(cfg: SweepConfig) -> int:
     return 0 if all(not r["error"] for r in rows) else 1
 
 
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per configuration (trials that differ only in the seed): the number of seeds that finished
+    and, for each compared metric, (mean, spread, values) over them; the spread is the sample
+    standard deviation (None with one value)."""
+    groups: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: r["trial"]):
+        groups.setdefault(config_key(r), []).append(r)
+    out = []
+    for key, group in groups.items():
+        done = [r for r in group if not r.get("error")]
+        entry = {"config": key, "seeds": len(done), "failed": len(group) - len(done)}
+        for metric in COMPARED:
+            values = [float(r[metric]) for r in done if isinstance(r.get(metric), (int, float))]
+            mean = statistics.fmean(values) if values else None
+            spread = statistics.stdev(values) if len(values) > 1 else None
+            entry[metric] = (mean, spread, values)
+        out.append(entry)
+    return out
+
+
 def write_report(rows: list[dict], out: Path) -> list[Path]:
-    """comparison.csv, comparison.md and comparison.png (metric per configuration, seeds as points)."""
+    """comparison.csv (every trial), comparison.md (per configuration: mean +- spread over its
+    seeds of each compared metric and the number of seeds; then every trial) and comparison.png
+    (the same per configuration, with error bars and the seeds as points)."""
     import csv
 
     import matplotlib
@@ -213,7 +288,7 @@ def write_report(rows: list[dict], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    cols = ["trial", "views", "grad_averaging", "camera_mode", "background", "seed", "kimg", METRIC, *EXTRA, "error"]
+    cols = ["trial", *AXES, "seed", "kimg", METRIC, *EXTRA, "error"]
     rows = sorted(rows, key=lambda r: r["trial"])
     with open(out / "comparison.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
@@ -223,20 +298,38 @@ def write_report(rows: list[dict], out: Path) -> list[Path]:
     def fmt(v):
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    def mean_spread(mean, spread, _values):
+        if mean is None:
+            return "-"
+        return fmt(mean) if spread is None else f"{fmt(mean)} ± {fmt(spread)}"
+
+    summary = summarize(rows)
+    head = ["configuration", "seeds", *COMPARED.values()]
+    md = ["Mean ± standard deviation over seeds (lower is better for the FIDs; sensitivity 0 and psnr_cond 100 dB "
+          "for a camera-free generator).", "",
+          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    for e in summary:
+        seeds = str(e["seeds"]) + (f" ({e['failed']} failed)" if e["failed"] else "")
+        md.append("| " + " | ".join([e["config"], seeds, *(mean_spread(*e[m]) for m in COMPARED)]) + " |")
+    md += ["", "Every trial:", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     (out / "comparison.md").write_text("\n".join(md) + "\n")
 
-    configs = sorted({r["trial"].rsplit("-s", 1)[0] for r in rows})
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(configs)), 4))
-    for i, c in enumerate(configs):
-        vals = [r[METRIC] for r in rows if r["trial"].rsplit("-s", 1)[0] == c and r[METRIC] is not None]
-        ax.scatter([i] * len(vals), vals, color="C0", zorder=3)
-        if vals:
-            ax.hlines(sum(vals) / len(vals), i - 0.25, i + 0.25, color="C1")
-    ax.set_xticks(range(len(configs)), configs, rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("FD-rand at the end (lower is better)")
-    ax.set_title("Ablation: FD-rand per configuration (points: seeds, bar: mean)")
+    # One panel per metric, the configurations down the shared y axis: mean +- std, seeds as points.
+    fig, axes = plt.subplots(1, len(COMPARED), sharey=True,
+                             figsize=(3.0 * len(COMPARED), max(2.8, 0.45 * len(summary) + 1.6)))  # fmt: skip
+    y = list(range(len(summary)))
+    for ax, (metric, label) in zip(axes, COMPARED.items()):
+        for i, e in enumerate(summary):
+            mean, spread, values = e[metric]
+            ax.scatter(values, [i] * len(values), color="C0", alpha=0.45, s=14, zorder=2)
+            if mean is not None:
+                ax.errorbar(mean, i, xerr=spread or 0.0, fmt="o", color="C1", capsize=4, zorder=3)
+        ax.set_title(label, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, [f"{e['config']} (n={e['seeds']})" for e in summary], fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle("Ablation at the end of training: mean ± std over seeds (orange), seeds (blue)", fontsize=11)
     fig.tight_layout()
     fig.savefig(out / "comparison.png", dpi=120)
     plt.close(fig)
@@ -244,15 +337,21 @@ def write_report(rows: list[dict], out: Path) -> list[Path]:
     return [out / "comparison.csv", out / "comparison.md", out / "comparison.png"]
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="ablate")
+# An absolute path: imported as sweeps.ablate (see __main__ below), Hydra would look for the
+# relative "conf" as a Python package.
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="ablate")
 def main(dcfg: DictConfig) -> None:
     try:
-        cfg: SweepConfig = OmegaConf.to_object(dcfg)
-    except Exception as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        cfg: SweepConfig = to_typed(dcfg)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     sys.exit(run_sweep(cfg))
 
 
 if __name__ == "__main__":
-    main()
+    # Run as the module sweeps.ablate, not __main__: what a SLURM job and Ray Tune pickle by
+    # reference (run_sweep, run_trial, SweepConfig) must be importable again where they run.
+    from sweeps import ablate
+
+    ablate.main()

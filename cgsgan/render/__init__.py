@@ -1,6 +1,6 @@
 """One `render` entry for batched, multi-view Gaussian rendering.
 
-Two backends with the same semantics:
+The backends are `cgsgan.config.RenderBackend` (what train.render_backend takes), plus a test oracle:
     "gsplat" - gsplat.rasterization on CUDA tensors;
     "torch"  - the project's own differentiable PyTorch rasterizer (per-pixel depth-sorted lists;
                CPU, or any device);
@@ -17,12 +17,15 @@ from typing import Literal
 import torch
 
 from cgsgan import camera
+from cgsgan.config import RenderBackend
 from cgsgan.gaussians import Gaussians
 from cgsgan.render.dense import rasterize_dense
 from cgsgan.render.projection import project
 from cgsgan.render.rasterize import rasterize
 
-Backend = Literal["auto", "gsplat", "torch", "dense"]
+DENSE = "dense"  # the test oracle: not a training option, so not a RenderBackend
+Backend = RenderBackend | Literal["dense"]
+BACKENDS = (*(b.value for b in RenderBackend), DENSE)  # what `render` accepts
 
 
 @dataclass
@@ -66,16 +69,16 @@ def gsplat_available() -> tuple[bool, str]:
 
 
 def resolve_backend(backend: Backend, device: torch.device) -> str:
-    if backend == "auto":
-        return "gsplat" if device.type == "cuda" else "torch"
-    if backend == "gsplat":
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown render backend {backend!r}; expected one of {list(BACKENDS)}")
+    if backend == RenderBackend.auto:
+        return RenderBackend.gsplat.value if device.type == "cuda" else RenderBackend.torch.value
+    if backend == RenderBackend.gsplat:
         ok, why = gsplat_available()
         if not ok or device.type != "cuda":
             reason = why or f"the Gaussians are on {device}, gsplat needs CUDA tensors"
             raise RuntimeError(f"render backend 'gsplat' cannot run: {reason}. Use backend='torch' on CPU.")
-    elif backend not in ("torch", "dense"):
-        raise ValueError(f"unknown render backend {backend!r}; expected auto, gsplat, torch or dense")
-    return backend
+    return str(backend)
 
 
 def render(
@@ -128,7 +131,7 @@ def render(
 def _render_torch(g: Gaussians, viewmats, Ks, width, height, bg, which: str):
     B, V = viewmats.shape[:2]
     proj = project(g.means, g.log_scales, g.quats, g.opacities, g.rgb, viewmats, Ks, width, height)
-    rasterize_fn = rasterize_dense if which == "dense" else rasterize
+    rasterize_fn = rasterize_dense if which == DENSE else rasterize
     colors, alphas, depths = rasterize_fn(proj, bg.reshape(B * V, 3), width, height)
     return (
         colors.reshape(B, V, height, width, 3),

@@ -288,6 +288,7 @@ def test_sbatch_starts_ray_on_its_port_block_runs_the_driver_and_requeues_on_usr
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     (checkout / "orchestration" / "launch.py").write_text(STUB_LAUNCH)
+    shutil.copy(ROOT / "orchestration" / "ray_nodes.py", checkout / "orchestration")  # the job's Ray start-up
     (checkout / ".venv").symlink_to(Path(sys.executable).parent.parent)
 
     job_id = random.choice([i for i in range(1, 500) if not Path(f"/tmp/ray-{i}").exists()])

@@ -181,7 +181,7 @@ def test_a_broken_file_met_in_a_worker_is_not_retried(tmp_path):
         from hydra import compose, initialize_config_dir
         from omegaconf import OmegaConf
         from orchestration.config import register, resolve, validate_launch
-        from orchestration.launch import connect_ray
+        from orchestration.cluster import connect_ray
         from orchestration.ray_trainer import build_trainer
         register()
         with initialize_config_dir(config_dir={str(ROOT / "orchestration" / "conf")!r}, version_base="1.3"):

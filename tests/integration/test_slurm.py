@@ -1,6 +1,7 @@
 """Against a real single-node SLURM (slurm-wlm + munge, started here as root): submit a tiny
 training with `launch.py cluster=slurm`, see it finish with checkpoints and an MLflow run; then
-interrupt one mid-run (submitit's preemption signal) and see the requeued job resume.
+interrupt one mid-run (submitit's preemption signal) and see the requeued job resume; and run a
+one-trial sweep with `sweeps/ablate.py cluster=slurm` on the allocation.
 
 These tests must not be skipped in CI: if SLURM cannot start, they fail with the reason.
 """
@@ -114,3 +115,37 @@ def test_interrupted_slurm_job_requeues_and_resumes(slurm, tmp_path):
     client = MlflowClient(tracking)
     runs = client.search_runs([client.get_experiment_by_name("cgsgan").experiment_id])
     assert len(runs) == 1 and runs[0].data.metrics["progress.kimg"] == pytest.approx(0.096)
+
+
+def test_a_sweep_with_cluster_slurm_runs_on_the_allocation(slurm, tmp_path):
+    """cluster=slurm with a sweep: one SLURM job starts Ray on the allocation and runs the sweep
+    there (nothing of Ray on the submitting side); the report and the MLflow runs are its output."""
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, **slurm.env(), "PYTHONUNBUFFERED": "1",
+           "CGSGAN_DATA_CACHE": os.environ.get("CGSGAN_DATA_CACHE", str(tmp_path / "cache"))}  # fmt: skip
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(
+        [sys.executable, "sweeps/ablate.py", "cluster=slurm", "data.synthetic_identities=32", "data.synthetic_views=2",
+         "train.batch_size=8", "train.total_kimg=0.032", "train.tick_kimg=0.016", "train.snapshot_ticks=2",
+         "train.checkpoint_ticks=2", "train.metric_samples=16", "slurm.time_min=30", "sweep.views=[2]",
+         "sweep.camera_mode=[d_projection]", "sweep.name=onslurm", f"output_dir={tmp_path / 'out'}",
+         f"tracking.uri={tracking}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "as one SLURM job" in out.stdout and "Started a local Ray instance" not in out.stdout + out.stderr
+    job_id = next(line.split()[3] for line in out.stdout.splitlines() if line.startswith("submitted SLURM job"))
+    SUBMITTED.append(job_id)
+    job = submitit.SlurmJob(folder=tmp_path / "out" / "slurm", job_id=job_id)
+    wait_gone(job_id, env, 900)
+    log = log_of(job)
+    assert job.result() == 0, log[-4000:]
+    assert "Ray at " in log  # the job's own Ray, on its port block
+    table = (tmp_path / "out" / "sweeps" / "onslurm" / "comparison.md").read_text()
+    assert "| v2-avg1-d_projection-bgrandom | 1 |" in table, table
+    client = MlflowClient(tracking)
+    exp = client.get_experiment_by_name("cgsgan").experiment_id
+    (parent,) = client.search_runs([exp], filter_string="tags.`cgsgan.sweep` = 'onslurm'")
+    (child,) = client.search_runs([exp], filter_string="tags.sweep = 'onslurm'")
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.info.status == "FINISHED"
+    assert child.data.metrics["progress.kimg"] == pytest.approx(0.032) and "metrics.fid_synth" in child.data.metrics

@@ -25,7 +25,7 @@ BAD = {
     "model.resolution": "48",
     "model.generator.z_dim": "0",
     "model.generator.w_dim": "0",
-    "model.generator.mapping_layers": "0",
+    "model.generator.mapping_layers": "-1",
     "model.generator.mapping_lr_mult": "0",
     "model.generator.w_avg_beta": "1.0",
     "model.generator.num_points": "0",
@@ -42,6 +42,7 @@ BAD = {
     "model.discriminator.mbstd_channels": "0",
     "model.discriminator.cmap_dim": "0",
     "model.discriminator.camera_mapping_layers": "-1",
+    "model.discriminator.num_fp16_res": "-1",
     "data.synthetic_identities": "0",
     "data.synthetic_views": "0",
     "data.synthetic_seed": "-1",
@@ -150,5 +151,5 @@ def test_launch_stops_on_snapshot_ticks_zero_before_ray():
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    assert "train.snapshot_ticks=0: must be >= 1" in out.stderr
+    assert "train.snapshot_ticks=0: must be > 0" in out.stderr
     assert "Started a local Ray instance" not in out.stdout + out.stderr

@@ -4,10 +4,12 @@ credential. Fast: no network, no servers."""
 
 from __future__ import annotations
 
+import os
 import py_compile
 import re
 import shlex
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -252,24 +254,49 @@ def test_sbatch_requeues_on_the_early_signal():
     assert not any("ray stop" in line for line in code)
 
 
-def test_sbatch_port_block_is_the_one_orchestration_slurm_uses():
-    from orchestration.slurm import port_block
+def sbatch_code() -> str:
+    return "\n".join(line.split("#")[0] for line in SBATCH.read_text().splitlines() if not line.lstrip().startswith("#"))
 
-    text = SBATCH.read_text()
-    p_line = re.search(r"^P=\$\(\((.*)\)\)$", text, flags=re.M).group(1)
-    offsets = {name.lower(): int(off or 0) for name, off in
-               re.findall(r"(\w+)_PORT=(?:\$P\b|\$\(\(P \+ (\d+)\)\))", text)}  # fmt: skip
-    names = {"gcs": "gcs", "node_manager": "node_manager", "object_manager": "object_manager",
-             "client": "client_server", "metrics": "metrics", "agent_listen": "agent_listen",
-             "agent_grpc": "agent_grpc", "runtime_env_agent": "runtime_env_agent",
-             "dashboard": "dashboard", "min_worker": "min_worker", "max_worker": "max_worker"}  # fmt: skip
-    assert set(offsets) == set(names)
+
+def test_sbatch_starts_ray_through_the_shared_start_up():
+    """The sbatch script and the submitit job start Ray the same way: orchestration/ray_nodes.py
+    (port block, token, niceness, `ray start` flags); the script holds no copy of any of it."""
+    code = sbatch_code()
+    assert 'RAY_NODES=${CODE}/orchestration/ray_nodes.py' in code
+    assert re.search(r'python "\$RAY_NODES" job-env --token-dir', code)
+    assert re.search(r'python "\$RAY_NODES" start "\$1" --cpus=', code)
+    assert re.search(r'python "\$RAY_NODES" wait "\$NODES"', code)
+    for copy in ("ray start", "_PORT", "RAY_worker_niceness", "token_hex", "RAY_AUTH_MODE"):
+        assert copy not in code, copy
+
+
+def test_ray_nodes_job_env_gives_the_job_its_port_block_token_and_niceness(tmp_path):
+    from orchestration.ray_nodes import TRAINING_NODE_ENV, port_block
+
     for job_id in ("7", "1234", "98765"):
-        start = int(subprocess.run(["bash", "-c", f"SLURM_JOB_ID={job_id}; PORT_BASE=20000; echo $(({p_line}))"],
-                                   capture_output=True, text=True, check=True).stdout)  # fmt: skip
-        ports = port_block(job_id, 20000)
-        for ours, theirs in names.items():
-            assert start + offsets[ours] == ports[theirs], (job_id, ours)
+        out = subprocess.run(
+            [sys.executable, str(ROOT / "orchestration" / "ray_nodes.py"), "job-env", "--token-dir", str(tmp_path)],
+            env={"PATH": os.environ["PATH"], "SLURM_JOB_ID": job_id, "HEAD_IP": "10.1.2.3", "PORT_BASE": "21000"},
+            capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+        exported = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in out.stdout.splitlines())
+        token = tmp_path / f".ray-token-{job_id}"
+        assert exported == {"RAY_ADDRESS": f"10.1.2.3:{port_block(job_id, 21000)['gcs']}", "RAY_AUTH_MODE": "token",
+                            "RAY_AUTH_TOKEN_PATH": str(token), **TRAINING_NODE_ENV}  # fmt: skip
+        assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
+
+
+def test_head_and_worker_commands_share_the_job_flags():
+    from orchestration.ray_nodes import head_command, port_block, worker_command
+
+    ports = port_block("1234", 20000)
+    head = head_command("10.0.0.1", ports, 8, 4, "/tmp/ray-1234")
+    worker = worker_command("10.0.0.1", "10.0.0.2", ports, 8, 4, "/tmp/ray-1234")
+    assert head[1:3] == ["start", "--head"] and f"--port={ports['gcs']}" in head
+    assert f"--dashboard-port={ports['dashboard']}" in head and "--include-dashboard=true" in head
+    assert f"--address=10.0.0.1:{ports['gcs']}" in worker and "--node-ip-address=10.0.0.2" in worker
+    shared = [a for a in worker if a.startswith("--") and not a.startswith(("--address", "--node-ip"))]
+    assert shared and all(a in head for a in shared) and "--block" in shared
 
 
 # --- MLflow compose, Docker -------------------------------------------------------------------
@@ -364,17 +391,24 @@ def test_the_credential_check_catches_planted_secrets(tmp_path):
 
 def test_every_ray_node_we_start_runs_workers_at_nice_0():
     # Ray's default worker niceness (15) made training steps 3.2x slower on a busy node; every
-    # place that starts Ray nodes for training sets it to 0 (orchestration/launch.py).
-    from orchestration.launch import TRAINING_NODE_ENV, WORKER_NICENESS
+    # place that starts Ray nodes for training takes orchestration/ray_nodes.py's WORKER_NICENESS:
+    # a local Ray (orchestration/cluster.py), both SLURM paths (ray_nodes.node_env), and the
+    # cluster definitions that cannot import it (checked here against it).
+    import inspect
 
-    assert TRAINING_NODE_ENV == {"RAY_worker_niceness": str(WORKER_NICENESS)} and WORKER_NICENESS == 0
-    cluster = yaml.safe_load((INFRA / "ray" / "cluster-aws.yaml").read_text())
+    from orchestration import cluster
+    from orchestration.ray_nodes import TRAINING_NODE_ENV, WORKER_NICENESS, node_env
+
+    assert WORKER_NICENESS == 0 and TRAINING_NODE_ENV == {"RAY_worker_niceness": str(WORKER_NICENESS)}
+    assert TRAINING_NODE_ENV.items() <= node_env("/t").items()
+    assert '"worker_niceness": WORKER_NICENESS' in inspect.getsource(cluster.connect_ray)
+    setting = f"RAY_worker_niceness={WORKER_NICENESS} ray start"
+    cluster_yaml = yaml.safe_load((INFRA / "ray" / "cluster-aws.yaml").read_text())
     for key in ("head_start_ray_commands", "worker_start_ray_commands"):
-        starts = [c for c in cluster[key] if "ray start" in c]
-        assert starts and all("RAY_worker_niceness=0 ray start" in c for c in starts), key
+        starts = [c for c in cluster_yaml[key] if "ray start" in c]
+        assert starts and all(setting in c for c in starts), key
     docs = yaml.safe_load_all((INFRA / "k8s" / "rayjob.yaml").read_text())
     job = next(d for d in docs if d and d.get("kind") == "RayJob")
     for group in job["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
         env = {e["name"]: e["value"] for e in group["template"]["spec"]["containers"][0]["env"]}
-        assert env.get("RAY_worker_niceness") == "0", group["groupName"]
-    assert re.search(r"^export RAY_worker_niceness=0$", (INFRA / "slurm" / "train.sbatch").read_text(), re.M)
+        assert env.get("RAY_worker_niceness") == str(WORKER_NICENESS), group["groupName"]

@@ -1,4 +1,4 @@
-import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +8,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from cgsgan import config
-from orchestration.config import LaunchConfig, register, resolve, run_name, validate_launch
+from cgsgan.config import to_dict
+from orchestration.config import LaunchConfig, core_config, presets, register, resolve, run_name, validate_launch
 
 CONF = str(Path(__file__).resolve().parents[2] / "orchestration" / "conf")
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,20 +21,63 @@ def load(*overrides: str) -> LaunchConfig:
         return OmegaConf.to_object(compose("config", overrides=list(overrides)))
 
 
-def test_default_is_the_tiny_model_and_matches_the_core_preset():
+def test_default_is_exactly_the_core_tiny_preset():
     cfg = load()
-    tiny = config.tiny()
-    assert dataclasses.asdict(cfg.model) == dataclasses.asdict(tiny.model)
-    assert dataclasses.asdict(cfg.loss) == dataclasses.asdict(tiny.loss)
-    assert dataclasses.asdict(cfg.train) == dataclasses.asdict(tiny.train)
-    assert cfg.cluster.kind == "local" and cfg.storage.path == "" and cfg.data.path == ""
+    assert to_dict(core_config(cfg)) == to_dict(config.tiny())  # model, data, loss and train
+    assert cfg.cluster.kind == "local" and cfg.storage.kind == "local" and cfg.storage.path == ""
     validate_launch(cfg)
 
 
+def test_an_edit_of_the_core_preset_is_what_launches(monkeypatch):
+    """The model group is registered from cgsgan.config.tiny(): no YAML copy to keep in step."""
+    def edited():
+        cfg = original()
+        cfg.train.g_lr, cfg.loss.blur_fade_kimg, cfg.data.synthetic_identities = 0.0123, 7.0, 96
+        cfg.model.generator.num_points = 96
+        return cfg
+
+    original = config.tiny
+    monkeypatch.setattr(config, "tiny", edited)
+    try:
+        register()
+        cfg = load()
+        assert to_dict(core_config(cfg)) == to_dict(edited())
+        # the command line (and the data group) still win over the preset
+        cfg = load("train.g_lr=0.5", "data.synthetic_identities=8")
+        assert (cfg.train.g_lr, cfg.data.synthetic_identities, cfg.loss.blur_fade_kimg) == (0.5, 8, 7.0)
+        assert load("data=ffhqc", "data.path=/x").data.source == "folder"
+    finally:
+        monkeypatch.undo()
+        register()
+    assert load().train.g_lr == config.tiny().train.g_lr
+
+
 @pytest.mark.parametrize("res", [256, 512, 1024, 2048])
-def test_reference_model_groups_match_the_core_presets(res):
-    cfg = load(f"model=ffhq{res}")
-    assert dataclasses.asdict(cfg.model) == dataclasses.asdict(config.ffhq(res).model)
+def test_reference_model_groups_are_the_core_presets(res):
+    cfg = load(f"model=ffhq{res}", "data=ffhqc", "data.path=/data/FFHQC")
+    ref = config.ffhq(res)
+    ref.data.path = "/data/FFHQC"
+    assert to_dict(core_config(cfg)) == to_dict(ref)
+
+
+def test_no_model_preset_is_kept_in_yaml():
+    assert not (ROOT / "orchestration" / "conf" / "model").exists()
+    assert set(presets()) == {"tiny", "ffhq256", "ffhq512", "ffhq1024", "ffhq2048"}
+
+
+@pytest.mark.parametrize("override", ["cluster.kind=slurmm", "storage.kind=s4", "model.camera_mode=sideways",
+                                      "loss.background=plaid", "train.render_backend=opengl", "data.source=web"])
+def test_a_mode_typo_fails_when_hydra_builds_the_config(override):
+    with pytest.raises(Exception, match=re.escape(override.split("=")[0].split(".")[-1])):
+        load(override)
+
+
+def test_storage_path_must_agree_with_the_storage_kind():
+    with pytest.raises(config.ConfigError, match=r"storage\.path='s3://b/x'.*storage=s3"):
+        validate_launch(load("storage.path=s3://b/x"))
+    with pytest.raises(config.ConfigError, match=r"storage\.kind=s3 needs s3://bucket"):
+        validate_launch(load("storage=s3", "storage.path=s3:/b/x"))
+    assert validate_launch(load("storage=s3", "storage.path=s3://b/x")).storage.kind == "s3"
 
 
 def test_run_name_is_deterministic_and_ignores_cluster_settings():
@@ -55,8 +99,6 @@ def test_a_longer_budget_continues_the_same_run():
 @pytest.mark.parametrize(
     "overrides,key",
     [
-        (["model.camera_mode=sideways"], "model.camera_mode"),
-        (["loss.background=plaid"], "loss.background"),
         (["cluster.num_workers=3"], "cluster.num_workers"),
         (["train.batch_size=12", "cluster.num_workers=2", "model.discriminator.mbstd_group=4"], "mbstd_group"),
         (["loss.num_views=0"], "loss.num_views"),
@@ -75,12 +117,21 @@ def test_wrong_type_fails_at_composition():
 
 
 def test_launch_rejects_bad_config_before_starting_ray():
+    # A mode that is not one of its values: Hydra rejects it while building the config (its
+    # message names the key, the value and the allowed values; exit 1).
     out = subprocess.run(
         [sys.executable, "orchestration/launch.py", "model.camera_mode=sideways", "output_dir=/tmp/cgsgan-badcfg"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
-    assert out.returncode == 2
-    assert "model.camera_mode='sideways'" in out.stderr
+    assert out.returncode == 1
+    assert "model.camera_mode" in out.stderr and "'sideways'" in out.stderr and "d_projection" in out.stderr
+    assert "Started a local Ray instance" not in out.stdout + out.stderr
+    # A value out of range: the launcher's own check, one line naming key and value (exit 2).
+    out = subprocess.run(
+        [sys.executable, "orchestration/launch.py", "loss.num_views=0", "output_dir=/tmp/cgsgan-badcfg"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 2 and out.stderr.startswith("error: loss.num_views=0")
     assert "Started a local Ray instance" not in out.stdout + out.stderr
 
 

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from orchestration.config import register, resolve_index_list, run_name, validate_launch
-from orchestration.launch import check_data
+from orchestration.cluster import check_data
 
 ROOT = Path(__file__).resolve().parents[2]
 register()

@@ -62,14 +62,14 @@ def test_ray_train_report_dumps_are_kept_off_the_console():
 
 
 def test_launch_reports_a_failed_or_stopped_run_in_one_line(monkeypatch, capsys):
-    """What `launch.train` makes of the ways a fit ends: a data error a worker returned (exit 2), a
+    """What `cluster.train_on_ray` makes of the ways a fit ends: a data error a worker returned (exit 2), a
     data error met mid-run (exit 2), any other failure (exit 1), each one line without a traceback."""
     from types import SimpleNamespace
 
     from ray.train import ControllerError, WorkerGroupError
 
     import orchestration.ray_trainer as ray_trainer
-    from orchestration.launch import train
+    from orchestration.cluster import train_on_ray
 
     outcomes = {
         "returned": SimpleNamespace(return_value={"data_error": "/d/64/00009.png: unreadable image"}, checkpoint=None,
@@ -93,6 +93,6 @@ def test_launch_reports_a_failed_or_stopped_run_in_one_line(monkeypatch, capsys)
     for kind, expected_rc, fragment in (("returned", 2, "/d/64/00009.png"), ("stopped", 2, "/d/64/00003.png"),
                                         ("failed", 1, "rank 0: ZeroDivisionError: division by zero")):
         monkeypatch.setattr(ray_trainer, "build_trainer", lambda c, p, o=outcomes[kind]: Fit(o))
-        assert train(cfg, plan) == expected_rc, kind
+        assert train_on_ray(cfg, plan) == expected_rc, kind
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and fragment in err, (kind, err)

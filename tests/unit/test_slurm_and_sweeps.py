@@ -1,3 +1,4 @@
+import dataclasses
 import pickle
 from pathlib import Path
 
@@ -5,10 +6,13 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+import orchestration.slurm as slurm
 import sweeps.ablate as ablate
 from cgsgan.config import ConfigError
-from orchestration.config import register, run_name, validate_launch
-from orchestration.slurm import SlurmJob, port_block, ray_start_args
+from orchestration import cluster
+from orchestration.config import LaunchConfig, register, run_name, to_typed, validate_launch
+from orchestration.ray_nodes import port_block, ray_start_args
+from orchestration.slurm import SlurmJob
 
 ROOT = Path(__file__).resolve().parents[2]
 register()
@@ -25,13 +29,14 @@ def test_port_blocks_of_two_jobs_never_overlap():
 
 
 def test_slurm_job_requeues_until_its_budget_is_spent():
-    job = SlurmJob({"name": "x"}, requeues_left=2)
+    job = SlurmJob({"name": "x"}, requeues_left=2, entry=cluster.launch)
     first = job.checkpoint()
     assert first is not None and first.function.requeues_left == 1
     second = first.function.checkpoint()
-    assert second.function.requeues_left == 0
+    assert second.function.requeues_left == 0 and second.function.entry is cluster.launch
     assert second.function.checkpoint() is None
-    pickle.loads(pickle.dumps(job))  # submitit pickles the callable: plain values only
+    # submitit pickles the callable: plain values, and the entry and schema by reference
+    assert pickle.loads(pickle.dumps(job)) == job
 
 
 def load_slurm(*overrides):
@@ -86,10 +91,126 @@ def test_report_writes_table_and_plot(tmp_path):
     rows = [
         {"trial": f"v{v}-avg1-{cm}-bgrandom-s{s}", "views": v, "grad_averaging": True, "camera_mode": cm,
          "background": "random", "seed": s, "kimg": 3.0, ablate.METRIC: 10.0 + v + s, "loss/G": 1.0, "loss/D": 1.0,
-         "error": ""}
+         "metrics/fid3d_synth": 20.0 + v + 2 * s, "metrics/fid_synth_ratio": 2.0 + s, "metrics/sensitivity": 0.0,
+         "metrics/psnr_cond": 100.0, "error": ""}
         for v in (1, 4) for cm in ("d_projection", "g_conditioned") for s in (0, 1)
     ]  # fmt: skip
     csv_path, md_path, png_path = ablate.write_report(rows, tmp_path)
     assert csv_path.read_text().count("\n") == 9
-    assert "| v4-avg1-g_conditioned-bgrandom-s1 |" in md_path.read_text()
+    table = md_path.read_text()
+    assert "| v4-avg1-g_conditioned-bgrandom-s1 |" in table
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_compares_configurations_by_mean_and_spread_over_seeds(tmp_path):
+    rows = [
+        {"trial": f"v{v}-avg1-d_projection-bgrandom-s{s}", "views": v, "grad_averaging": True,
+         "camera_mode": "d_projection", "background": "random", "seed": s, ablate.METRIC: 10.0 + v + 2 * s,
+         "metrics/fid3d_synth": 30.0 + s, "metrics/fid_synth_ratio": 2.0 + s, "metrics/sensitivity": 0.0,
+         "metrics/psnr_cond": 100.0, "error": ""}
+        for v in (1, 4) for s in (0, 1, 2)
+    ]  # fmt: skip
+    rows[-1] = {**rows[-1], "error": "RuntimeError: boom", ablate.METRIC: None}  # v4 seed 2 failed
+    summary = {e["config"]: e for e in ablate.summarize(rows)}
+    v1, v4 = summary["v1-avg1-d_projection-bgrandom"], summary["v4-avg1-d_projection-bgrandom"]
+    assert (v1["seeds"], v1["failed"], v4["seeds"], v4["failed"]) == (3, 0, 2, 1)
+    mean, spread, values = v1[ablate.METRIC]
+    assert values == [11.0, 13.0, 15.0] and mean == pytest.approx(13.0) and spread == pytest.approx(2.0)
+    assert v4["metrics/fid_synth_ratio"][:2] == (pytest.approx(2.5), pytest.approx(0.5 ** 0.5))
+    assert v1["metrics/psnr_cond"][:2] == (100.0, 0.0)
+    table = ablate.write_report(rows, tmp_path)[1].read_text()
+    assert "| configuration | seeds | fid_synth | fid3d_synth | fid_synth / floor | sensitivity | psnr_cond (dB) |" in table
+    assert "| v1-avg1-d_projection-bgrandom | 3 | 13 ± 2 | 31 ± 1 | 3 ± 1 | 0 ± 0 | 100 ± 0 |" in table
+    assert "| v4-avg1-d_projection-bgrandom | 2 (1 failed) | 15 ± 1.414 |" in table
+    one = ablate.write_report(rows[:1], tmp_path / "one")[1].read_text()
+    assert "| v1-avg1-d_projection-bgrandom | 1 | 11 | 30 | 2 | 0 | 100 |" in one  # no spread from one seed
+
+
+def test_the_sweep_compares_the_metric_the_trainer_logs():
+    assert ablate.METRIC == "metrics/fid_synth"
+    assert set(ablate.COMPARED) == {"metrics/fid_synth", "metrics/fid3d_synth", "metrics/fid_synth_ratio",
+                                    "metrics/sensitivity", "metrics/psnr_cond"}
+
+
+def test_sweep_axis_typos_fail_when_hydra_builds_the_config():
+    with pytest.raises(Exception, match="camera_mode"):
+        load_sweep("sweep.camera_mode=[d_nonee]")
+    with pytest.raises(Exception, match="background"):
+        load_sweep("sweep.background=[plaid]")
+
+
+class Submitted:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, cfg, job_name, entry, driver_cpus=0, cluster=None):
+        self.calls.append((cfg, job_name, entry, driver_cpus))
+        job = SlurmJob(to_dict_of(cfg), cfg.slurm.max_requeues, entry, type(cfg), driver_cpus)
+        pickle.loads(pickle.dumps(job))  # what submitit would pickle
+        return type("Job", (), {"job_id": "42", "paths": type("P", (), {"stdout": "/x/42.out"})()})()
+
+
+def to_dict_of(cfg):
+    from cgsgan.config import to_dict
+
+    return to_dict(cfg)
+
+
+def test_a_sweep_with_cluster_slurm_runs_as_one_slurm_job(monkeypatch, tmp_path, capsys):
+    """cluster=slurm: the sweep is checked here and submitted as one job that runs run_sweep on the
+    allocation; no Ray and no MLflow run start on the submitting machine."""
+    import ray
+
+    submitted = Submitted()
+    monkeypatch.setattr(slurm, "submit", submitted)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("a local Ray was started"))
+    cfg = load_sweep("cluster=slurm", f"output_dir={tmp_path}", "sweep.name=onjob")
+    assert ablate.run_sweep(cfg) == 0
+    ((sent, job_name, entry, driver_cpus),) = submitted.calls
+    assert entry is ablate.run_sweep and job_name == "sweep-onjob" and driver_cpus == 1
+    assert "as one SLURM job" in capsys.readouterr().out and not (tmp_path / "mlflow.db").exists()
+    # the job rebuilds the sweep's own config class from the plain values it was given
+    rebuilt = to_typed(to_dict_of(sent), ablate.SweepConfig)
+    assert isinstance(rebuilt, ablate.SweepConfig) and rebuilt.sweep.name == "onjob" and rebuilt.cluster.kind == "slurm"
+    # a bad sweep stops before anything is submitted, naming the key
+    assert ablate.run_sweep(load_sweep("cluster=slurm", f"output_dir={tmp_path}", "sweep.only=[nope]")) == 2
+    assert len(submitted.calls) == 1 and "sweep.only" in capsys.readouterr().err
+
+
+def test_a_launch_with_cluster_slurm_submits_the_launch(monkeypatch, tmp_path):
+    import ray
+
+    submitted = Submitted()
+    monkeypatch.setattr(slurm, "submit", submitted)
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("a local Ray was started"))
+    cfg = load_slurm(f"output_dir={tmp_path}")
+    assert cluster.launch(cfg) == 0
+    ((sent, job_name, entry, _),) = submitted.calls
+    assert entry is cluster.launch and job_name == run_name(cfg) and type(sent) is LaunchConfig
+
+
+def test_the_sweep_script_stops_on_a_bad_value_before_anything_starts(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(ROOT / "sweeps" / "ablate.py"), "sweep.only=[nope]", "cluster=slurm",
+                          f"output_dir={tmp_path}"], cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 2 and out.stderr.startswith("error: sweep.only: no such trials ['nope']"), out.stderr
+    assert "Started a local Ray instance" not in out.stdout + out.stderr and "submitted" not in out.stdout
+
+
+def test_every_axis_is_a_sweep_list_that_sets_one_config_key():
+    lists = {f.name for f in dataclasses.fields(ablate.SweepAxes) if f.name not in ("seeds", "only", "name",
+                                                                                     "max_concurrent")}  # fmt: skip
+    assert lists == set(ablate.AXES)
+    cfg = load_sweep()
+    for axis, (key, _) in ablate.AXES.items():
+        assert OmegaConf.select(OmegaConf.structured(cfg), key) is not None, (axis, key)
+    tc = ablate.trial_config(cfg, {"views": 2, "grad_averaging": False, "camera_mode": "d_none",
+                                   "background": "white", "seed": 7})  # fmt: skip
+    assert [OmegaConf.select(OmegaConf.structured(tc), key) for key, _ in ablate.AXES.values()] == [
+        2, False, "d_none", "white"]
+    assert tc.train.seed == 7 and tc.name == "ablation-v2-avg0-d_none-bgwhite-s7"
+    with pytest.raises(ConfigError, match="camera_mode"):  # a value is typed as on the command line
+        ablate.trial_config(cfg, {"views": 2, "grad_averaging": False, "camera_mode": "sideways",
+                                  "background": "white", "seed": 7})  # fmt: skip

@@ -1,0 +1,87 @@
+"""Packaging matches the core boundary: `pip install cgsgan` is the model core (what cgsgan/
+imports), the extras bring orchestration, GPU rendering and dev tools, and scripts/setup.sh (the
+README's commands) installs all of it."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+# import name -> distribution, for what cgsgan/ imports
+DISTRIBUTION = {"torch": "torch", "numpy": "numpy", "PIL": "pillow", "gsplat": "gsplat", "pyarrow": "pyarrow"}
+# imported inside functions only, for one feature each: an extra brings them
+OPTIONAL = {"gsplat": "gpu", "pyarrow": "orchestration"}  # the CUDA renderer; s3:// checkpoints
+
+
+def names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[\[<>=!~ ;@]", r, maxsplit=1)[0].lower() for r in requirements}
+
+
+def third_party_imports(top_level_only: bool) -> set[str]:
+    found = set()
+    for path in (ROOT / "cgsgan").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        nodes = tree.body if top_level_only else ast.walk(tree)
+        for node in nodes:
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+                found.add(node.module.split(".")[0])
+    return {n for n in found if n not in sys.stdlib_module_names and n not in ("cgsgan", "__future__")}
+
+
+def test_the_core_dependencies_are_what_the_core_imports():
+    everything = third_party_imports(top_level_only=False)
+    assert everything <= set(DISTRIBUTION), f"map these imports to a distribution: {everything - set(DISTRIBUTION)}"
+    at_import = third_party_imports(top_level_only=True)
+    assert not at_import & set(OPTIONAL), "an optional dependency is imported when cgsgan is"
+    assert names(PROJECT["dependencies"]) == {DISTRIBUTION[n] for n in everything - set(OPTIONAL)}
+
+
+def test_the_extras_bring_orchestration_gpu_rendering_and_dev_tools():
+    extras = {k: names(v) for k, v in PROJECT["optional-dependencies"].items()}
+    assert {"ray", "mlflow", "boto3", "hydra-core", "submitit"} <= extras["orchestration"]
+    for module, extra in OPTIONAL.items():
+        assert DISTRIBUTION[module] in extras[extra], (module, extra)
+    assert extras["gpu"] == {"gsplat"}
+    assert {"pytest", "moto"} <= extras["dev"]
+    assert PROJECT["optional-dependencies"]["all"] == ["cgsgan[orchestration,gpu,dev]"]
+    for extra in ("orchestration", "gpu", "dev"):  # nothing of the stack crept back into the core
+        assert not extras[extra] & names(PROJECT["dependencies"]), extra
+
+
+def test_setup_installs_torch_first_then_everything():
+    lines = [ln for ln in (ROOT / "scripts" / "setup.sh").read_text().splitlines() if "pip install" in ln]
+    torch_line = next(i for i, ln in enumerate(lines) if '"torch==2.13.0"' in ln)
+    project_line = next(i for i, ln in enumerate(lines) if '-e ".[all]"' in ln)
+    assert torch_line < project_line
+
+
+BLOCKER = """
+import importlib, importlib.abc, pkgutil, sys
+BLOCKED = {"ray", "mlflow", "boto3", "botocore", "hydra", "omegaconf", "submitit", "gsplat", "pyarrow", "matplotlib"}
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not part of the core install")
+sys.meta_path.insert(0, Block())
+import cgsgan
+for m in pkgutil.walk_packages(cgsgan.__path__, "cgsgan."):
+    importlib.import_module(m.name)
+from cgsgan import config
+from cgsgan.models import build_models
+G, D = build_models(config.tiny().model)
+print("core ok", len(list(pkgutil.walk_packages(cgsgan.__path__))))
+"""
+
+
+def test_the_core_imports_and_builds_without_any_extra():
+    out = subprocess.run([sys.executable, "-c", BLOCKER], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("core ok")
