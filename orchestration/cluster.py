@@ -77,12 +77,20 @@ def check_data(cfg: LaunchConfig) -> list[str]:
 
 
 def make_local_data(cfg: LaunchConfig) -> None:
-    """On a local Ray, generate the synthetic heads once here rather than racing in every worker
-    (on a cluster each node makes its own copy in its cache)."""
-    if cfg.cluster.kind == ClusterKind.local and cfg.data.source == DataSource.synthetic:
+    """On a local Ray, generate the synthetic heads and train the synthetic-heads feature extractor
+    once here, with their progress lines on this console, rather than inside a worker at the
+    first snapshot (on a cluster each node makes its own copy in its cache)."""
+    if cfg.cluster.kind != ClusterKind.local:
+        return
+    if cfg.data.source == DataSource.synthetic:
         from cgsgan.data.prepare import prepare_data
 
         prepare_data(core_config(cfg))
+    if cfg.train.feature_extractor == "synthetic":
+        from cgsgan.data.prepare import cache_root
+        from cgsgan.metrics.extractor import ensure_synthetic_extractor
+
+        ensure_synthetic_extractor(cache_root())
 
 
 # --- the cluster ----------------------------------------------------------------------------------
