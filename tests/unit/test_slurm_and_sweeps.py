@@ -60,14 +60,15 @@ def load_sweep(*overrides):
         return OmegaConf.to_object(compose("ablate", overrides=list(overrides)))
 
 
-def test_default_sweep_covers_views_and_camera_injection():
+def test_default_sweep_compares_camera_injection_over_two_seeds():
     cfg = load_sweep()
-    keys = [ablate.trial_key(t) for t in ablate.trials(cfg.sweep)]
-    assert len(keys) == 4
-    assert {t["views"] for t in ablate.trials(cfg.sweep)} == {1, 4}
-    assert {t["camera_mode"] for t in ablate.trials(cfg.sweep)} == {"d_projection", "g_conditioned"}
-    names = {run_name(ablate.trial_config(cfg, t)) for t in ablate.trials(cfg.sweep)}
-    assert len(names) == 4  # every trial its own deterministic run
+    trials = ablate.trials(cfg.sweep)
+    assert len(trials) == 6
+    assert {t["views"] for t in trials} == {4}
+    assert {(t["camera_mode"], t["seed"]) for t in trials} == {
+        (m, s) for m in ("d_projection", "d_none", "g_conditioned") for s in (0, 1)}
+    names = {run_name(ablate.trial_config(cfg, t)) for t in trials}
+    assert len(names) == 6  # every trial its own deterministic run
 
 
 def test_sweep_axes_apply_to_the_trial_config_and_subsets_are_checked():
