@@ -6,7 +6,7 @@ features, see cgsgan/metrics/extractor.py) with the real-vs-held-out floor. Writ
 benchmarks/results/convergence.md (the curve, the config, the machine) and, beside it, the final
 sample grid and turntable in benchmarks/results/convergence/.
 
-    python benchmarks/convergence.py [--minutes 60 --snapshot-kimg 4 --out runs/convergence]
+    python benchmarks/convergence.py [--minutes 60 --snapshot-kimg 4 --threads 0 --out runs/convergence]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main() -> None:
     p.add_argument("--snapshot-kimg", type=float, default=4.0)
     p.add_argument("--out", default=str(ROOT / "runs" / "convergence"))
     p.add_argument("--metric-samples", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: the tiny config's)")
     args = p.parse_args()
 
     cfg = config.tiny()
@@ -43,6 +44,8 @@ def main() -> None:
     cfg.train.snapshot_metrics = ["fid", "fid3d"]
     cfg.train.feature_extractor = "synthetic"
     cfg.train.metric_samples = args.metric_samples
+    if args.threads:
+        cfg.train.num_threads = args.threads  # e.g. 1 when something else shares the cores
 
     out = Path(args.out)
     if out.exists():
@@ -78,7 +81,8 @@ def main() -> None:
         describe(),
         "",
         f"Budget {args.minutes:g} minutes of wall time; reached {trainer.cur_nimg / 1e3:.1f} kimg in {minutes:.1f} minutes "
-        f"({trainer.step} steps of batch {cfg.train.batch_size}, {cfg.loss.num_views} views per head).",
+        f"({trainer.step} steps of batch {cfg.train.batch_size}, {cfg.loss.num_views} views per head, "
+        f"{cfg.train.num_threads} torch thread(s)).",
         f"Metrics from {cfg.train.metric_samples} generated images per snapshot against the reference half of the data; "
         f"the floor is the same distance for {cfg.train.metric_samples} held-out real images "
         f"(other identities): {floor:.1f}.",
