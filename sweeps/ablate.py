@@ -166,6 +166,7 @@ def run_trial(config: dict) -> None:
         print(f"trial {plan.name} already finished: reporting its final metrics", flush=True)
         tune.report(finished)
         return
+    print(f"trial {plan.name}: starting ({', '.join(f'{k}={v}' for k, v in config['axes'].items())})", flush=True)
     tags = {"mlflow.parentRunId": config["parent_run_id"], "sweep": config["sweep"],
             **{f"axis.{k}": str(v) for k, v in config["axes"].items()}}  # fmt: skip
     result = build_trainer(cfg, plan, extra_callbacks=[TuneReportCallback()], tags=tags).fit()
@@ -238,7 +239,9 @@ def run_sweep(cfg: SweepConfig) -> int:
             trainable,
             param_space={"trial": tune.grid_search(space)},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent(cfg)),
-            run_config=tune.RunConfig(name=tune_name, storage_path=tune_storage),
+            # verbose=0: Tune's own tables (a 100-row config dump per trial start, a status table every
+            # 30 s) drown the trials' tick lines; the sweep prints its trials and the comparison itself.
+            run_config=tune.RunConfig(name=tune_name, storage_path=tune_storage, verbose=0),
         )
     results = tuner.fit()
 
