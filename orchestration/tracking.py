@@ -13,6 +13,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 RUN_NAME_TAG = "cgsgan.run_name"
+PROGRESS_METRIC = "progress.kimg"  # logged at every tick: its history says how far a run has logged
 _SECRET = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)
 
 
@@ -67,6 +68,11 @@ class Tracker:
         self.experiment_id = exp_id
         self.run_name = run_name
         self.run_id: str | None = None
+        # The last step an earlier attempt of this run logged. A restart resumes from the last
+        # checkpoint Ray recorded, which may be older than the last tick logged (a kill between a
+        # tick's log and its checkpoint being recorded): the ticks it trains again up to this
+        # step are not logged again, so a metric's steps never go backwards in the run.
+        self.logged_through = -1
 
     def start(self, run_id: str | None = None, params: dict | None = None, tags: dict | None = None) -> str:
         """Continue `run_id`, else the run tagged with this run name, else create one."""
@@ -85,6 +91,8 @@ class Tracker:
                     self.client.log_batch(run_id, params=items[i : i + 100])
         else:
             self.client.update_run(run_id, status="RUNNING")
+            history = self.client.get_metric_history(run_id, PROGRESS_METRIC)
+            self.logged_through = max((m.step for m in history), default=-1)
         self.run_id = run_id
         return run_id
 
@@ -101,6 +109,8 @@ class Tracker:
         return {reported_name(k): v for k, v in found[0].data.metrics.items()}
 
     def log_metrics(self, metrics: dict[str, float], step: int, timestamp_ms: int) -> None:
+        if step <= self.logged_through:
+            return  # logged by the attempt before a restart (see logged_through)
         items = [
             Metric(mlflow_name(k), float(v), timestamp_ms, step)
             for k, v in metrics.items()
