@@ -327,7 +327,7 @@ def test_second_node_killed_mid_run_resumes_on_both_nodes_as_an_uninterrupted_ru
 
         wait_until(checkpointed, 420, f"{KILL_AFTER} in S3")
         # One Ray Train worker per node, each with its own node's data cache (inherited from
-        # its `ray start`), working in its own node's folder.
+        # its `ray start`), working in its own node's temp dir (Ray Train's per-run folder there).
         before = {node.name: train_workers(node) for node in (head, second)}
         assert [len(before["head"]), len(before["second"])] == [1, 1], before
         for node in (head, second):
@@ -355,12 +355,14 @@ def test_second_node_killed_mid_run_resumes_on_both_nodes_as_an_uninterrupted_ru
     assert "done." in output
     assert after, "after the restart the two workers were never seen one per node"
 
-    # Resumed once, from the newest checkpoint Ray had registered, at or after the one seen before the kill.
+    # Resumed once, from the newest checkpoint Ray had registered: the newest in S3 at the kill,
+    # or the one before it when the newest was uploaded but its report not yet taken in by Ray
+    # Train's controller (seen once: checkpoint-32 in S3, resumed from checkpoint-16).
     resumed = re.findall(r"resumed from (\S+) at ([\d.]+) kimg", output)
     assert len(resumed) == 1, output[-6000:]
     resumed_from = resumed[0][0].rstrip("/").rsplit("/", 1)[1]
-    assert resumed_from >= KILL_AFTER and resumed_from in s3_checkpoints(s3_server, "twonodes", run), resumed
-    assert float(resumed[0][1]) == pytest.approx(int(resumed_from.split("-")[1]) / 1000)
+    assert resumed_from in in_s3_at_kill[-2:], (resumed, in_s3_at_kill)
+    assert float(resumed[0][1]) == pytest.approx(int(resumed_from.split("-")[1]) / 1000, abs=0.005)  # printed as %.2f
 
     # Ray's view: the first worker group had one worker on the head and one on the second node;
     # the second node's first incarnation is dead; the new group again has one on each node.
