@@ -35,6 +35,8 @@ WARMUP = 4  # steps before timing (step 0 builds gsplat's kernels if needed and 
 
 
 def config_512(data: Path, autocast_bf16: bool) -> config.CGSGANConfig:
+    """The reference 512 config, one GPU's share: batch 8, 4 views, rendered by gsplat (also what
+    tests/gpu trains)."""
     cfg = config.ffhq(512)
     cfg.data.path, cfg.data.index_list = str(data), ""
     cfg.train.batch_size = 8

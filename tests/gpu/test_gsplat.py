@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cgsgan import config
+from benchmarks.gpu import config_512  # the config the GPU benchmark times
 from tests.gpu.scenes import differences, head_scene, random_scene, render_with_grads, views
 
 REQUIRE_CUDA = os.environ.get("CGSGAN_REQUIRE_CUDA") == "1"
@@ -97,18 +97,6 @@ def heads512(tmp_path_factory) -> Path:
     folder = os.environ.get("CGSGAN_GPU_DATA")
     out = Path(folder) if folder else tmp_path_factory.mktemp("heads512") / "heads"
     return generate_synthetic(out, identities=4, views=2, resolution=512, seed=0)
-
-
-def config_512(data: Path, autocast_bf16: bool) -> config.CGSGANConfig:
-    """The reference 512 config, one GPU's share: batch 8, 4 views, rendered by gsplat."""
-    cfg = config.ffhq(512)
-    cfg.data.path, cfg.data.index_list = str(data), ""
-    cfg.train.batch_size = 8
-    cfg.loss.num_views = 4
-    cfg.train.render_backend = "gsplat"
-    cfg.train.autocast_bf16 = autocast_bf16
-    cfg.train.snapshot_metrics = []
-    return cfg
 
 
 @pytest.mark.parametrize("autocast_bf16", [False, True], ids=["float32", "bf16-autocast"])

@@ -10,23 +10,11 @@ from pathlib import Path
 import pytest
 import ray.train
 
-from cgsgan import config
 from cgsgan.generate import main as generate_main
 from cgsgan.training.checkpoint import checkpoint_candidates, load_checkpoint, open_checkpoint
 from cgsgan.training.trainer import Trainer
 from orchestration.worker import resume
-
-
-def small_config(data_dir) -> config.CGSGANConfig:
-    cfg = config.tiny()
-    cfg.data.source, cfg.data.path = "folder", str(data_dir)
-    cfg.model.generator.num_points = 32
-    cfg.model.generator.num_levels = 2
-    cfg.loss.knn_k = 4
-    cfg.loss.num_views = 2
-    cfg.train.batch_size = 4
-    cfg.train.metric_samples = 16
-    return cfg
+from tests.unit.small import small_config
 
 
 @pytest.fixture(scope="module")

@@ -28,22 +28,15 @@ import cgsgan.training.trainer as trainer_module
 from cgsgan import camera, config
 from cgsgan.losses import view_cameras
 from cgsgan.training.trainer import Trainer, stream_seed
+from tests.unit.small import small_config
 
 GLOBAL_BATCH = 8
 GROUP = 4  # the discriminator's minibatch-std group (DiscriminatorConfig.mbstd_group)
 
 
 def ddp_config(data_dir, threads: int = 1) -> config.CGSGANConfig:
-    cfg = config.tiny()
-    cfg.data.source, cfg.data.path = "folder", str(data_dir)
-    cfg.model.generator.num_points = 32
-    cfg.model.generator.num_levels = 2
-    cfg.loss.knn_k = 4
-    cfg.loss.num_views = 2
-    cfg.loss.r1_interval = 2  # R1 in steps 0, 2, ...
-    cfg.train.batch_size = GLOBAL_BATCH
+    cfg = small_config(data_dir, batch_size=GLOBAL_BATCH)  # R1 in steps 0, 2, ...
     cfg.train.snapshot_metrics = []
-    cfg.train.feature_extractor = "random"
     cfg.train.num_threads = threads  # one per rank: 2 to 4 ranks share the machine's cores (0 in pytest's process)
     assert cfg.model.discriminator.mbstd_group == GROUP
     return cfg

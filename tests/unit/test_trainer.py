@@ -9,21 +9,13 @@ import torch
 from cgsgan import config
 from cgsgan.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from cgsgan.training.trainer import Trainer, TrainingDiverged
+from tests.unit.small import small_config as shared_small_config
 
 
 def small_config(data_dir) -> config.CGSGANConfig:
-    cfg = config.tiny()
-    cfg.data.source, cfg.data.path = "folder", str(data_dir)
-    cfg.model.generator.num_points = 32
-    cfg.model.generator.num_levels = 2
-    cfg.loss.knn_k = 4
-    cfg.loss.num_views = 2
-    cfg.loss.r1_interval = 2  # exercise the lazy R1 branch within a few steps
-    cfg.train.batch_size = 4
+    cfg = shared_small_config(data_dir)
     cfg.train.total_kimg = 1.0
     cfg.train.tick_kimg = 1.0  # no tick inside these short runs
-    cfg.train.metric_samples = 16
-    cfg.train.feature_extractor = "random"  # no extractor training in unit tests
     return cfg
 
 
