@@ -317,7 +317,10 @@ class Trainer:
         steps_done, last = 0, {}
         if self.cur_nimg == 0 and self.rank == 0:
             # The starting point of the curves: samples and metrics of the untrained generator.
-            self._append_metrics({"progress/kimg": 0.0, "progress/tick": 0, "time/unix": time.time(), **self.snapshot()})
+            start = {"progress/kimg": 0.0, "progress/tick": 0, "time/unix": time.time(), **self.snapshot()}
+            if line := _snapshot_line(start):
+                print(line, flush=True)
+            self._append_metrics(start)
         self._tick_start = time.time()  # the first tick times training, not set-up or loading
         self._run_start = (self._tick_start, self.cur_nimg)
         while self.cur_nimg < total_nimg and (max_steps is None or steps_done < max_steps):
@@ -375,6 +378,8 @@ class Trainer:
         snapshot = done or self.tick % t.snapshot_ticks == 0
         if snapshot and self.rank == 0:
             stats.update(self.snapshot(final=done))
+            if line := _snapshot_line(stats):
+                print(line, flush=True)
         if self.rank == 0:
             self._append_metrics(stats)
         if done or self.tick % t.checkpoint_ticks == 0:
@@ -507,6 +512,20 @@ def _tick_line(stats: dict, total_kimg: float) -> str:
     if "loss/R1_penalty" in stats:
         parts.append(f"R1 {stats['loss/R1_penalty']:.4f}")
     parts += [f"mem {stats['memory/peak_gb']:.2f}GB", f"eta {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"]
+    return " | ".join(parts)
+
+
+def _snapshot_line(stats: dict) -> str | None:
+    """The snapshot's metrics on one console line, each distance with its multiple of the floor
+    (the real-vs-held-out distance); None when the snapshot computed no metric."""
+    metrics = {k.split("/", 1)[1]: v for k, v in stats.items() if k.startswith("metrics/")}
+    shown = {k: v for k, v in metrics.items() if not k.endswith(("_floor", "_ratio"))}
+    if not shown:
+        return None
+    parts = [f"snapshot kimg {stats['progress/kimg']:.2f}"]
+    for name, value in shown.items():
+        ratio = metrics.get(f"{name}_ratio")
+        parts.append(f"{name} {value:.4g}" + (f" ({ratio:.2f}x floor)" if ratio is not None else ""))
     return " | ".join(parts)
 
 

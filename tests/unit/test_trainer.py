@@ -217,3 +217,14 @@ def test_batches_from_a_dataset_read_on_demand_match_the_cached_ones(synthetic_d
         assert torch.equal(a, b) and torch.equal(la, lb)
         assert lazy.dataset._pending  # the next batch is already on its way
     assert (lazy.epoch, lazy.epoch_pos) == (cached.epoch, cached.epoch_pos)
+
+
+def test_snapshot_line_shows_each_distance_with_its_multiple_of_the_floor():
+    from cgsgan.training.trainer import _snapshot_line
+
+    stats = {"progress/kimg": 4.0, "loss/G": 0.7, "metrics/fid_synth": 2375.4, "metrics/fid_synth_floor": 396.9,
+             "metrics/fid_synth_ratio": 5.985, "metrics/fid3d_synth": 2400.0, "metrics/fid3d_synth_ratio": 6.047,
+             "metrics/sensitivity": 0.0}  # fmt: skip
+    assert _snapshot_line(stats) == ("snapshot kimg 4.00 | fid_synth 2375 (5.99x floor) | fid3d_synth 2400 (6.05x floor)"
+                                     " | sensitivity 0")  # fmt: skip
+    assert _snapshot_line({"progress/kimg": 1.0, "loss/G": 0.7}) is None  # no metrics: no line
