@@ -128,7 +128,7 @@ def test_a_sweep_with_cluster_slurm_runs_on_the_allocation(slurm, tmp_path):
         [sys.executable, "sweeps/ablate.py", "cluster=slurm", "data.synthetic_identities=32", "data.synthetic_views=2",
          "train.batch_size=8", "train.total_kimg=0.032", "train.tick_kimg=0.016", "train.snapshot_ticks=2",
          "train.checkpoint_ticks=2", "train.metric_samples=16", "slurm.time_min=30", "sweep.views=[2]",
-         "sweep.camera_mode=[d_projection]", "sweep.name=onslurm", f"output_dir={tmp_path / 'out'}",
+         "sweep.camera_mode=[d_projection]", "sweep.seeds=[0]", "sweep.name=onslurm", f"output_dir={tmp_path / 'out'}",
          f"tracking.uri={tracking}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

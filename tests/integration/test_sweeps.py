@@ -23,7 +23,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 SHORT = [
     "data.synthetic_identities=32", "data.synthetic_views=2", "train.batch_size=8", "train.total_kimg=0.048",
     "train.tick_kimg=0.016", "train.snapshot_ticks=3", "train.checkpoint_ticks=3", "train.metric_samples=16",
-    "sweep.views=[1,2]", "sweep.camera_mode=[d_projection]", "sweep.max_concurrent=1",
+    "sweep.views=[1,2]", "sweep.camera_mode=[d_projection]", "sweep.seeds=[0]", "sweep.max_concurrent=1",
 ]  # fmt: skip
 
 
