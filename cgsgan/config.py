@@ -31,9 +31,10 @@ class Background(StrEnum):
 
 
 class RenderBackend(StrEnum):
-    auto = "auto"  # gsplat for CUDA tensors, the project's own rasterizer otherwise
+    auto = "auto"  # gsplat for CUDA tensors; on CPU native where it builds, torch otherwise
     gsplat = "gsplat"
-    torch = "torch"
+    native = "native"  # the project's rasterizer with its compiled CPU compositor (built on first use)
+    torch = "torch"  # the project's rasterizer in plain PyTorch (any device; the reference for native)
 
 
 class DataSource(StrEnum):

@@ -8,4 +8,6 @@ bash scripts/setup.sh
 export PYTHONHASHSEED=0
 # Keep the synthetic-data cache inside the checkout so CI runs start clean.
 export CGSGAN_DATA_CACHE="${CGSGAN_DATA_CACHE:-$PWD/.tmp/data-cache}"
+# ... and the compiled CPU renderer's cache, so each run builds it once (about a second).
+export CGSGAN_KERNEL_CACHE="${CGSGAN_KERNEL_CACHE:-$PWD/.tmp/kernels}"
 exec .venv/bin/python -m pytest -q "$@"

@@ -4,8 +4,11 @@ The backends are `cgsgan.config.RenderBackend` (what train.render_backend takes)
     "gsplat" - gsplat.rasterization on CUDA tensors;
     "torch"  - the project's own differentiable PyTorch rasterizer (per-pixel depth-sorted lists;
                CPU, or any device);
-    "dense"  - the all-pairs oracle the tests compare "torch" against (small scenes only).
-"auto" picks gsplat for CUDA tensors and torch otherwise. Colours are degree-0 SH evaluated as
+    "native" - the same projection and rasterizer compiled from C++ (CPU; built on first use,
+               see render/native.py), several times faster than "torch";
+    "dense"  - the all-pairs oracle the tests compare "torch" and "native" against (small scenes only).
+"auto" picks gsplat for CUDA tensors, otherwise native where a C++ compiler could build it and
+torch where not. Colours are degree-0 SH evaluated as
 the 3DGS rasterizers do (clamped at 0); images come back in [-1, 1].
 """
 
@@ -19,6 +22,7 @@ import torch
 from cgsgan import camera
 from cgsgan.config import RenderBackend
 from cgsgan.gaussians import Gaussians
+from cgsgan.render import native
 from cgsgan.render.dense import rasterize_dense
 from cgsgan.render.projection import project
 from cgsgan.render.rasterize import rasterize
@@ -72,7 +76,14 @@ def resolve_backend(backend: Backend, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown render backend {backend!r}; expected one of {list(BACKENDS)}")
     if backend == RenderBackend.auto:
-        return RenderBackend.gsplat.value if device.type == "cuda" else RenderBackend.torch.value
+        if device.type == "cuda":
+            return RenderBackend.gsplat.value
+        return RenderBackend.native.value if device.type == "cpu" and native.available()[0] else RenderBackend.torch.value
+    if backend == RenderBackend.native:
+        ok, why = native.available()
+        if not ok or device.type != "cpu":
+            reason = why or f"the Gaussians are on {device}, the native rasterizer needs CPU tensors"
+            raise RuntimeError(f"render backend 'native' cannot run: {reason}. Use backend='torch'.")
     if backend == RenderBackend.gsplat:
         ok, why = gsplat_available()
         if not ok or device.type != "cuda":
@@ -130,9 +141,12 @@ def render(
 
 def _render_torch(g: Gaussians, viewmats, Ks, width, height, bg, which: str):
     B, V = viewmats.shape[:2]
-    proj = project(g.means, g.log_scales, g.quats, g.opacities, g.rgb, viewmats, Ks, width, height)
-    rasterize_fn = rasterize_dense if which == DENSE else rasterize
-    colors, alphas, depths = rasterize_fn(proj, bg.reshape(B * V, 3), width, height)
+    project_fn = native.project_native if which == "native" else project
+    proj = project_fn(g.means, g.log_scales, g.quats, g.opacities, g.rgb, viewmats, Ks, width, height)
+    if which == DENSE:
+        colors, alphas, depths = rasterize_dense(proj, bg.reshape(B * V, 3), width, height)
+    else:
+        colors, alphas, depths = rasterize(proj, bg.reshape(B * V, 3), width, height, native=which == "native")
     return (
         colors.reshape(B, V, height, width, 3),
         alphas.reshape(B, V, height, width),

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cgsgan.render.native import NativeComposite
 from cgsgan.render.projection import ALPHA_THRESHOLD, MAX_ALPHA, TRANSMITTANCE_EPS, Projected
 
 _LOG_EPS = math.log(TRANSMITTANCE_EPS)
@@ -180,15 +181,16 @@ class _Composite(torch.autograd.Function):
 
 
 def rasterize(
-    p: Projected, backgrounds: torch.Tensor, width: int, height: int
+    p: Projected, backgrounds: torch.Tensor, width: int, height: int, native: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Composite projected Gaussians of C cameras.
 
     backgrounds [C, D] -> colors [C, H, W, D], alphas [C, H, W], expected depth [C, H, W]
+    native: composite with the compiled kernel (cgsgan/render/native.py) instead of _Composite;
+    the same pairs, order and stop, so the same images and gradients up to rounding.
     """
     C, N, D = p.colors.shape
-    table = torch.cat([p.means2d, p.conics, p.opacities[..., None], p.colors, p.depths[..., None]], dim=-1)
-    table = table.reshape(C * N, -1)
+    table = torch.cat([p.means2d, p.conics, p.opacities[..., None], p.colors, p.depths[..., None]], dim=-1)  # [C, N, K]
     # Cameras in passes of bounded memory (the candidate count is known from the boxes).
     boxes = ((2 * p.radii[..., 0] + 1) * (2 * p.radii[..., 1] + 1) * (p.radii > 0).any(-1)).sum(1)  # [C]
     passes, current, size = [], [], 0
@@ -199,14 +201,19 @@ def rasterize(
         current.append(cam)
         size += n
     passes.append(current)
-    acc_parts, log_t_parts = [], []
+    acc_parts, t_parts = [], []
     for cams in passes:
-        pairs = candidate_pairs(p, range(cams[0], cams[-1] + 1), width, height)
-        acc, log_t = _Composite.apply(table, pairs, len(cams) * width * height)
-        acc_parts.append(acc)
-        log_t_parts.append(log_t)
+        if native:
+            cs = slice(cams[0], cams[-1] + 1)
+            acc, final_t = NativeComposite.apply(table[cs], p.depths[cs], p.radii[cs], width, height)
+        else:
+            pairs = candidate_pairs(p, range(cams[0], cams[-1] + 1), width, height)
+            acc, log_t = _Composite.apply(table.reshape(C * N, -1), pairs, len(cams) * width * height)
+            final_t = log_t.exp()
+        acc_parts.append(acc.reshape(-1, D + 1))
+        t_parts.append(final_t.reshape(-1))
     acc = torch.cat(acc_parts).reshape(C, height, width, D + 1)
-    final_t = torch.cat(log_t_parts).exp().reshape(C, height, width)
+    final_t = torch.cat(t_parts).reshape(C, height, width)
     colors = acc[..., :D] + final_t[..., None] * backgrounds[:, None, None, :]
     alphas = 1.0 - final_t
     depths = acc[..., D] / alphas.clamp(min=1e-10)
