@@ -13,7 +13,6 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 RUN_NAME_TAG = "cgsgan.run_name"
-PROGRESS_METRIC = "progress.kimg"  # logged at every tick: its history says how far a run has logged
 _SECRET = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)
 
 
@@ -48,6 +47,9 @@ def scrub(params: dict[str, object]) -> dict[str, object]:
 def mlflow_name(metric: str) -> str:
     """Reported metric names use "/" (e.g. loss/G); MLflow shows them with "." (no "." is reported)."""
     return metric.replace("/", ".")
+
+
+PROGRESS_METRIC = mlflow_name("progress/kimg")  # logged at every tick: its history says how far a run has logged
 
 
 def reported_name(mlflow_metric: str) -> str:

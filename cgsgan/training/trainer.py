@@ -318,8 +318,6 @@ class Trainer:
         if self.cur_nimg == 0 and self.rank == 0:
             # The starting point of the curves: samples and metrics of the untrained generator.
             start = {"progress/kimg": 0.0, "progress/tick": 0, "time/unix": time.time(), **self.snapshot()}
-            if line := _snapshot_line(start):
-                print(line, flush=True)
             self._append_metrics(start)
         self._tick_start = time.time()  # the first tick times training, not set-up or loading
         self._run_start = (self._tick_start, self.cur_nimg)
@@ -378,8 +376,6 @@ class Trainer:
         snapshot = done or self.tick % t.snapshot_ticks == 0
         if snapshot and self.rank == 0:
             stats.update(self.snapshot(final=done))
-            if line := _snapshot_line(stats):
-                print(line, flush=True)
         if self.rank == 0:
             self._append_metrics(stats)
         if done or self.tick % t.checkpoint_ticks == 0:
@@ -422,7 +418,10 @@ class Trainer:
             out["artifacts/ply"] = str(ply)
         if self.callbacks.on_snapshot:
             self.callbacks.on_snapshot(dict(out))
-        return {k: v for k, v in out.items() if k.startswith("metrics/")}
+        metrics = {k: v for k, v in out.items() if k.startswith("metrics/")}
+        if line := _snapshot_line({"progress/kimg": kimg, **metrics}):
+            print(line, flush=True)
+        return metrics
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_path(self) -> Path:
