@@ -85,3 +85,21 @@ def test_the_core_imports_and_builds_without_any_extra():
     out = subprocess.run([sys.executable, "-c", BLOCKER], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.startswith("core ok")
+
+
+def test_the_wheel_carries_the_native_renderer_source(tmp_path):
+    # An installed (non-editable) cgsgan compiles render/native.cpp on first use: it must ship.
+    import shutil
+    import zipfile
+
+    src = tmp_path / "src"  # a copy of what the wheel is built from, so the build leaves nothing in the checkout
+    for name in ("cgsgan", "orchestration", "sweeps"):
+        shutil.copytree(ROOT / name, src / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+                          "-w", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    (wheel,) = tmp_path.glob("cgsgan-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "cgsgan/render/native.cpp" in names and "cgsgan/render/native.py" in names
