@@ -133,13 +133,22 @@ def fir(x: torch.Tensor, f: torch.Tensor, pad: int, down: int = 1) -> torch.Tens
     """upfirdn2d(x, f, padding=pad, down=down): zero padding, filtering, keeping every `down`-th
     pixel; one depthwise convolution. x [N, C, H, W], f [k, k] (symmetric, so no flip is needed)."""
     C = x.shape[1]
-    w = f.to(x.dtype)[None, None].expand(C, 1, *f.shape)
-    x = F.pad(x, [pad] * 4)
     if down > 1 and x.dtype == torch.bfloat16:
-        # oneDNN's strided depthwise bf16 backward is ~6x slower than filtering every pixel and
-        # keeping every down-th (measured on this project's CPUs); the result is the same.
-        return F.conv2d(x, w, groups=C)[:, :, ::down, ::down]
-    return F.conv2d(x, w, stride=down, groups=C)
+        return _fir_down2_bf16(x, f, pad)
+    w = f.to(x.dtype)[None, None].expand(C, 1, *f.shape)
+    return F.conv2d(x, w, stride=down, padding=pad, groups=C)
+
+
+def _fir_down2_bf16(x: torch.Tensor, f: torch.Tensor, pad: int) -> torch.Tensor:
+    """The [1,3,3,1] filter at stride 2, for bf16 on CPU: [1,3,3,1] = [1,2,1] * [1,1], so it is the
+    [1,2,1] filter at stride 1 followed by 2x2 average pooling at stride 2 (the same output size
+    and values). oneDNN's strided depthwise bf16 backward is ~6x slower than either, and filtering
+    every pixel then slicing leaves gradients out of channels-last layout (a copy per layer)."""
+    if f.shape != (4, 4):
+        raise ValueError(f"bf16 down-sampling is written for the 4-tap [1,3,3,1] filter, got a {tuple(f.shape)} filter")
+    C = x.shape[1]
+    w = fir_filter((1.0, 2.0, 1.0)).to(x.dtype)[None, None].expand(C, 1, 3, 3)
+    return F.avg_pool2d(F.conv2d(x, w, padding=pad, groups=C), 2)
 
 
 class Conv2dLayer(nn.Module):
