@@ -123,11 +123,13 @@ class Trainer:
         G, D = build_models(m)
         self.G, self.D = G.to(self.device), D.to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=t.g_lr, betas=(t.beta1, t.beta2), eps=1e-8)
+        # fused: one kernel for all parameters (on CPU torch otherwise loops over them in Python).
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=t.g_lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=True)
         # Lazy R1 (StyleGAN2): D's optimiser is rescaled so the extra steps do not change its
         # effective learning rate and momentum.
         c = lc.r1_interval / (lc.r1_interval + 1)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=t.d_lr * c, betas=(t.beta1**c, t.beta2**c), eps=1e-8)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=t.d_lr * c, betas=(t.beta1**c, t.beta2**c), eps=1e-8,
+                                      fused=True)
 
         # This rank's random stream, reseeded from (seed, rank, step) at each step's first draw (`rng`).
         self._rng = torch.Generator()
@@ -272,7 +274,7 @@ class Trainer:
     def _clip(self, model: torch.nn.Module, max_norm: float) -> None:
         """Clip this rank's accumulated gradient norm (the reference clips per GPU, before the all-reduce)."""
         if max_norm > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm, foreach=True)
 
     def _reduce_and_step(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
         """Average gradients over ranks (one flat all-reduce), zero NaN/Inf as the reference does, step."""
@@ -303,10 +305,9 @@ class Trainer:
         if t.ema_rampup > 0:
             ema_nimg = min(ema_nimg, self.cur_nimg * t.ema_rampup)
         beta = 0.5 ** (t.batch_size / max(ema_nimg, 1e-8))
-        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
-            p_ema.copy_(p.detach().lerp(p_ema, beta))
-        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
-            b_ema.copy_(b)
+        # p_ema <- p + beta (p_ema - p), for all parameters in one call
+        torch._foreach_lerp_(list(self.G_ema.parameters()), [p.detach() for p in self.G.parameters()], 1.0 - beta)
+        torch._foreach_copy_(list(self.G_ema.buffers()), list(self.G.buffers()))
 
     # ---------------------------------------------------------------- loop
     def run(self, max_steps: int | None = None) -> dict:
