@@ -129,7 +129,12 @@ def test_group_size_must_divide_the_per_worker_batch():
     losses.check_group_size(2, 4)  # group shrinks to the batch
 
 
-def test_blur_is_the_reference_kernel_with_zero_padding():
+@pytest.mark.parametrize("device_path", ["banded (CPU)", "depthwise (GPU)"])
+def test_blur_is_the_reference_kernel_with_zero_padding(device_path, monkeypatch):
+    from cgsgan import image_ops
+
+    if device_path.startswith("depthwise"):  # the GPU route, run here on CPU tensors
+        monkeypatch.setattr(image_ops, "_blur_banded", image_ops._blur_depthwise)
     sigma = 1.5
     radius = math.floor(3 * sigma)
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
@@ -148,6 +153,9 @@ def test_blur_is_the_reference_kernel_with_zero_padding():
     ones = torch.ones(1, 3, 16, 16, dtype=torch.float64)
     assert blur(ones, sigma)[0, 0, 0, 0] < 0.8 and blur(ones, sigma)[0, 0, 8, 8] == pytest.approx(1.0)
     torch.testing.assert_close(blur(ones, 0.3), ones)
+    # Not square, several channels, and the same in both routes.
+    img = torch.randn(2, 3, 12, 17, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(image_ops._blur_banded(img, k), image_ops._blur_depthwise(img, k))
 
 
 def test_blur_fades_over_blur_fade_kimg_scaled_by_batch_over_32():
