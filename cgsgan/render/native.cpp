@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <exception>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -79,14 +80,22 @@ int forward_camera(int64_t c, const T* table, const T* depths, const int32_t* ra
   const T* dep = depths + c * N;
   const int32_t* rad = radii + c * N * 2;
 
-  std::vector<int32_t> order;
+  // Visible Gaussians front to back, ties in index order: one sort of (depth, index) pairs, which
+  // compares values in place rather than through the index.
+  std::vector<std::pair<T, int32_t>> keys;
   for (int32_t n = 0; n < N; ++n)
-    if (rad[2 * n] > 0 || rad[2 * n + 1] > 0) order.push_back(n);
-  std::stable_sort(order.begin(), order.end(), [dep](int32_t i, int32_t j) { return dep[i] < dep[j]; });
+    if (rad[2 * n] > 0 || rad[2 * n + 1] > 0) keys.emplace_back(dep[n], n);
+  std::sort(keys.begin(), keys.end());
+  std::vector<int32_t> order(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) order[i] = keys[i].second;
 
   std::vector<Pair<T>> pairs;
+  pairs.reserve(static_cast<size_t>(base[c + 1] - base[c]) / 2);
   std::vector<int32_t> count(P, 0);
-  for (int32_t g : order) {
+  for (size_t i = 0; i < order.size(); ++i) {
+    // Depth order is random in memory: fetch a later row while this one is worked on.
+    if (i + 8 < order.size()) __builtin_prefetch(tab + order[i + 8] * K);
+    const int32_t g = order[i];
     const T* row = tab + g * K;
     const T mx = row[0], my = row[1], a = row[2], b = row[3], cc = row[4], o = row[5];
     const T level = std::max(std::log(T(255) * o), T(0)) * T(1 + 1e-5) + T(1e-5);
