@@ -57,9 +57,15 @@ class EqualLinear(nn.Module):
         self.bias_gain = lr_mult * act_gain
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b = self.bias * self.bias_gain if self.bias is not None else None
-        x = F.linear(x, self.weight * self.weight_gain, b)
-        return F.leaky_relu(x, LRELU_SLOPE) if self.activation == "lrelu" else x
+        # bias_gain * b + weight_gain * x W^T in one addmm (its alpha and beta): the gains scale the
+        # product instead of copies of the parameters, two fewer operations forward and backward.
+        flat = x.reshape(-1, self.in_features)
+        if self.bias is not None:
+            y = torch.addmm(self.bias, flat, self.weight.t(), beta=self.bias_gain, alpha=self.weight_gain)
+        else:
+            y = torch.mm(flat, self.weight.t()).mul_(self.weight_gain)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return F.leaky_relu(y, LRELU_SLOPE) if self.activation == "lrelu" else y
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
