@@ -65,7 +65,7 @@ class EqualLinear(nn.Module):
         else:
             y = torch.mm(flat, self.weight.t()).mul_(self.weight_gain)
         y = y.reshape(*x.shape[:-1], self.out_features)
-        return F.leaky_relu(y, LRELU_SLOPE) if self.activation == "lrelu" else y
+        return F.leaky_relu(y, LRELU_SLOPE, inplace=True) if self.activation == "lrelu" else y  # y is ours
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, activation={self.activation}"
@@ -207,7 +207,7 @@ class Conv2dLayer(nn.Module):
         else:
             x = F.conv2d(fir(x, self.resample_filter, pad=1 + self.padding), w, b, stride=2)
         if self.activation == "lrelu":
-            x = F.leaky_relu(x, LRELU_SLOPE)
+            x = F.leaky_relu(x, LRELU_SLOPE, inplace=True)  # the convolution does not keep its output
         return x.clamp(-self.clamp, self.clamp) if self.clamp is not None and x.dtype == torch.float16 else x
 
     def extra_repr(self) -> str:

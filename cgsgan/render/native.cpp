@@ -186,6 +186,7 @@ int backward_camera(int64_t c, const T* table, int64_t N, int64_t K, int64_t W, 
     const double px = static_cast<double>(p % W) + 0.5, py = static_cast<double>(p / W) + 0.5;
     double later = 0.0;
     for (int32_t q = n - 1; q >= 0; --q) {
+      if (q >= 4) __builtin_prefetch(g_tab + list_gauss[s + q - 4] * K, 1);  // rows are random in memory
       const int32_t g = list_gauss[s + q];
       const double alpha = list_alpha[s + q];
       const double w = trans[q] * alpha;
