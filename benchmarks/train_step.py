@@ -2,9 +2,10 @@
 speed work (commit d2c84f5), measured in one run, interleaved: two worker processes (the old code
 from a `git worktree`, the current code) build the same tiny model (64x64, 128 points, 3 levels,
 batch 8, 4 views) on the same synthetic heads and take turns, a few steps each, so that a change
-in the machine's load hits both alike. Also times N = 1, 2, 4 views of the current code.
+in the machine's load hits both alike. Also times N = 1, 2, 4 views of the current code, and
+splits the current step's time by kind of operation (PyTorch profiler).
 
-    python benchmarks/train_step.py [--rounds 6 --steps 4 --threads 2]
+    python benchmarks/train_step.py [--rounds 12 --steps 3 --threads 2]
 
 Writes benchmarks/results/train_step.md with the machine described.
 """
@@ -54,6 +55,42 @@ WORKER = textwrap.dedent(
 )
 
 
+# Where the current step's time goes: torch.profiler over a few steps, self time per operator,
+# summed into kinds (what each kind is in this model is said in the table).
+PROFILE = textwrap.dedent(
+    """
+    import json, sys, torch
+    from torch.profiler import profile, ProfilerActivity
+    torch.set_num_threads(int(sys.argv[3]))
+    from cgsgan import config
+    from cgsgan.training.trainer import Trainer
+    cfg = config.tiny()
+    cfg.data.source, cfg.data.path = "folder", sys.argv[1]
+    cfg.train.snapshot_metrics = []
+    t = Trainer(cfg, sys.argv[2])
+    for _ in range(20):
+        t.train_step()
+    steps = 16  # one lazy R1 step among them, as in training
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            t.train_step()
+    kinds = {}
+    for e in prof.key_averages():
+        n = e.key
+        if "convolution" in n or n.startswith("aten::leaky_relu") or n.startswith("aten::constant_pad"):
+            kind = "convolutions, leaky ReLU, padding (the discriminator)"
+        elif n.startswith("Native"):
+            kind = "compiled renderer (projection and compositing, forward and backward)"
+        elif n in ("aten::mm", "aten::addmm", "aten::bmm") or "scaled_dot_product" in n:
+            kind = "matrix products and attention (generator, mappings)"
+        else:
+            kind = "everything else (elementwise, copies, optimiser, autograd and Python overhead)"
+        kinds[kind] = kinds.get(kind, 0.0) + e.self_cpu_time_total / 1e6 / steps
+    print(json.dumps(kinds))
+    """
+)
+
+
 class Worker:
     def __init__(self, code: Path, data: Path, run_dir: Path, threads: int, views: int, warmup: int) -> None:
         env = {"PYTHONPATH": str(code), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(threads)}
@@ -81,8 +118,8 @@ def median(xs: list[float]) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--rounds", type=int, default=6)
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--steps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=20)
     args = p.parse_args()
@@ -109,6 +146,10 @@ def main() -> None:
                 w = Worker(ROOT, data, tmp / f"run-v{v}", args.threads, v, args.warmup)
                 views[v] = median(w.run(args.steps * 2))
                 w.close()
+            env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(args.threads)}
+            split = json.loads(subprocess.run([sys.executable, "-c", PROFILE, str(data), str(tmp / "run-prof"),
+                                               str(args.threads)], cwd=ROOT, env=env, capture_output=True, text=True,
+                                              check=True).stdout.strip().splitlines()[-1])
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
     before, now = median(times["before"]), median(times["now"])
@@ -140,6 +181,12 @@ def main() -> None:
         "|---|---|---|",
     ]
     lines += [f"| {v} | {s:.3f} | {s / views[1]:.2f} |" for v, s in views.items()]
+    total = sum(split.values())
+    lines += ["", "## Where the current step's time goes", "",
+              f"torch.profiler over 16 steps (one lazy R1 step among them), self time of each operator per step, "
+              f"summed by kind; {total:.3f} s per step under the profiler.", "",
+              "| kind | s / step | share |", "|---|---|---|"]
+    lines += [f"| {k} | {v:.3f} | {v / total:.0%} |" for k, v in sorted(split.items(), key=lambda kv: -kv[1])]
     out = ROOT / "benchmarks" / "results" / "train_step.md"
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
