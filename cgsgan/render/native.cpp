@@ -1,6 +1,7 @@
 // The compiled CPU renderer: the same projection as cgsgan/render/projection.py and the same
-// rasterization as cgsgan/render/rasterize.py, written as loops (one Gaussian and camera, one
-// pixel's depth-ordered list at a time) instead of a few hundred whole-array PyTorch operations.
+// rasterization as cgsgan/render/rasterize.py, written as loops (one Gaussian and camera at a
+// time; forward Gaussian by Gaussian front to back, backward pixel by pixel back to front) instead
+// of a few hundred whole-array PyTorch operations.
 //
 // Built on first use by cgsgan/render/native.py (g++ -O3, no torch headers, about a second) and
 // called through ctypes with raw pointers to contiguous CPU tensors; the autograd Function there
@@ -68,9 +69,12 @@ struct Pair {
   T alpha;
 };
 
-// Forward of one camera: visible Gaussians front to back, their (pixel, alpha) pairs on each
-// pixel row's span of the ellipse sigma <= ln(255 o) (a hair wider; the alpha test decides),
-// a counting sort into per-pixel lists (depth order kept), then front-to-back compositing.
+// Forward of one camera. The visible Gaussians are taken front to back, and each is composited
+// at once into the pixels of its footprint: on each pixel row, the span of the ellipse
+// sigma <= ln(255 o) (a hair wider; the alpha test decides). Every pixel so sees its Gaussians in
+// depth order, and once it has stopped (transmittance would fall to 1e-4) later ones skip it
+// without evaluating them. The pairs it composited are then sorted by pixel (counting sort,
+// depth order kept) into the lists the backward pass walks.
 template <typename T>
 int forward_camera(int64_t c, const T* table, const T* depths, const int32_t* radii, int64_t N, int64_t K,
                    int64_t W, int64_t H, const int64_t* base, int32_t* list_gauss, T* list_alpha, int64_t* pix_start,
@@ -89,9 +93,12 @@ int forward_camera(int64_t c, const T* table, const T* depths, const int32_t* ra
   std::vector<int32_t> order(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) order[i] = keys[i].second;
 
-  std::vector<Pair<T>> pairs;
-  pairs.reserve(static_cast<size_t>(base[c + 1] - base[c]) / 2);
+  // Per pixel: transmittance (in double, as rasterize.py sums log-transmittance in float64), the
+  // weighted feature sums, whether it has stopped, and how many pairs it composited.
+  std::vector<double> trans(P, 1.0), sum(P * F, 0.0);
+  std::vector<uint8_t> stopped(P, 0);
   std::vector<int32_t> count(P, 0);
+  std::vector<Pair<T>> pairs;  // the composited pairs, in depth order
   for (size_t i = 0; i < order.size(); ++i) {
     // Depth order is random in memory: fetch a later row while this one is worked on.
     if (i + 8 < order.size()) __builtin_prefetch(tab + order[i + 8] * K);
@@ -110,20 +117,29 @@ int forward_camera(int64_t c, const T* table, const T* depths, const int32_t* ra
       const int64_t x0 = std::max<int64_t>(static_cast<int64_t>(std::ceil(centre - half - T(0.5))), 0);
       const int64_t x1 = std::min<int64_t>(static_cast<int64_t>(std::floor(centre + half - T(0.5))), W - 1);
       for (int64_t x = x0; x <= x1; ++x) {
+        const int64_t pixel = y * W + x;
+        if (stopped[pixel]) continue;
         const T dx = mx - (static_cast<T>(x) + T(0.5));
         const T sigma = T(0.5) * (a * dx * dx + cc * dy * dy) + b * dx * dy;
         if (sigma < 0) continue;
         const T alpha = std::min(o * std::exp(-sigma), static_cast<T>(kMaxAlpha));
         if (alpha < static_cast<T>(kAlphaThreshold)) continue;
-        const int32_t pixel = static_cast<int32_t>(y * W + x);
-        pairs.push_back({pixel, g, alpha});
+        const double next = trans[pixel] * (1.0 - static_cast<double>(alpha));
+        if (next <= kTransmittanceEps) {  // this Gaussian and every later one are left out
+          stopped[pixel] = 1;
+          continue;
+        }
+        const double w = trans[pixel] * static_cast<double>(alpha);
+        for (int64_t k = 0; k < F; ++k) sum[pixel * F + k] += w * row[6 + k];
+        trans[pixel] = next;
         ++count[pixel];
+        pairs.push_back({static_cast<int32_t>(pixel), g, alpha});
       }
     }
   }
   if (static_cast<int64_t>(pairs.size()) > base[c + 1] - base[c]) return kOverflow;
 
-  // Per-pixel lists, in the order the pairs were made (front to back).
+  // Per-pixel lists for the backward pass, in the order the pairs were composited (front to back).
   int64_t* start = pix_start + c * P;
   int64_t offset = base[c];
   for (int64_t p = 0; p < P; ++p) {
@@ -136,25 +152,10 @@ int forward_camera(int64_t c, const T* table, const T* depths, const int32_t* ra
     list_gauss[i] = q.gauss;
     list_alpha[i] = q.alpha;
   }
-
-  std::vector<double> sum(F);
   for (int64_t p = 0; p < P; ++p) {
-    double trans = 1.0;  // in double, as rasterize.py sums log-transmittance in float64
-    std::fill(sum.begin(), sum.end(), 0.0);
-    int32_t included = 0;
-    for (int64_t i = start[p], end = start[p] + count[p]; i < end; ++i) {
-      const double alpha = list_alpha[i];
-      const double next = trans * (1.0 - alpha);
-      if (next <= kTransmittanceEps) break;
-      const double w = trans * alpha;
-      const T* f = tab + list_gauss[i] * K + 6;
-      for (int64_t k = 0; k < F; ++k) sum[k] += w * f[k];
-      trans = next;
-      ++included;
-    }
-    pix_incl[c * P + p] = included;
-    final_t[c * P + p] = static_cast<T>(trans);
-    for (int64_t k = 0; k < F; ++k) acc[(c * P + p) * F + k] = static_cast<T>(sum[k]);
+    pix_incl[c * P + p] = count[p];
+    final_t[c * P + p] = static_cast<T>(trans[p]);
+    for (int64_t k = 0; k < F; ++k) acc[(c * P + p) * F + k] = static_cast<T>(sum[p * F + k]);
   }
   return kOk;
 }

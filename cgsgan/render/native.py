@@ -197,8 +197,9 @@ class NativeComposite(torch.autograd.Function):
     """table [C, N, 6 + F] (means2d, conics, opacity, features), depths [C, N], radii [C, N, 2]
     -> acc [C, H, W, F] (sum of T alpha f), final transmittance [C, H, W].
 
-    Only the table is differentiated; depths order the lists and radii bound the spans. The
-    per-pixel lists are kept for the backward pass (int32 Gaussian index and alpha per pair).
+    Only the table is differentiated; depths give the order and radii bound the footprints. The
+    pairs each pixel composited (int32 Gaussian index and alpha, per pixel front to back) are kept
+    for the backward pass.
     """
 
     @staticmethod
