@@ -5,9 +5,13 @@ import torch
 
 from cgsgan import camera
 from cgsgan.gaussians import Gaussians, rgb_to_sh0
-from cgsgan.render import render
+from cgsgan.render import native, render
 
 F64 = torch.float64
+# The PyTorch rasterizer and the compiled one answer to the same oracle tests (test_render_native
+# has the compiled one's own tests, and fails where it cannot build with CGSGAN_REQUIRE_NATIVE=1).
+BOTH = ["torch", pytest.param("native", marks=pytest.mark.skipif(not native.available()[0],
+                                                                  reason=native.available()[1]))]
 
 
 def scene(b, n, scale=0.05, seed=0, spread=0.6, dtype=F64) -> Gaussians:
@@ -31,12 +35,13 @@ def one_gaussian(pos, scale, opacity=0.9, rgb=(1.0, 1.0, 1.0)) -> Gaussians:
     )
 
 
+@pytest.mark.parametrize("backend", BOTH)
 @pytest.mark.parametrize("seed,n,scale,size", [(0, 300, 0.03, (40, 40)), (1, 800, 0.02, (37, 29)), (2, 60, 0.05, (64, 48))])
-def test_cpu_rasterizer_matches_dense_oracle_multiview(seed, n, scale, size):
+def test_cpu_rasterizer_matches_dense_oracle_multiview(seed, n, scale, size, backend):
     g = scene(2, n, scale=scale, seed=seed)
     labels = camera.sample_gaussian_poses(6, generator=torch.Generator().manual_seed(seed), dtype=F64).reshape(2, 3, 25)
     bg = torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(seed), dtype=F64)
-    a = render(g, labels, size, bg, backend="torch")
+    a = render(g, labels, size, bg, backend=backend)
     b = render(g, labels, size, bg, backend="dense")
     assert a.image.shape == (2, 3, 3, size[1], size[0])
     assert b.alpha.max() > 0.99 and b.alpha.std() > 0.05  # saturated pixels and structure
@@ -65,7 +70,8 @@ def test_multiview_equals_views_rendered_one_at_a_time():
         torch.testing.assert_close(multi[:, v], single)
 
 
-def test_gradients_match_finite_differences():
+@pytest.mark.parametrize("backend", BOTH)
+def test_gradients_match_finite_differences(backend):
     g = scene(1, 12, scale=0.08, seed=5, spread=0.3)
     params = g.tensors()
     for t in params.values():
@@ -75,8 +81,8 @@ def test_gradients_match_finite_differences():
     bg = torch.tensor([0.2, 0.5, 0.8], dtype=F64)
 
     def loss(means, log_scales, quats, opacity_logits, sh0):
-        out = render(Gaussians(means, log_scales, quats, opacity_logits, sh0), label, 24, bg, backend="torch")
-        return (out.image * weights).sum() + out.alpha.sum() * 0.1
+        out = render(Gaussians(means, log_scales, quats, opacity_logits, sh0), label, 24, bg, backend=backend)
+        return (out.image * weights).sum() + out.alpha.sum() * 0.1 + out.depth.sum() * 0.01
 
     names = list(params)
     torch.autograd.gradcheck(loss, tuple(params[k] for k in names), eps=1e-6, atol=1e-5, rtol=1e-4)
@@ -145,7 +151,8 @@ def test_unknown_backend_and_batch_mismatch():
         render(g, camera.frontal_label(2, dtype=F64), 16)
 
 
-def test_cpu_rasterizer_gradients_match_dense_oracle_at_the_transmittance_stop():
+@pytest.mark.parametrize("backend", BOTH)
+def test_cpu_rasterizer_gradients_match_dense_oracle_at_the_transmittance_stop(backend):
     # Opaque overlapping Gaussians: most pixels reach the 1e-4 transmittance stop, so the closed-form
     # backward's exclusion of stopped Gaussians and its sums over the rest of each pixel's list are
     # both exercised; some opacities above 0.999 exercise the clamp. Two views per head, two heads.
@@ -163,7 +170,7 @@ def test_cpu_rasterizer_gradients_match_dense_oracle_at_the_transmittance_stop()
                              out.depth[:, :, 0, ..., None] * 0.1], dim=-1)
         return torch.autograd.grad((stacked * weights).sum(), list(params.values())), out.alpha
 
-    ours, alphas = grads("torch")
+    ours, alphas = grads(backend)
     dense, _ = grads("dense")
     assert (alphas > 0.999).float().mean() > 0.5  # T < 1e-3: most pixels reach the 1e-4 stop
     for name, a, b in zip(params, ours, dense):

@@ -1,4 +1,6 @@
-"""The compiled CPU renderer ("native") against the PyTorch one ("torch") and the dense oracle.
+"""The compiled CPU renderer ("native"): its projection against the PyTorch one, float32 agreement,
+threads, the build and its fallback. Its images and gradients against the dense oracle and finite
+differences are test_render's tests, run for both rasterizers.
 
 Skipped with the reason where no C++ compiler can build it; CGSGAN_REQUIRE_NATIVE=1 (set by
 .ci/run) turns that skip into a failure.
@@ -27,60 +29,6 @@ pytestmark = pytest.mark.skipif(not OK, reason=WHY)
 
 def poses(n: int, seed: int, dtype=F64) -> torch.Tensor:
     return camera.sample_gaussian_poses(n, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-@pytest.mark.parametrize("seed,n,scale,size", [(0, 300, 0.03, (40, 40)), (1, 800, 0.02, (37, 29)), (2, 60, 0.05, (64, 48))])
-def test_native_matches_the_dense_oracle_multiview(seed, n, scale, size):
-    g = scene(2, n, scale=scale, seed=seed)
-    labels = poses(6, seed).reshape(2, 3, 25)
-    bg = torch.rand(2, 3, 3, generator=torch.Generator().manual_seed(seed), dtype=F64)
-    a = render(g, labels, size, bg, backend="native")
-    b = render(g, labels, size, bg, backend="dense")
-    assert b.alpha.max() > 0.99 and b.alpha.std() > 0.05
-    torch.testing.assert_close(a.image, b.image, atol=1e-10, rtol=0)
-    torch.testing.assert_close(a.alpha, b.alpha, atol=1e-10, rtol=0)
-    torch.testing.assert_close(a.depth, b.depth, atol=1e-8, rtol=0)
-
-
-def test_native_gradients_match_the_dense_oracle_at_the_transmittance_stop():
-    # As test_render's test for "torch": opaque overlapping Gaussians, most pixels reach the 1e-4
-    # stop, some opacities are clamped at 0.999; images, alpha and depth all carry a loss.
-    g = scene(2, 300, scale=0.1, seed=7, spread=0.4)
-    g.opacity_logits.data += 5.0
-    g.opacity_logits.data[:, :20] = 9.0
-    params = {k: t.requires_grad_(True) for k, t in g.tensors().items()}
-    labels = poses(4, 7).reshape(2, 2, 25)
-    weights = torch.rand(2, 2, 24, 24, 5, generator=torch.Generator().manual_seed(8), dtype=F64)
-    bg = torch.rand(2, 2, 3, generator=torch.Generator().manual_seed(9), dtype=F64)
-
-    def grads(backend):
-        out = render(Gaussians(**params), labels, 24, bg, backend=backend)
-        stacked = torch.cat([out.image.permute(0, 1, 3, 4, 2), out.alpha[:, :, 0, ..., None],
-                             out.depth[:, :, 0, ..., None] * 0.1], dim=-1)
-        return torch.autograd.grad((stacked * weights).sum(), list(params.values())), out.alpha
-
-    ours, alphas = grads("native")
-    dense, _ = grads("dense")
-    assert (alphas > 0.999).float().mean() > 0.5
-    for name, a, b in zip(params, ours, dense):
-        assert b.abs().max() > 0, name
-        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7, msg=lambda m: f"{name}: {m}")
-
-
-def test_native_gradients_match_finite_differences():
-    g = scene(1, 12, scale=0.08, seed=5, spread=0.3)
-    params = g.tensors()
-    for t in params.values():
-        t.requires_grad_(True)
-    label = poses(1, 5)
-    weights = torch.rand(1, 3, 24, 24, generator=torch.Generator().manual_seed(6), dtype=F64)
-    bg = torch.tensor([0.2, 0.5, 0.8], dtype=F64)
-
-    def loss(means, log_scales, quats, opacity_logits, sh0):
-        out = render(Gaussians(means, log_scales, quats, opacity_logits, sh0), label, 24, bg, backend="native")
-        return (out.image * weights).sum() + out.alpha.sum() * 0.1 + out.depth.sum() * 0.01
-
-    torch.autograd.gradcheck(loss, tuple(params[k] for k in params), eps=1e-6, atol=1e-5, rtol=1e-4)
 
 
 def test_native_projection_equals_the_pytorch_projection_with_its_gradients():
