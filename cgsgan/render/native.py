@@ -4,9 +4,10 @@ Two autograd Functions with the semantics of the PyTorch code they replace: Nati
 projection.py's `project` (EWA projection, gsplat's culling and boxes) and NativeComposite is
 rasterize.py's compositing. The PyTorch versions take a few hundred whole-array operations
 (dozens of passes over every (camera, Gaussian) and every (Gaussian, pixel) pair, forward and
-backward); these make one pass each, in C++, threaded over heads and cameras. It has no torch headers and no pybind, so building it takes
-about a second with any C++17 compiler, and nothing is downloaded. Without a compiler the
-"native" backend says why, and "auto" falls back to the PyTorch rasterizer.
+backward); these make one pass each, in C++, threaded over heads and cameras. The source has no
+torch headers and no pybind, so building it takes about a second with any C++17 compiler, and
+nothing is downloaded. Without a compiler the "native" backend says why, and "auto" falls back to
+the PyTorch rasterizer.
 
 Build: `$CXX` (default g++) -O3 into `$CGSGAN_KERNEL_CACHE` (default ~/.cache/cgsgan/kernels),
 named by a hash of the source, flags and compiler, written to a temporary name and renamed, so

@@ -318,8 +318,7 @@ class Trainer:
         steps_done, last = 0, {}
         if self.cur_nimg == 0 and self.rank == 0:
             # The starting point of the curves: samples and metrics of the untrained generator.
-            start = {"progress/kimg": 0.0, "progress/tick": 0, "time/unix": time.time(), **self.snapshot()}
-            self._append_metrics(start)
+            self._append_metrics({"progress/kimg": 0.0, "progress/tick": 0, "time/unix": time.time(), **self.snapshot()})
         self._tick_start = time.time()  # the first tick times training, not set-up or loading
         self._run_start = (self._tick_start, self.cur_nimg)
         while self.cur_nimg < total_nimg and (max_steps is None or steps_done < max_steps):
