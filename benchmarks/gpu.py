@@ -48,9 +48,10 @@ def config_512(data: Path, autocast_bf16: bool) -> config.CGSGANConfig:
 
 
 def time_variant(data: Path, steps: int, autocast_bf16: bool, tf32: bool) -> dict:
-    torch.backends.cuda.matmul.allow_tf32 = tf32
+    cfg = config_512(data, autocast_bf16)
+    cfg.train.allow_tf32 = tf32  # the Trainer sets torch's TF32 switches from it
     with tempfile.TemporaryDirectory() as tmp:
-        t = Trainer(config_512(data, autocast_bf16), tmp, device="cuda")
+        t = Trainer(cfg, tmp, device="cuda")
         for _ in range(WARMUP):
             t.train_step()
         torch.cuda.synchronize()
@@ -60,7 +61,7 @@ def time_variant(data: Path, steps: int, autocast_bf16: bool, tf32: bool) -> dic
             t.train_step()
         torch.cuda.synchronize()
         sec = time.perf_counter() - t0
-        stats = t._tick_stats()  # raises TrainingDiverged on a non-finite loss
+        stats = t.clock.end_tick(1, t.step, t.cur_nimg, cfg.train.total_kimg)  # raises TrainingDiverged on a non-finite loss
         peak = torch.cuda.max_memory_allocated() / 2**30
         del t
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -42,6 +42,14 @@ class DataSource(StrEnum):
     folder = "folder"  # a folder or zip in the FFHQC layout
 
 
+class LRScaling(StrEnum):
+    """How the learning rates follow a global batch other than the reference's 32 (cgsgan.layout)."""
+
+    none = "none"  # the reference: the rates as configured, whatever the batch
+    sqrt = "sqrt"  # rates x sqrt(batch / 32)
+    linear = "linear"  # rates x batch / 32
+
+
 class TableLookup(StrEnum):
     reference = "reference"  # the reference's table read: a learned constant scaled by (1 - |p| / 2)
     positional = "positional"  # a true lookup of the table at each coordinate (ablation)
@@ -128,6 +136,11 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     batch_size: int = 32  # global, over all workers
+    # Images per worker processed at a time (the reference's --batch-gpu); 0 = the whole per-worker
+    # batch in one chunk. The layout workers x chunks x batch_gpu is checked by cgsgan.layout.
+    batch_gpu: int = 0
+    lr_scaling: LRScaling = LRScaling.none  # the rates are the reference batch's (32); see cgsgan.layout
+    allow_tf32: bool = False  # TF32 matmuls/convolutions on CUDA; off as in the reference
     g_lr: float = 0.0025
     d_lr: float = 0.002
     beta1: float = 0.0  # Adam betas (StyleGAN: no momentum)
@@ -186,6 +199,7 @@ def ffhq(resolution: int = 512) -> CGSGANConfig:
     cfg.model.generator.num_levels = LEVELS_FOR_RESOLUTION[resolution]
     cfg.data.source = DataSource.folder
     cfg.data.index_list = "auto"  # the reference trains FFHQC on its smile/pose rebalancing list
+    cfg.train.batch_gpu = 8  # the reference's --batch-gpu: batch 32 is 4 chunks of 8 on one GPU, 1 of 8 on four
     cfg.train.feature_extractor = "random"  # FID proper needs local Inception weights: train.feature_extractor=FILE
     return cfg
 
@@ -272,11 +286,12 @@ def validate(cfg: CGSGANConfig) -> CGSGANConfig:
              "checkpoint_ticks", "snapshot_metric_heads")
     need(isinstance(t.metric_samples, int) and t.metric_samples >= 2, "train.metric_samples", t.metric_samples,
          "must be >= 2 (a covariance needs two samples)")
-    non_negative("train", t, "ema_kimg", "ema_rampup", "seed", "num_threads")
+    non_negative("train", t, "ema_kimg", "ema_rampup", "seed", "num_threads", "batch_gpu")
     need(0 <= t.beta1 < 1, "train.beta1", t.beta1, "must be in [0, 1)")
     need(0 <= t.beta2 < 1, "train.beta2", t.beta2, "must be in [0, 1)")
     need(0 <= t.truncation_psi <= 1, "train.truncation_psi", t.truncation_psi, "must be in [0, 1]")
     one_of("train.render_backend", t.render_backend, RenderBackend)
+    one_of("train.lr_scaling", t.lr_scaling, LRScaling)
     need(bool(t.feature_extractor), "train.feature_extractor", t.feature_extractor,
          "expected synthetic, random or the path of local Inception weights")
     return cfg

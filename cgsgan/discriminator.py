@@ -40,7 +40,8 @@ def minibatch_std(x: torch.Tensor, group: int, channels: int) -> torch.Tensor:
 
     Groups are STRIDED: with n = N / G groups, sample i belongs to group i mod n. A batch laid
     out head-major ([heads, views] flattened) therefore gets, in every group, one view of
-    G distinct heads as long as G divides the number of heads (see `losses.check_group_size`).
+    G distinct heads as long as G divides the number of heads (`layout.check_batch` makes every chunk a
+    multiple of the group).
     """
     N, C, H, W = x.shape
     G = min(group, N)

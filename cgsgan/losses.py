@@ -32,16 +32,6 @@ def view_cameras(labels: torch.Tensor, num_views: int) -> torch.Tensor:
     return torch.stack([labels.roll(v + 1, dims=0) for v in range(num_views)], dim=1)
 
 
-def check_group_size(num_heads: int, group: int) -> None:
-    """Minibatch-std groups must hold distinct heads: the group (at most the heads) must divide them."""
-    g = min(group, num_heads)
-    if num_heads % g:
-        raise ValueError(
-            f"per-worker batch {num_heads} is not divisible by the minibatch-std group {g}: "
-            "groups would mix renders of one head"
-        )
-
-
 def blur_sigma(cur_nimg: int, cfg: LossConfig, batch_size: int) -> float:
     """Blur of D's inputs: blur_sigma fading linearly to 0 over blur_fade_kimg * batch / 32 thousand images."""
     fade_kimg = cfg.blur_fade_kimg * batch_size / REFERENCE_BATCH

@@ -24,6 +24,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from cgsgan import config as core
+from cgsgan.layout import check_batch
 from cgsgan.config import (
     CGSGANConfig,
     ConfigError,
@@ -215,17 +216,8 @@ def validate_launch(cfg: LaunchConfig) -> LaunchConfig:
                 f"cluster.num_workers={c.num_workers} x cluster.cpus_per_worker={c.cpus_per_worker} CPUs do not fit "
                 f"in slurm.nodes={s.nodes} x slurm.cpus_per_task={s.cpus_per_task}"
             )
-    if cfg.train.batch_size % c.num_workers:
-        raise ConfigError(
-            f"train.batch_size={cfg.train.batch_size} is not divisible by cluster.num_workers={c.num_workers}"
-        )
-    local = cfg.train.batch_size // c.num_workers
-    group = min(cfg.model.discriminator.mbstd_group, local)
-    if local % group:
-        raise ConfigError(
-            f"model.discriminator.mbstd_group={cfg.model.discriminator.mbstd_group} does not divide the "
-            f"per-worker batch {local} (train.batch_size / cluster.num_workers)"
-        )
+    # The layout workers x chunks x batch_gpu must keep minibatch-std and multi-view (one check, the core's).
+    check_batch(core_config(cfg), c.num_workers, workers_key="cluster.num_workers")
     if cfg.data.source == "folder" and cfg.data.path and not os.path.exists(cfg.data.path):
         raise ConfigError(f"data.path={cfg.data.path!r}: no such file or folder")
     if cfg.data.index_list and cfg.data.index_list != "auto" and not os.path.exists(cfg.data.index_list):

@@ -1,46 +1,45 @@
 """The CGS-GAN training loop: plain PyTorch, one process or one rank of torch.distributed.
 
-One step, in the reference's order (training_loop.py + loss.py):
+One step, in the reference's order (training_loop.py + loss.py). The worker's part of the global
+batch is processed in chunks of train.batch_gpu images (cgsgan.layout); each phase runs over all
+chunks, each chunk's loss (its mean) back-propagated into the running gradient, which is clipped
+after every chunk, then averaged over the workers (one flat all-reduce) for one optimiser step:
 
-    G      generate each head once, render it from V cameras (rolled batch labels), random
-           backgrounds; non-saturating loss with each view weighted 1/V, + kNN and centre terms
-           on the level-0 anchors; backward, clip (per rank), all-reduce, Adam
-    D      new heads, one render each: softplus(D(fake)) backward, clip; softplus(-D(real))
-           backward, clip; all-reduce, Adam; the mapping's w average tracks this step's w
-    R1     every r1_interval steps its own D step: gamma/2 ||dD/dx||^2 x interval, clip, Adam
+    G      each chunk's heads generated once and rendered from V cameras (the chunk's labels
+           rolled), random backgrounds; non-saturating loss with each view weighted 1/V, + kNN
+           and centre terms on the level-0 anchors; backward, clip
+    D      per chunk new heads, one render each: softplus(D(fake)) backward, clip;
+           softplus(-D(real)) backward, clip; the mapping's w average tracks each chunk's w
+    R1     every r1_interval steps its own D phase: gamma/2 ||dD/dx||^2 x interval, clip per chunk
     EMA    G_ema <- lerp(G, G_ema, 0.5^(batch / half-life))
 
-Ticks log, snapshots write samples and metrics, checkpoints hold the full state. Per-step
-statistics stay on the device and are read once per tick. Orchestration hooks in through
-`Callbacks`; this module imports no Ray/MLflow/S3.
+Minibatch-std groups and view rolls therefore never span chunks or workers: a chunk is what one
+of the reference's GPUs sees at a time. Ticks log (cgsgan.training.ticks), snapshots write
+samples and metrics, checkpoints hold the full state. Orchestration hooks in through `Callbacks`;
+this module imports no Ray/MLflow/S3.
 
-Several workers (torch.distributed, one rank per process; gradients averaged by one flat
-all-reduce per optimiser step):
-
-    data     one global sample order, the concatenation of per-epoch permutations (the same on
-             every rank, from train.seed); each step consumes the next train.batch_size samples
-             of it, rank r taking samples r, r + W, r + 2W, ... of the global batch (W workers).
-             The position (epoch, sample in the epoch) is global and checkpointed as such.
-    streams  rank r's random stream in step s (latents, cameras, backgrounds) is a torch.Generator
-             seeded from SeedSequence([train.seed, r, s]) at the step's first draw: a function of
-             (seed, rank, step) alone, never of the history, so no rank's stream state needs saving.
+Several workers (torch.distributed, one rank per process): one global sample order
+(cgsgan.data.order), of which rank r takes every W-th sample of each global batch; rank r's
+random stream in step s (latents, cameras, backgrounds) is a torch.Generator seeded from
+SeedSequence([train.seed, r, s]) at the step's first draw: a function of (seed, rank, step)
+alone, so no rank's stream state needs saving. The step's draws are made for the worker's whole
+part before it is split into chunks, so they do not depend on batch_gpu.
 
 Checkpoints are written by rank 0 and hold everything the ranks share (weights, optimiser
-states, counters, the global data position). Resuming, with the same or another number of
-workers (the global batch must stay divisible by it), therefore continues the same global
-sample order from the saved position, and every rank draws the stream of (seed, its rank, step):
-the same resume always gives bit-identical weights, and a resume with as many workers as
-before continues exactly as the uninterrupted run would have.
+states, counters, the global data position). Resuming, with the same or another layout (the
+global batch must stay valid for it), continues the same global sample order from the saved
+position, and every rank draws the stream of (seed, its rank, step): the same resume always
+gives bit-identical weights, and a resume with as many workers as before continues exactly as
+the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import resource
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -49,13 +48,14 @@ import torch
 import torch.distributed as dist
 
 from cgsgan import camera
-from cgsgan.config import CGSGANConfig, from_dict, to_dict, validate
+from cgsgan.config import REFERENCE_BATCH, CGSGANConfig, from_dict, to_dict, validate
 from cgsgan.data.backgrounds import sample_backgrounds
 from cgsgan.data.dataset import ImageDataset
+from cgsgan.data.order import DATA_ORDER, SampleOrder
 from cgsgan.data.prepare import prepare_data
+from cgsgan.layout import check_batch, scaled_lr
 from cgsgan.losses import (
     blur_sigma,
-    check_group_size,
     discriminator_fake_loss,
     discriminator_real_loss,
     generator_loss,
@@ -66,10 +66,7 @@ from cgsgan.models import build_models
 from cgsgan.render import render
 from cgsgan.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from cgsgan.training.samples import save_grid, save_turntable
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss became NaN or Inf; the last good checkpoint is left untouched."""
+from cgsgan.training.ticks import TickClock, TrainingDiverged, snapshot_line, tick_line
 
 
 @dataclass
@@ -88,6 +85,25 @@ class Callbacks:
     should_stop: Callable[[], bool] | None = None
 
 
+@dataclass
+class StepInputs:
+    """One worker's draws for one step (b images: its part of the global batch, or one chunk)."""
+
+    reals: torch.Tensor  # [b, 3, H, W] on the background scheme
+    real_labels: torch.Tensor  # [b, 25]
+    g_labels: torch.Tensor  # [b, 25] the G phase's poses; each head's V cameras roll them (view_cameras)
+    g_z: torch.Tensor  # [b, z_dim]
+    g_backgrounds: torch.Tensor  # [b, V, 3]
+    d_labels: torch.Tensor  # [b, 25] the D phase's fakes
+    d_z: torch.Tensor  # [b, z_dim]
+    d_backgrounds: torch.Tensor  # [b, 3]
+
+    def chunks(self, size: int) -> list[StepInputs]:
+        """Consecutive chunks of `size` images (the reference splits each phase's batch so)."""
+        parts = {f.name: getattr(self, f.name).split(size) for f in fields(self)}
+        return [StepInputs(**{k: v[i] for k, v in parts.items()}) for i in range(len(parts["reals"]))]
+
+
 class Trainer:
     def __init__(
         self,
@@ -99,6 +115,7 @@ class Trainer:
         callbacks: Callbacks | None = None,
     ) -> None:
         self.cfg = validate(cfg)
+        self.layout = check_batch(cfg, world_size)  # workers x chunks x batch_gpu, or ConfigError
         self.run_dir = Path(run_dir)
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
@@ -107,10 +124,9 @@ class Trainer:
         m, t, lc = cfg.model, cfg.train, cfg.loss
         if t.num_threads > 0:
             torch.set_num_threads(t.num_threads)
-        if t.batch_size % world_size:
-            raise ValueError(f"train.batch_size={t.batch_size} is not divisible by {world_size} workers")
-        self.local_batch = t.batch_size // world_size
-        check_group_size(self.local_batch, m.discriminator.mbstd_group)
+        # The reference turns TF32 off for accuracy; these are process-wide, as training is.
+        torch.backends.cuda.matmul.allow_tf32 = t.allow_tf32
+        torch.backends.cudnn.allow_tf32 = t.allow_tf32
 
         # Reals are pasted onto the same background scheme as the renders; the dataset un-mixes
         # the colour they were stored on from the soft mask edges first (no tell-tale fringe).
@@ -118,40 +134,57 @@ class Trainer:
         self.dataset = ImageDataset(self.data_path, resolution=m.resolution, index_list=cfg.data.index_list or None,
                                     xflip=cfg.data.xflip, background=lc.background, seed=t.seed)
         self.all_labels = self.dataset.labels.to(self.device)  # the pose distribution of generated views
+        self.order = SampleOrder(len(self.dataset), t.seed, rank, world_size, self.layout.per_worker)
 
         torch.manual_seed(t.seed)  # identical initial weights on every rank
         G, D = build_models(m)
         self.G, self.D = G.to(self.device), D.to(self.device)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        g_lr, d_lr = (scaled_lr(lr, t.batch_size, t.lr_scaling) for lr in (t.g_lr, t.d_lr))
         # fused: one kernel for all parameters (on CPU torch otherwise loops over them in Python).
-        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=t.g_lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=True)
+        self.opt_G = torch.optim.Adam(self.G.parameters(), lr=g_lr, betas=(t.beta1, t.beta2), eps=1e-8, fused=True)
         # Lazy R1 (StyleGAN2): D's optimiser is rescaled so the extra steps do not change its
         # effective learning rate and momentum.
         c = lc.r1_interval / (lc.r1_interval + 1)
-        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=t.d_lr * c, betas=(t.beta1**c, t.beta2**c), eps=1e-8,
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=d_lr * c, betas=(t.beta1**c, t.beta2**c), eps=1e-8,
                                       fused=True)
 
         # This rank's random stream, reseeded from (seed, rank, step) at each step's first draw (`rng`).
         self._rng = torch.Generator()
         self._rng_step: int | None = None
-        self._perms: dict[int, torch.Tensor] = {}  # the per-epoch permutations in use (global sample order)
         self.step = 0
         self.cur_nimg = 0
         self.tick = 0
-        self.epoch, self.epoch_pos = 0, 0
         self.fixed_z = torch.randn(8, m.generator.z_dim, generator=torch.Generator().manual_seed(123))
-        self._sums: dict[str, torch.Tensor] = {}  # per-step statistics summed on the device over a tick
-        self._counts: dict[str, int] = {}
-        self._tick_start = time.time()
-        self._tick_start_nimg = 0
-        self._run_start = (time.time(), 0)  # (time, images) when this process started training
-        self._maintenance_sec = 0.0  # the previous tick's snapshot, checkpoint and callbacks
+        self.clock = TickClock(self.device)
         self._metrics = None  # SnapshotMetrics, built at the first snapshot
         if t.autocast_bf16:
             if self.device.type == "cuda":
                 _autocast_blocks_bf16(self.G)  # G only: G_ema (samples, metrics) stays float32
             else:
                 warnings.warn(f"train.autocast_bf16 applies on CUDA only; {self.device} trains in float32", stacklevel=2)
+
+    @property
+    def local_batch(self) -> int:
+        """Images per worker and step (all its chunks)."""
+        return self.layout.per_worker
+
+    # The global data position (epoch, sample in the epoch), checkpointed as such.
+    @property
+    def epoch(self) -> int:
+        return self.order.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.order.epoch = value
+
+    @property
+    def epoch_pos(self) -> int:
+        return self.order.pos
+
+    @epoch_pos.setter
+    def epoch_pos(self, value: int) -> None:
+        self.order.pos = value
 
     @property
     def rng(self) -> torch.Generator:
@@ -163,46 +196,14 @@ class Trainer:
         return self._rng
 
     # ---------------------------------------------------------------- data
-    def _epoch_perm(self, epoch: int) -> torch.Tensor:
-        """The sample order of `epoch`: a permutation of the dataset from (seed, epoch), the same on every rank."""
-        perm = self._perms.get(epoch)
-        if perm is None:
-            perm = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.cfg.train.seed * 7919 + epoch))
-            if len(self._perms) >= 3:  # a batch spans at most the current epoch and the next
-                del self._perms[min(self._perms)]
-            self._perms[epoch] = perm
-        return perm
-
-    def _indices_at(self, epoch: int, pos: int) -> tuple[torch.Tensor, int, int]:
-        """This rank's part of the global batch that starts at sample `pos` of epoch `epoch`'s
-        permutation, and the global (epoch, position) after that batch.
-
-        The global order is the concatenation of the epochs' permutations; a global batch is its
-        next train.batch_size samples, of which rank r takes r, r + W, r + 2W, ... (W workers): the
-        ranks' parts are disjoint, the steps of an epoch cover it once, and the position means the
-        same whatever the number of workers. Taking every W-th sample (not a contiguous slice)
-        keeps the discriminator's strided minibatch-std groups the same as in one process with
-        the whole batch when the per-worker batch equals the group size.
-        """
-        n, W = len(self.dataset), self.world_size
-        offsets = [pos + self.rank + W * j for j in range(self.local_batch)]
-        out = [int(self._epoch_perm(epoch + k // n)[k % n]) for k in offsets]
-        end = pos + self.local_batch * W
-        return torch.tensor(out, dtype=torch.long), epoch + end // n, end % n
-
-    def _next_indices(self) -> torch.Tensor:
-        indices, self.epoch, self.epoch_pos = self._indices_at(self.epoch, self.epoch_pos)
-        return indices
-
     def _real_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reals [b, 3, H, W] on the background scheme (colours fixed per epoch and image), labels [b, 25]."""
-        indices = self._next_indices()
+        """This worker's reals [b, 3, H, W] on the background scheme (colours fixed per epoch and image), labels [b, 25]."""
+        indices = self.order.next()
         self.dataset.set_epoch(self.epoch)
         items = [self.dataset[int(i)] for i in indices]
         if self.dataset.reads_on_demand:
             # Decode the next batch's files in the background while this step trains.
-            upcoming, _, _ = self._indices_at(self.epoch, self.epoch_pos)
-            self.dataset.prefetch(upcoming.tolist())
+            self.dataset.prefetch(self.order.peek().tolist())
         reals = torch.stack([it["image"] for it in items])
         labels = torch.stack([it["label"] for it in items])
         return reals.to(self.device), labels.to(self.device)
@@ -216,63 +217,70 @@ class Trainer:
     def _backgrounds(self, n: int) -> torch.Tensor:
         return sample_backgrounds(self.cfg.loss.background, n, self.rng).to(self.device)
 
+    def draw_step(self) -> StepInputs:
+        """This worker's reals and random draws for the current step, for all its chunks at once."""
+        b, V = self.local_batch, self.cfg.loss.num_views
+        reals, real_labels = self._real_batch()
+        g_labels, g_z, g_bg = self._gen_labels(b), self._z(b), self._backgrounds(b * V).reshape(b, V, 3)
+        d_labels, d_z, d_bg = self._gen_labels(b), self._z(b), self._backgrounds(b)
+        return StepInputs(reals, real_labels, g_labels, g_z, g_bg, d_labels, d_z, d_bg)
+
     # ---------------------------------------------------------------- one step
     def train_step(self) -> None:
         cfg, lc = self.cfg, self.cfg.loss
-        b, V, res = self.local_batch, lc.num_views, cfg.model.resolution
-        backend = cfg.train.render_backend
+        V, res, backend = lc.num_views, cfg.model.resolution, cfg.train.render_backend
         blur_px = blur_sigma(self.cur_nimg, lc, cfg.train.batch_size)
-        reals, real_labels = self._real_batch()
+        chunks = self.draw_step().chunks(self.layout.batch_gpu)
 
         # G: every head generated once and rendered from V cameras of the data's poses.
         self.G.requires_grad_(True)
         self.D.requires_grad_(False)
-        cams = view_cameras(self._gen_labels(b), V)  # [b, V, 25]
-        g = generator_loss(self.G, self.D, self._z(b), cams, self._backgrounds(b * V).reshape(b, V, 3), lc,
-                           resolution=res, blur_px=blur_px, backend=backend)
         self.opt_G.zero_grad(set_to_none=True)
-        g.total.backward()
-        self._clip(self.G, lc.g_clip)
+        for c in chunks:
+            g = generator_loss(self.G, self.D, c.g_z, view_cameras(c.g_labels, V), c.g_backgrounds, lc,
+                               resolution=res, blur_px=blur_px, backend=backend)
+            g.total.backward()
+            self._clip(self.G, lc.g_clip)  # the running gradient, after each chunk (the reference)
+            self.clock.add({"loss/G": g.total, "loss/G_adversarial": g.adversarial, "loss/knn": g.knn,
+                            "loss/centre": g.centre})
         self._reduce_and_step(self.G, self.opt_G)
 
         # D: new heads, one render each; the fake and the real halves are clipped one after the other.
         self.G.requires_grad_(False)
         self.D.requires_grad_(True)
-        with torch.no_grad():
-            fake_labels = self._gen_labels(b)
-            ws = self.G.map(self._z(b), fake_labels)
-            self._track_w_avg(ws)
-            fakes = render(self.G.synthesize(ws).gaussians, fake_labels, res, self._backgrounds(b), backend=backend).image
         self.opt_D.zero_grad(set_to_none=True)
-        loss_fake, logits_fake = discriminator_fake_loss(self.D, fakes, fake_labels, blur_px)
-        loss_fake.backward()
-        self._clip(self.D, lc.d_clip)
-        loss_real, logits_real = discriminator_real_loss(self.D, reals, real_labels, blur_px)
-        loss_real.backward()
-        self._clip(self.D, lc.d_clip)
+        for c in chunks:
+            with torch.no_grad():
+                ws = self.G.map(c.d_z, c.d_labels)
+                self._track_w_avg(ws)
+                fakes = render(self.G.synthesize(ws).gaussians, c.d_labels, res, c.d_backgrounds, backend=backend).image
+            loss_fake, logits_fake = discriminator_fake_loss(self.D, fakes, c.d_labels, blur_px)
+            loss_fake.backward()
+            self._clip(self.D, lc.d_clip)
+            loss_real, logits_real = discriminator_real_loss(self.D, c.reals, c.real_labels, blur_px)
+            loss_real.backward()
+            self._clip(self.D, lc.d_clip)
+            self.clock.add({"loss/D": loss_fake + loss_real, "scores/fake": logits_fake.mean(),
+                            "scores/real": logits_real.mean()})
         self._reduce_and_step(self.D, self.opt_D)
 
-        stats = {"loss/G": g.total, "loss/G_adversarial": g.adversarial, "loss/knn": g.knn, "loss/centre": g.centre,
-                 "loss/D": loss_fake + loss_real, "scores/fake": logits_fake.mean(), "scores/real": logits_real.mean()}
-        # R1: its own step on the reals as D sees them.
+        # R1: its own D phase on the same reals, as D sees them.
         if lc.r1_gamma > 0 and self.step % lc.r1_interval == 0:
             self.opt_D.zero_grad(set_to_none=True)
-            loss_r1, penalty = r1_loss(self.D, reals, real_labels, lc, blur_px)
-            loss_r1.backward()
-            self._clip(self.D, lc.d_clip)
+            for c in chunks:
+                loss_r1, penalty = r1_loss(self.D, c.reals, c.real_labels, lc, blur_px)
+                loss_r1.backward()
+                self._clip(self.D, lc.d_clip)
+                self.clock.add({"loss/R1_penalty": penalty.mean()})
             self._reduce_and_step(self.D, self.opt_D)
-            stats["loss/R1_penalty"] = penalty.mean()
         self.D.requires_grad_(False)
 
         self._update_ema()
         self.step += 1
         self.cur_nimg += cfg.train.batch_size
-        for k, v in stats.items():
-            self._sums[k] = self._sums.get(k, 0) + v.detach()
-            self._counts[k] = self._counts.get(k, 0) + 1
 
     def _clip(self, model: torch.nn.Module, max_norm: float) -> None:
-        """Clip this rank's accumulated gradient norm (the reference clips per GPU, before the all-reduce)."""
+        """Clip this rank's accumulated gradient norm (the reference clips per GPU and chunk, before the all-reduce)."""
         if max_norm > 0:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm, foreach=True)
 
@@ -291,7 +299,8 @@ class Trainer:
 
     @torch.no_grad()
     def _track_w_avg(self, ws: torch.Tensor) -> None:
-        """The mapping's w average follows the mean w of the whole (global) batch: every rank holds the same."""
+        """The mapping's w average moves per chunk (as the reference's), to the chunk's mean w
+        averaged over ranks, so that every rank holds the same."""
         mean = ws.mean(0)
         if self.world_size > 1 and dist.is_initialized():
             dist.all_reduce(mean)
@@ -301,7 +310,7 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         t = self.cfg.train
-        ema_nimg = t.ema_kimg * 1000 * t.batch_size / 32  # the reference scales the half-life by batch / 32
+        ema_nimg = t.ema_kimg * 1000 * t.batch_size / REFERENCE_BATCH  # the reference scales the half-life so
         if t.ema_rampup > 0:
             ema_nimg = min(ema_nimg, self.cur_nimg * t.ema_rampup)
         beta = 0.5 ** (t.batch_size / max(ema_nimg, 1e-8))
@@ -319,8 +328,7 @@ class Trainer:
         if self.cur_nimg == 0 and self.rank == 0:
             # The starting point of the curves: samples and metrics of the untrained generator.
             self._append_metrics({"progress/kimg": 0.0, "progress/tick": 0, "time/unix": time.time(), **self.snapshot()})
-        self._tick_start = time.time()  # the first tick times training, not set-up or loading
-        self._run_start = (self._tick_start, self.cur_nimg)
+        self.clock.start_run(self.cur_nimg)
         while self.cur_nimg < total_nimg and (max_steps is None or steps_done < max_steps):
             self.train_step()
             steps_done += 1
@@ -331,50 +339,13 @@ class Trainer:
                 break
         return last
 
-    def _tick_stats(self) -> dict[str, float]:
-        """The tick's mean of every per-step statistic (one read from the device); raises
-        TrainingDiverged before anything is saved if one of them is not finite."""
-        names = list(self._sums)
-        values = torch.stack([self._sums[k] / self._counts[k] for k in names]).tolist() if names else []
-        self._sums, self._counts = {}, {}
-        stats = dict(zip(names, values))
-        bad = [k for k, v in stats.items() if not torch.isfinite(torch.tensor(v))]
-        if bad:
-            raise TrainingDiverged(
-                f"loss {bad[0].split('/')[-1]} is {stats[bad[0]]} in tick {self.tick + 1} (up to step {self.step}, "
-                f"{self.cur_nimg / 1e3:.3f} kimg); stopping without writing a checkpoint (the last good one is kept)"
-            )
-        return stats
-
     def _end_tick(self, done: bool) -> dict:
         t = self.cfg.train
-        stats = self._tick_stats()
+        stats = self.clock.end_tick(self.tick + 1, self.step, self.cur_nimg, t.total_kimg)
         self.tick += 1
-        now = time.time()
-        elapsed, nimg = now - self._tick_start, self.cur_nimg - self._tick_start_nimg
-        run_sec, run_nimg = now - self._run_start[0], self.cur_nimg - self._run_start[1]
-        eta = (t.total_kimg * 1000 - self.cur_nimg) * run_sec / max(run_nimg, 1)
-        stats.update(
-            {
-                "progress/kimg": self.cur_nimg / 1e3,
-                "progress/tick": self.tick,
-                "progress/step": self.step,
-                # Training steps only; the housekeeping after a tick is timed on its own (as
-                # StyleGAN's "maintenance"), so sec/kimg compares across trackers and clusters.
-                "timing/sec_per_kimg": elapsed / max(nimg / 1e3, 1e-9),
-                "timing/img_per_sec": nimg / max(elapsed, 1e-9),
-                "timing/maintenance_sec": self._maintenance_sec,
-                "timing/eta_sec": eta,
-                "memory/peak_gb": _peak_memory_gb(self.device),
-                "time/unix": now,
-            }
-        )
-        self._tick_start_nimg = self.cur_nimg
-        housekeeping_start = time.time()
         if self.rank == 0:
-            print(_tick_line(stats, t.total_kimg), flush=True)
-        snapshot = done or self.tick % t.snapshot_ticks == 0
-        if snapshot and self.rank == 0:
+            print(tick_line(stats, t.total_kimg), flush=True)
+        if (done or self.tick % t.snapshot_ticks == 0) and self.rank == 0:
             stats.update(self.snapshot(final=done))
         if self.rank == 0:
             self._append_metrics(stats)
@@ -386,8 +357,7 @@ class Trainer:
                 self.callbacks.on_checkpoint(path, stats)
         if self.callbacks.on_tick:
             self.callbacks.on_tick(stats)
-        self._tick_start = time.time()
-        self._maintenance_sec = self._tick_start - housekeeping_start
+        self.clock.end_housekeeping()
         return stats
 
     def _append_metrics(self, stats: dict) -> None:
@@ -419,7 +389,7 @@ class Trainer:
         if self.callbacks.on_snapshot:
             self.callbacks.on_snapshot(dict(out))
         metrics = {k: v for k, v in out.items() if k.startswith("metrics/")}
-        if line := _snapshot_line({"progress/kimg": kimg, **metrics}):
+        if line := snapshot_line({"progress/kimg": kimg, **metrics}):
             print(line, flush=True)
         return metrics
 
@@ -470,7 +440,6 @@ class Trainer:
         self._rng_step = None
         torch.set_rng_state(state["rng"]["torch"])
         self.extra_state = dict(state.get("extra", {}))
-        self._tick_start_nimg = self.cur_nimg
 
     def resume_latest(self) -> Path | None:
         """Load the newest local checkpoint of this run, if any."""
@@ -480,7 +449,6 @@ class Trainer:
         return path
 
 
-DATA_ORDER = "global-strided"  # checkpoints whose epoch_pos is the global position (see `_indices_at`)
 STREAMS = "SeedSequence([seed, rank, step])"
 
 
@@ -500,38 +468,6 @@ def _autocast_blocks_bf16(G: torch.nn.Module) -> None:
     """
     for block in G.blocks:
         block.autocast_dtype = torch.bfloat16
-
-
-def _tick_line(stats: dict, total_kimg: float) -> str:
-    """One console line per tick: progress, speed, losses (R1 only in ticks that ran it), memory, ETA."""
-    eta = int(stats["timing/eta_sec"])
-    parts = [f"tick {stats['progress/tick']}", f"kimg {stats['progress/kimg']:.2f}/{total_kimg:g}",
-             f"sec/kimg {stats['timing/sec_per_kimg']:.1f}", f"img/s {stats['timing/img_per_sec']:.1f}",
-             f"G {stats.get('loss/G', 0):.3f}", f"D {stats.get('loss/D', 0):.3f}"]  # fmt: skip
-    if "loss/R1_penalty" in stats:
-        parts.append(f"R1 {stats['loss/R1_penalty']:.4f}")
-    parts += [f"mem {stats['memory/peak_gb']:.2f}GB", f"eta {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"]
-    return " | ".join(parts)
-
-
-def _snapshot_line(stats: dict) -> str | None:
-    """The snapshot's metrics on one console line, each distance with its multiple of the floor
-    (the real-vs-held-out distance); None when the snapshot computed no metric."""
-    metrics = {k.split("/", 1)[1]: v for k, v in stats.items() if k.startswith("metrics/")}
-    shown = {k: v for k, v in metrics.items() if not k.endswith(("_floor", "_ratio"))}
-    if not shown:
-        return None
-    parts = [f"snapshot kimg {stats['progress/kimg']:.2f}"]
-    for name, value in shown.items():
-        ratio = metrics.get(f"{name}_ratio")
-        parts.append(f"{name} {value:.4g}" + (f" ({ratio:.2f}x floor)" if ratio is not None else ""))
-    return " | ".join(parts)
-
-
-def _peak_memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
 __all__ = ["Callbacks", "Trainer", "TrainingDiverged"]

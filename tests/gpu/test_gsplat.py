@@ -119,7 +119,8 @@ def test_512_training_steps_with_gsplat(heads512, tmp_path, autocast_bf16, recor
         t.train_step()
     torch.cuda.synchronize()
     hook.remove()
-    stats = t._tick_stats()  # the means of the steps' losses; raises TrainingDiverged if one is not finite
+    # The means of the steps' losses; raises TrainingDiverged if one is not finite.
+    stats = t.clock.end_tick(1, t.step, t.cur_nimg, t.cfg.train.total_kimg)
     for k, v in stats.items():
         record_property(k, f"{v:.4g}")
     record_property("peak_memory_gib", f"{torch.cuda.max_memory_allocated() / 2**30:.2f}")

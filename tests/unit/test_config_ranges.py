@@ -57,6 +57,7 @@ BAD = {
     "loss.g_clip": "-1",
     "loss.d_clip": "-1",
     "train.batch_size": "0",
+    "train.batch_gpu": "-1",
     "train.g_lr": "0",
     "train.d_lr": "-0.002",
     "train.beta1": "1.0",

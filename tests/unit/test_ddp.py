@@ -213,8 +213,8 @@ def _several_steps_worker(rank: int, world: int, cfg_dict: dict, out: Path, step
     t = Trainer(cfg, out / f"run{rank}", rank=rank, world_size=world)
     points = t.G.points.detach().clone()
     drawn, zs = [], []
-    next_indices, z = t._next_indices, t._z
-    t._next_indices = lambda: drawn.append(next_indices()) or drawn[-1]
+    next_indices, z = t.order.next, t._z
+    t.order.next = lambda: drawn.append(next_indices()) or drawn[-1]
     t._z = lambda n: zs.append(z(n)) or zs[-1]
     for _ in range(steps):
         t.train_step()
@@ -222,7 +222,7 @@ def _several_steps_worker(rank: int, world: int, cfg_dict: dict, out: Path, step
     n, epoch0 = len(t.dataset), []
     epoch, pos = 0, 0
     while epoch == 0:
-        part, epoch, pos = t._indices_at(epoch, pos)
+        part, epoch, pos = t.order.indices_at(epoch, pos)
         epoch0.append(part)
     torch.save({"state": snapshot_state(t), "drawn": drawn, "z": zs, "epoch0": epoch0, "n": n, "points": points},
                out / f"rank{rank}.pt")
@@ -264,7 +264,7 @@ def _first_run_worker(rank: int, world: int, cfg_dict: dict, run_dir: Path, out:
     if rank == 0:
         t.save(t.checkpoint_path())
     dist.barrier()
-    after = t._indices_at(t.epoch, t.epoch_pos)[0]
+    after = t.order.peek()
     for _ in range(MORE):
         t.train_step()
     torch.save({"state": snapshot_state(t), "next": after}, out / f"straight-rank{rank}.pt")
@@ -282,7 +282,7 @@ def _resume_worker(rank: int, world: int, cfg_dict: dict, run_dir: Path, out: Pa
         # Documented stream: seeded from (seed, rank, step), whatever wrote the checkpoint.
         want = torch.Generator().manual_seed(stream_seed(cfg.train.seed, rank, RESUME_AT)).get_state()
         assert torch.equal(t.rng.get_state(), want)
-        after = t._indices_at(t.epoch, t.epoch_pos)[0]
+        after = t.order.peek()
         peek = torch.Generator()
         peek.set_state(t.rng.get_state())
         z = torch.randn(t.local_batch, cfg.model.generator.z_dim, generator=peek)  # a draw of this rank's stream
@@ -294,6 +294,7 @@ def _resume_worker(rank: int, world: int, cfg_dict: dict, run_dir: Path, out: Pa
 
 def test_checkpoint_of_two_workers_resumes_on_one_two_and_four(synthetic_dataset, tmp_path):
     cfg = ddp_config(synthetic_dataset)
+    cfg.model.discriminator.mbstd_group = 2  # 4 workers x 2 images: the smallest valid chunk is then 2
     d = config.to_dict(cfg)
     run_dir = tmp_path / "run"  # one run folder: what the same run name resolves to
     run_ranks(_first_run_worker, 2, d, run_dir, tmp_path)
@@ -338,13 +339,13 @@ def test_global_sample_order_is_the_same_for_any_number_of_workers(synthetic_dat
         n = len(ranks[0].dataset)
         seq, epoch, pos = [], 0, 0
         while len(seq) < 2 * n:
-            parts = [t._indices_at(epoch, pos) for t in ranks]
+            parts = [t.order.indices_at(epoch, pos) for t in ranks]
             assert len({(e, p) for _, e, p in parts}) == 1  # every rank agrees on the next position
             seq += global_order([p for p, _, _ in parts])
             _, epoch, pos = parts[0]
         orders[W] = seq[: 2 * n]
     assert orders[1] == orders[2] == orders[4]
-    perm0 = ranks[0]._epoch_perm(0).tolist()
+    perm0 = ranks[0].order.permutation(0).tolist()
     assert orders[1][:n] == perm0 and sorted(orders[1][n:]) == list(range(n))  # epoch 1: all once more
 
 

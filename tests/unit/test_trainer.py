@@ -12,8 +12,8 @@ from cgsgan.training.trainer import Trainer, TrainingDiverged
 from tests.unit.small import small_config as shared_small_config
 
 
-def small_config(data_dir) -> config.CGSGANConfig:
-    cfg = shared_small_config(data_dir)
+def small_config(data_dir, batch_size: int = 4) -> config.CGSGANConfig:
+    cfg = shared_small_config(data_dir, batch_size=batch_size)
     cfg.train.total_kimg = 1.0
     cfg.train.tick_kimg = 1.0  # no tick inside these short runs
     return cfg
@@ -145,12 +145,12 @@ def test_w_avg_follows_the_discriminator_steps_latents(synthetic_dataset, tmp_pa
 
 
 def test_ranks_draw_disjoint_shards_of_each_epoch(synthetic_dataset, tmp_path):
-    cfg = small_config(synthetic_dataset)
+    cfg = small_config(synthetic_dataset, batch_size=8)  # 4 per rank: a whole minibatch-std group
     a = Trainer(cfg, tmp_path / "r0", rank=0, world_size=2)
     b = Trainer(cfg, tmp_path / "r1", rank=1, world_size=2)
     n = len(a.dataset)
-    seen_a = torch.cat([a._next_indices() for _ in range(n // 2 // a.local_batch)])
-    seen_b = torch.cat([b._next_indices() for _ in range(n // 2 // b.local_batch)])
+    seen_a = torch.cat([a.order.next() for _ in range(n // 2 // a.local_batch)])
+    seen_b = torch.cat([b.order.next() for _ in range(n // 2 // b.local_batch)])
     assert set(seen_a.tolist()).isdisjoint(seen_b.tolist())
     assert len(set(seen_a.tolist())) == len(seen_a)
 
@@ -220,7 +220,7 @@ def test_batches_from_a_dataset_read_on_demand_match_the_cached_ones(synthetic_d
 
 
 def test_snapshot_line_shows_each_distance_with_its_multiple_of_the_floor():
-    from cgsgan.training.trainer import _snapshot_line
+    from cgsgan.training.ticks import snapshot_line as _snapshot_line
 
     stats = {"progress/kimg": 4.0, "loss/G": 0.7, "metrics/fid_synth": 2375.4, "metrics/fid_synth_floor": 396.9,
              "metrics/fid_synth_ratio": 5.985, "metrics/fid3d_synth": 2400.0, "metrics/fid3d_synth_ratio": 6.047,
