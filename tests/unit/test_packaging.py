@@ -70,6 +70,13 @@ def test_setup_installs_torch_first_then_everything():
     assert torch_line < project_line
 
 
+def test_every_package_folder_has_an_init():
+    # A folder of modules without __init__.py is still found (as a namespace package), but reads
+    # unlike the others and has no place for its summary.
+    folders = {p.parent for name in ("cgsgan", "orchestration", "sweeps") for p in (ROOT / name).rglob("*.py")}
+    assert {f.relative_to(ROOT).as_posix() for f in folders if not (f / "__init__.py").exists()} == set()
+
+
 BLOCKER = """
 import importlib, importlib.abc, pkgutil, sys
 BLOCKED = {"ray", "mlflow", "boto3", "botocore", "hydra", "omegaconf", "submitit", "gsplat", "pyarrow", "matplotlib"}
