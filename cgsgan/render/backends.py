@@ -105,7 +105,7 @@ def render_dense(g: Gaussians, views: Views) -> Images:
 def _rasterized(p: Projected, views: Views, composite: Composite) -> Images:
     """The project's rasterizer over C = B V cameras, back to [B, V, ...]."""
     B, V = views.viewmats.shape[:2]
-    images = rasterize(p, views.backgrounds.reshape(B * V, 3), views.width, views.height, composite)
+    images = rasterize(p, views.backgrounds.reshape(B * V, 3), views.width, views.height, composite=composite)
     return tuple(t.reshape(B, V, *t.shape[1:]) for t in images)
 
 

@@ -195,7 +195,7 @@ def composite_torch(p: Projected, features: torch.Tensor, width: int, height: in
 
 
 def rasterize(
-    p: Projected, backgrounds: torch.Tensor, width: int, height: int, composite: Composite
+    p: Projected, backgrounds: torch.Tensor, width: int, height: int, *, composite: Composite
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Composite projected Gaussians of C cameras with `composite` (composite_torch here,
     native.composite_native, dense.composite_dense: the same pairs, order and stop, so the same

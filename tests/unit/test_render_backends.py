@@ -52,7 +52,7 @@ def test_rasterize_takes_its_compositor_and_agrees_with_the_dense_one_across_pas
     W, H = 30, 26
     p = project(g, camera.view_matrix(cams.cam2world), camera.pixel_intrinsics(cams.intrinsics, W, H), W, H)
     bg = torch.rand(6, 3, generator=torch.Generator().manual_seed(22), dtype=F64)
-    ref = rasterize(p, bg, W, H, composite_dense)
+    ref = rasterize(p, bg, W, H, composite=composite_dense)
     assert ref[1].max() > 0.9 and ref[1].std() > 0.05
     calls = []
 
@@ -60,9 +60,9 @@ def test_rasterize_takes_its_compositor_and_agrees_with_the_dense_one_across_pas
         calls.append(p.depths.shape[0])
         return composite(p, features, width, height)
 
-    one_pass = rasterize(p, bg, W, H, counted)
+    one_pass = rasterize(p, bg, W, H, composite=counted)
     monkeypatch.setattr(rasterize_module, "MAX_PAIRS_PER_PASS", 1)
-    per_camera = rasterize(p, bg, W, H, counted)
+    per_camera = rasterize(p, bg, W, H, composite=counted)
     assert calls == [6] + [1] * 6
     for got in (one_pass, per_camera):
         for a, b, tol in zip(got, ref, (1e-10, 1e-10, 1e-8)):
