@@ -206,8 +206,9 @@ def ffhq(resolution: int = 512) -> CGSGANConfig:
 
 def tiny() -> CGSGANConfig:
     """A CPU-sized model from the same code and formulas: 64x64, 128 points, 3 levels (2,688
-    Gaussians), batch 8 with 4 views; 6 kimg (about 5 minutes of training on 2 cores), snapshots
-    (grid, fid_synth) every kimg. See benchmarks/results/convergence.md for longer runs."""
+    Gaussians), batch 8 with 4 views; 6 kimg (its measured duration: README.md, "What the main
+    job leaves behind"), snapshots (grid, fid_synth) every kimg. See
+    benchmarks/results/convergence.md for longer runs."""
     cfg = CGSGANConfig()
     cfg.model = ModelConfig(
         resolution=64,

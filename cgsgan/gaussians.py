@@ -194,17 +194,3 @@ def covariance(log_scales: torch.Tensor, quats: torch.Tensor) -> torch.Tensor:
     m = quat_to_rotmat(quats) * log_scales.exp()[..., None, :]
     return m @ m.transpose(-1, -2)
 
-
-def quat_multiply(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Hamilton product a * b of quaternions [..., 4] (w, x, y, z)."""
-    aw, ax, ay, az = a.unbind(-1)
-    bw, bx, by, bz = b.unbind(-1)
-    return torch.stack(
-        [
-            aw * bw - ax * bx - ay * by - az * bz,
-            aw * bx + ax * bw + ay * bz - az * by,
-            aw * by - ax * bz + ay * bw + az * bx,
-            aw * bz + ax * by - ay * bx + az * bw,
-        ],
-        dim=-1,
-    )

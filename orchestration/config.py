@@ -29,6 +29,7 @@ from cgsgan.config import (
     CGSGANConfig,
     ConfigError,
     DataConfig,
+    DataSource,
     LossConfig,
     ModelConfig,
     TrainConfig,
@@ -181,7 +182,7 @@ def resolve_index_list(cfg: LaunchConfig, say=None) -> LaunchConfig:
     """data.index_list=auto -> the authors' rebalancing list beside the dataset folder (its path), or ""
     when there is none (or the data are the synthetic heads); so the run name tells runs with and
     without it apart. `say` (if given) gets one line on what was found. Returns cfg, changed in place."""
-    if cfg.data.index_list == "auto" and cfg.data.source != "folder":
+    if cfg.data.index_list == "auto" and cfg.data.source != DataSource.folder:
         cfg.data.index_list = ""
     elif cfg.data.index_list == "auto":
         from cgsgan.data.dataset import REBALANCING_LIST, find_rebalancing_list
@@ -218,7 +219,7 @@ def validate_launch(cfg: LaunchConfig) -> LaunchConfig:
             )
     # The layout workers x chunks x batch_gpu must keep minibatch-std and multi-view (one check, the core's).
     check_batch(core_config(cfg), c.num_workers, workers_key="cluster.num_workers")
-    if cfg.data.source == "folder" and cfg.data.path and not os.path.exists(cfg.data.path):
+    if cfg.data.source == DataSource.folder and cfg.data.path and not os.path.exists(cfg.data.path):
         raise ConfigError(f"data.path={cfg.data.path!r}: no such file or folder")
     if cfg.data.index_list and cfg.data.index_list != "auto" and not os.path.exists(cfg.data.index_list):
         raise ConfigError(f"data.index_list={cfg.data.index_list!r}: no such file")
@@ -229,7 +230,7 @@ def validate_launch(cfg: LaunchConfig) -> LaunchConfig:
             check_metrics(list(cfg.train.snapshot_metrics))
     except ValueError as e:
         raise ConfigError(f"train.snapshot_metrics={list(cfg.train.snapshot_metrics)!r}: {e}") from e
-    if "yaw_bins" in cfg.train.snapshot_metrics and cfg.data.source != "synthetic":
+    if "yaw_bins" in cfg.train.snapshot_metrics and cfg.data.source != DataSource.synthetic:
         raise ConfigError("train.snapshot_metrics: yaw_bins needs the synthetic heads' ground truth (data=synthetic)")
     return cfg
 

@@ -1,5 +1,6 @@
-"""Build the Ray Train TorchTrainer for a resolved plan: the one code path used by launch.py
-and by every trial of sweeps/ablate.py."""
+"""Build the Ray Train TorchTrainer for a resolved plan: the one code path of a launch
+(cluster.train_on_ray, which launch.py reaches through cluster.launch) and of every trial of
+sweeps/ablate.py."""
 
 from __future__ import annotations
 

@@ -75,32 +75,9 @@ def balance_factors(key_sets: Sequence[Sequence], max_repeat: int, iters: int = 
     return [max(1, min(max_repeat, round(wi))) for wi in w]
 
 
-def repeat_factors(keys: Sequence, max_repeat: int) -> list[int]:
-    """Repeats that bring every class of `keys` towards the largest: round(c_max / c), at most max_repeat."""
-    return balance_factors([keys], max_repeat)
-
-
 def expand(indices: Sequence[int], factors: Sequence[int]) -> list[int]:
     """Each index repeated its factor's times, in order."""
     return [i for i, f in zip(indices, factors) for _ in range(f)]
-
-
-def yaw_balance_indices(yaws: Sequence[float], bins: int = 9, max_repeat: int = 4,
-                        indices: Sequence[int] | None = None) -> list[int]:
-    """Indices into `yaws` with repeats that flatten the yaw histogram (`indices`: the entries to
-    start from, repeats allowed; default all)."""
-    indices = list(range(len(yaws))) if indices is None else list(indices)
-    if not indices:
-        return []
-    sel = [float(yaws[i]) for i in indices]
-    keys = yaw_bins(sel, yaw_bin_edges(sel, bins))
-    return expand(indices, repeat_factors(keys, max_repeat))
-
-
-def class_balance_indices(classes: Sequence, max_repeat: int = 4, indices: Sequence[int] | None = None) -> list[int]:
-    """Indices into `classes` with repeats that make the classes about equally frequent."""
-    indices = list(range(len(classes))) if indices is None else list(indices)
-    return expand(indices, repeat_factors([classes[i] for i in indices], max_repeat))
 
 
 def parse_rule(text: str) -> tuple[str, str, str]:

@@ -1,35 +1,22 @@
 """One `render` entry for batched, multi-view Gaussian rendering.
 
-The backends are `cgsgan.config.RenderBackend` (what train.render_backend takes), plus a test oracle:
-    "gsplat" - gsplat.rasterization on CUDA tensors;
-    "torch"  - the project's own differentiable PyTorch rasterizer (per-pixel depth-sorted lists;
-               CPU, or any device);
-    "native" - the same projection and rasterizer compiled from C++ (CPU; built on first use,
-               see render/native.py), several times faster than "torch";
-    "dense"  - the all-pairs oracle the tests compare "torch" and "native" against (small scenes only).
-"auto" picks gsplat for CUDA tensors, otherwise native where a C++ compiler could build it and
-torch where not. Colours are degree-0 SH evaluated as
-the 3DGS rasterizers do (clamped at 0); images come back in [-1, 1].
+The backend is a `cgsgan.config.RenderBackend` (what train.render_backend takes: auto, gsplat,
+native, torch) or the test oracle "dense"; each is one function in render/backends.py's table,
+where "auto" is resolved (gsplat for CUDA tensors, otherwise native where a C++ compiler could
+build it and torch where not). Colours are degree-0 SH evaluated as the 3DGS rasterizers do
+(clamped at 0); images come back in [-1, 1].
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 from cgsgan import camera
 from cgsgan.config import RenderBackend
 from cgsgan.gaussians import Gaussians
-from cgsgan.render import native
-from cgsgan.render.dense import rasterize_dense
-from cgsgan.render.projection import project
-from cgsgan.render.rasterize import rasterize
-
-DENSE = "dense"  # the test oracle: not a training option, so not a RenderBackend
-Backend = RenderBackend | Literal["dense"]
-BACKENDS = (*(b.value for b in RenderBackend), DENSE)  # what `render` accepts
+from cgsgan.render.backends import BACKENDS, Oracle, Views, resolve_backend
 
 
 @dataclass
@@ -61,50 +48,18 @@ class RenderOutput:
     depth: torch.Tensor
 
 
-def gsplat_available() -> tuple[bool, str]:
-    """Whether gsplat can rasterize here, and why not."""
-    if not torch.cuda.is_available():
-        return False, "no CUDA device is available (torch.cuda.is_available() is False)"
-    try:
-        import gsplat  # noqa: F401
-    except ImportError as e:  # pragma: no cover - gsplat is a dependency
-        return False, f"gsplat is not importable: {e}"
-    return True, ""
-
-
-def resolve_backend(backend: Backend, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown render backend {backend!r}; expected one of {list(BACKENDS)}")
-    if backend == RenderBackend.auto:
-        if device.type == "cuda":
-            return RenderBackend.gsplat.value
-        return RenderBackend.native.value if device.type == "cpu" and native.available()[0] else RenderBackend.torch.value
-    if backend == RenderBackend.native:
-        ok, why = native.available()
-        if not ok or device.type != "cpu":
-            reason = why or f"the Gaussians are on {device}, the native rasterizer needs CPU tensors"
-            raise RuntimeError(f"render backend 'native' cannot run: {reason}. Use backend='torch'.")
-    if backend == RenderBackend.gsplat:
-        ok, why = gsplat_available()
-        if not ok or device.type != "cuda":
-            reason = why or f"the Gaussians are on {device}, gsplat needs CUDA tensors"
-            raise RuntimeError(f"render backend 'gsplat' cannot run: {reason}. Use backend='torch' on CPU.")
-    return str(backend)
-
-
 def render(
     gaussians: Gaussians,
     cameras: torch.Tensor | Cameras,
     image_size: int | tuple[int, int],
     background: torch.Tensor | None = None,
-    backend: Backend = "auto",
+    backend: RenderBackend | Oracle | str = RenderBackend.auto,
 ) -> RenderOutput:
     """Render head b of `gaussians` (B heads) from each of its cameras.
 
     cameras: EG3D labels [B, 25] / [B, V, 25] or a `Cameras`. With [B, 25] the view axis is
     dropped from the outputs. background: RGB in [0, 1], broadcastable to [B, V, 3] (or [B, 3]
-    with [B, 25] cameras); None is
-    white.
+    with [B, 25] cameras); None is white. backend: a name of render/backends.py's table, or auto.
     """
     single_view = isinstance(cameras, torch.Tensor) and cameras.dim() == 2
     cams = Cameras.from_labels(cameras) if isinstance(cameras, torch.Tensor) else cameras
@@ -118,15 +73,10 @@ def render(
     background = background.to(dtype=dtype, device=device)
     if single_view and background.dim() == 2:  # [B, 3] for [B, 25] cameras
         background = background[:, None]
-    bg = background.expand(B, V, 3)
-    viewmats = camera.view_matrix(cams.cam2world.to(dtype))  # [B, V, 4, 4]
-    Ks = camera.pixel_intrinsics(cams.intrinsics.to(dtype), width, height)  # [B, V, 3, 3]
-
-    which = resolve_backend(backend, device)
-    if which == "gsplat":
-        colors, alphas, depths = _render_gsplat(gaussians, viewmats, Ks, width, height, bg)
-    else:
-        colors, alphas, depths = _render_torch(gaussians, viewmats, Ks, width, height, bg, which)
+    views = Views(viewmats=camera.view_matrix(cams.cam2world.to(dtype)),  # [B, V, 4, 4]
+                  Ks=camera.pixel_intrinsics(cams.intrinsics.to(dtype), width, height),  # [B, V, 3, 3]
+                  width=width, height=height, backgrounds=background.expand(B, V, 3))
+    colors, alphas, depths = BACKENDS[resolve_backend(backend, device)].render(gaussians, views)
 
     # [B, V, H, W, ...] -> [B, V, C, H, W]; images to [-1, 1].
     out = RenderOutput(
@@ -137,38 +87,3 @@ def render(
     if single_view:
         out = RenderOutput(image=out.image[:, 0], alpha=out.alpha[:, 0], depth=out.depth[:, 0])
     return out
-
-
-def _render_torch(g: Gaussians, viewmats, Ks, width, height, bg, which: str):
-    B, V = viewmats.shape[:2]
-    project_fn = native.project_native if which == "native" else project
-    proj = project_fn(g.means, g.log_scales, g.quats, g.opacities, g.rgb, viewmats, Ks, width, height)
-    if which == DENSE:
-        colors, alphas, depths = rasterize_dense(proj, bg.reshape(B * V, 3), width, height)
-    else:
-        colors, alphas, depths = rasterize(proj, bg.reshape(B * V, 3), width, height, native=which == "native")
-    return (
-        colors.reshape(B, V, height, width, 3),
-        alphas.reshape(B, V, height, width),
-        depths.reshape(B, V, height, width),
-    )
-
-
-def _render_gsplat(g: Gaussians, viewmats, Ks, width, height, bg):
-    from gsplat import rasterization
-
-    renders, alphas, _ = rasterization(
-        means=g.means,
-        quats=g.quats,
-        scales=g.scales,
-        opacities=g.opacities,
-        colors=g.rgb,
-        viewmats=viewmats,
-        Ks=Ks,
-        width=width,
-        height=height,
-        backgrounds=bg,
-        render_mode="RGB+ED",
-        packed=False,
-    )  # renders [B, V, H, W, 4], alphas [B, V, H, W, 1]
-    return renders[..., :3], alphas[..., 0], renders[..., 3]

@@ -1,7 +1,8 @@
-"""Dense all-Gaussians x all-pixels compositor: the test oracle for the tiled rasterizer.
+"""Dense all-Gaussians x all-pixels compositor: the test oracle for the PyTorch and compiled
+compositors (rasterize.composite_torch, native.composite_native).
 
-Deliberately simple and independent of the tiling code: every visible Gaussian is evaluated at
-every pixel, sorted by depth per camera, and composited with a plain cumulative product.
+Deliberately simple and independent of their pair enumeration: every visible Gaussian is evaluated
+at every pixel, sorted by depth per camera, and composited with a plain cumulative product.
 Memory is O(C * N * H * W): only for small scenes.
 """
 
@@ -12,10 +13,8 @@ import torch
 from cgsgan.render.projection import TRANSMITTANCE_EPS, Projected, gaussian_alpha
 
 
-def rasterize_dense(
-    p: Projected, backgrounds: torch.Tensor, width: int, height: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """backgrounds [C, D] -> colors [C, H, W, D], alphas [C, H, W], expected depth [C, H, W]."""
+def composite_dense(p: Projected, features: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A rasterize.Composite: features [C, N, F] -> acc [C, H, W, F], final transmittance [C, H, W]."""
     C, N = p.depths.shape
     dtype = p.means2d.dtype
     ys, xs = torch.meshgrid(torch.arange(height, dtype=dtype), torch.arange(width, dtype=dtype), indexing="ij")
@@ -39,13 +38,5 @@ def rasterize_dense(
     include = (t_incl > TRANSMITTANCE_EPS).detach()
     weight = alpha * t_excl * include  # [C, N, HW]
     final_t = torch.prod(torch.where(include, one_minus, torch.ones_like(one_minus)), dim=1)  # [C, HW]
-
-    colors = torch.einsum("cnp,cnd->cpd", weight, gather(p.colors)) + final_t[..., None] * backgrounds[:, None, :]
-    depth_acc = torch.einsum("cnp,cn->cp", weight, gather(p.depths))
-    alphas = 1.0 - final_t
-    depths = depth_acc / alphas.clamp(min=1e-10)
-    return (
-        colors.reshape(C, height, width, -1),
-        alphas.reshape(C, height, width),
-        depths.reshape(C, height, width),
-    )
+    acc = torch.einsum("cnp,cnf->cpf", weight, gather(features))  # [C, HW, F]
+    return acc.reshape(C, height, width, -1), final_t.reshape(C, height, width)

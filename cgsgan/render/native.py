@@ -1,8 +1,9 @@
 """The compiled CPU renderer (native.cpp): built on first use, loaded with ctypes.
 
 Two autograd Functions with the semantics of the PyTorch code they replace: NativeProject is
-projection.py's `project` (EWA projection, gsplat's culling and boxes) and NativeComposite is
-rasterize.py's compositing. The PyTorch versions take a few hundred whole-array operations
+projection.py's `project` (EWA projection, gsplat's culling and boxes; called as `project_native`)
+and NativeComposite is rasterize.py's compositing (called as `composite_native`, a
+rasterize.Composite). The PyTorch versions take a few hundred whole-array operations
 (dozens of passes over every (camera, Gaussian) and every (Gaussian, pixel) pair, forward and
 backward); these make one pass each, in C++, threaded over heads and cameras. The source has no
 torch headers and no pybind, so building it takes about a second with any C++17 compiler, and
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from cgsgan.gaussians import covariance
+from cgsgan.gaussians import Gaussians, covariance
 from cgsgan.render.projection import Projected
 
 SOURCE = Path(__file__).with_name("native.cpp")
@@ -166,32 +167,23 @@ class NativeProject(torch.autograd.Function):
         return g_means, g_sigma, None, None, None, None, None
 
 
-def project_native(
-    means: torch.Tensor,
-    log_scales: torch.Tensor,
-    quats: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
-    width: int,
-    height: int,
-) -> Projected:
+def project_native(g: Gaussians, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int) -> Projected:
     """projection.project with the per-camera work compiled: same arguments, same Projected."""
     if viewmats.requires_grad or Ks.requires_grad:
         raise ValueError("the native renderer does not differentiate cameras; use backend='torch' for that")
-    B, N = means.shape[:2]
+    B, N = g.means.shape[:2]
     V = viewmats.shape[1]
-    cov = covariance(log_scales, quats)  # [B, N, 3, 3]: per head, cheap in PyTorch
+    cov = covariance(g.log_scales, g.quats)  # [B, N, 3, 3]: per head, cheap in PyTorch
     sigma = torch.stack([cov[..., 0, 0], cov[..., 1, 1], cov[..., 2, 2], cov[..., 0, 1], cov[..., 0, 2],
                          cov[..., 1, 2]], dim=-1)  # [B, N, 6], the entries projection.project reads
-    means2d, conics, depths, radii = NativeProject.apply(means, sigma, opacities, viewmats, Ks, width, height)
+    opacities = g.opacities
+    means2d, conics, depths, radii = NativeProject.apply(g.means, sigma, opacities, viewmats, Ks, width, height)
 
     def per_camera(t: torch.Tensor) -> torch.Tensor:  # [B, N, ...] -> [B V, N, ...], no copy until needed
         return t[:, None].expand(B, V, *t.shape[1:]).reshape(B * V, *t.shape[1:])
 
     return Projected(means2d=means2d, conics=conics, depths=depths, opacities=per_camera(opacities),
-                     colors=per_camera(colors), radii=radii)
+                     colors=per_camera(g.rgb), radii=radii)
 
 
 class NativeComposite(torch.autograd.Function):
@@ -249,3 +241,16 @@ class NativeComposite(torch.autograd.Function):
         if status != 0:
             raise RuntimeError(f"native rasterizer backward failed (status {status})")
         return g_table, None, None, None, None
+
+
+def composite_native(p: Projected, features: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The compiled compositor (a rasterize.Composite)."""
+    table = torch.cat([p.means2d, p.conics, p.opacities[..., None], features], dim=-1)  # [C, N, 6 + F]
+    return NativeComposite.apply(table, p.depths, p.radii, width, height)
+
+
+def unavailable(device: torch.device) -> str:
+    """Why the compiled renderer cannot render tensors on `device` ("" where it can)."""
+    if device.type != "cpu":
+        return f"the Gaussians are on {device}, the native rasterizer needs CPU tensors"
+    return available()[1]

@@ -1,6 +1,7 @@
 """EWA projection of 3D Gaussians to screen space, with gsplat's semantics.
 
-Shared by the tiled CPU rasterizer and the dense oracle. Mirrors gsplat's fused projection:
+Shared by the PyTorch rasterizer (rasterize.py) and the dense oracle (dense.py); native.py
+compiles the same projection. Mirrors gsplat's fused projection:
 near/far culling, the Jacobian with its field-of-view clamp, the 0.3 px screen-space low-pass
 (eps2d), opacity-aware bounding boxes (extend = min(3.33, sqrt(2 ln(255 * opacity)))), and
 culling of Gaussians whose box misses the image.
@@ -8,11 +9,11 @@ culling of Gaussians whose box misses the image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
-from cgsgan.gaussians import covariance
+from cgsgan.gaussians import Gaussians, covariance
 
 ALPHA_THRESHOLD = 1.0 / 255.0
 MAX_ALPHA = 0.999
@@ -42,28 +43,23 @@ class Projected:
     colors: torch.Tensor
     radii: torch.Tensor
 
+    def cameras(self, which: slice) -> "Projected":
+        """The same Gaussians seen by the cameras `which` only (views, no copies)."""
+        return Projected(*(getattr(self, f.name)[which] for f in fields(self)))
 
-def project(
-    means: torch.Tensor,
-    log_scales: torch.Tensor,
-    quats: torch.Tensor,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
-    width: int,
-    height: int,
-) -> Projected:
-    """Project B heads' Gaussians [B, N, ...] into each head's V cameras (view matrices
+
+def project(g: Gaussians, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int) -> Projected:
+    """Project B heads' Gaussians g [B, N, ...] into each head's V cameras (view matrices
     [B, V, 4, 4], pixel Ks [B, V, 3, 3]) -> Projected over C = B * V cameras, head-major.
 
     The 3D covariance is built once per head, and the 2D covariance of every (camera, Gaussian)
     is written out per component (T Sigma T^T with T = J W the 2x3 Jacobian of the projection):
     batches of 3x3 matrix products cost far more on CPU than a few elementwise passes.
     """
+    means, opacities, colors = g.means, g.opacities, g.rgb
     B, N = means.shape[:2]
     V = viewmats.shape[1]
-    sigma = covariance(log_scales, quats)[:, None]  # [B, 1, N, 3, 3]
+    sigma = covariance(g.log_scales, g.quats)[:, None]  # [B, 1, N, 3, 3]
     rot = viewmats[:, :, None, :3, :3]  # [B, V, 1, 3, 3]
     trans = viewmats[:, :, None, :3, 3]  # [B, V, 1, 3]
     mean_c = torch.einsum("bnk,bvjk->bvnj", means, viewmats[:, :, :3, :3]) + trans  # [B, V, N, 3]

@@ -23,17 +23,22 @@ _Composite), so no per-pair graph is kept.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from cgsgan.render.native import NativeComposite
 from cgsgan.render.projection import ALPHA_THRESHOLD, MAX_ALPHA, TRANSMITTANCE_EPS, Projected
 
 _LOG_EPS = math.log(TRANSMITTANCE_EPS)
 # Candidate pairs per pass: bounds the memory of one pass (about 60 bytes a pair) for scenes of
 # large Gaussians; cameras are split into passes to stay under it.
 MAX_PAIRS_PER_PASS = 16_000_000
+
+# A compositor: Projected Gaussians of c cameras, their features [c, N, F] (colours and depth)
+# -> acc [c, H, W, F] (sum over each pixel's Gaussians of T alpha f, front to back) and the final
+# transmittance [c, H, W]. composite_torch below, native.composite_native, dense.composite_dense.
+Composite = Callable[[Projected, torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -46,22 +51,22 @@ class _Pairs:
 
     rows: torch.Tensor  # [M] table row (camera * N + Gaussian) of each visible Gaussian, front to back
     gauss: torch.Tensor  # [Q] int32: which of the M Gaussians the pair belongs to (non-decreasing)
-    pixel: torch.Tensor  # [Q] int32: camera * H * W + y * W + x (cameras counted from the pass's first)
+    pixel: torch.Tensor  # [Q] int32: camera * H * W + y * W + x
     dx: torch.Tensor  # [Q] mean x - pixel centre x
     dy: torch.Tensor  # [Q]
 
 
-def candidate_pairs(p: Projected, cameras: range, width: int, height: int) -> _Pairs:
-    """Pairs of the Gaussians seen by `cameras` (consecutive) with the pixels where they may reach
+def candidate_pairs(p: Projected, width: int, height: int) -> _Pairs:
+    """Pairs of the Gaussians seen by p's cameras with the pixels where they may reach
     alpha >= 1/255: on each pixel row of a Gaussian's box, the span of the ellipse
     sigma <= ln(255 o) (a hair wider against rounding; the alpha test in _Composite decides)."""
     N = p.radii.shape[1]
-    radii = p.radii[cameras.start : cameras.stop]  # [c, N, 2]
+    radii = p.radii  # [C, N, 2]
     cam, gauss = (radii > 0).any(-1).nonzero(as_tuple=True)
     # Front to back: the stable sort by pixel in _Composite keeps this order inside each pixel.
-    order = torch.argsort(p.depths.detach()[cameras.start : cameras.stop][cam, gauss])
+    order = torch.argsort(p.depths.detach()[cam, gauss])
     cam, gauss = cam[order], gauss[order]
-    rows = (cam + cameras.start) * N + gauss
+    rows = cam * N + gauss
     m = p.means2d.detach().reshape(-1, 2)[rows]  # [M, 2]
     ry = radii[cam, gauss][:, 1].to(m.dtype)
     a, b, c = p.conics.detach().reshape(-1, 3)[rows].unbind(1)
@@ -180,40 +185,38 @@ class _Composite(torch.autograd.Function):
         return g_table, None, None
 
 
+def composite_torch(p: Projected, features: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain-PyTorch compositor (a `Composite`): candidate pairs, then _Composite."""
+    C, N = p.depths.shape
+    table = torch.cat([p.means2d, p.conics, p.opacities[..., None], features], dim=-1)  # [C, N, 6 + F]
+    pairs = candidate_pairs(p, width, height)
+    acc, log_t = _Composite.apply(table.reshape(C * N, -1), pairs, C * width * height)
+    return acc.reshape(C, height, width, -1), log_t.exp().reshape(C, height, width)
+
+
 def rasterize(
-    p: Projected, backgrounds: torch.Tensor, width: int, height: int, native: bool = False
+    p: Projected, backgrounds: torch.Tensor, width: int, height: int, *, composite: Composite
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Composite projected Gaussians of C cameras.
+    """Composite projected Gaussians of C cameras with `composite` (composite_torch here,
+    native.composite_native, dense.composite_dense: the same pairs, order and stop, so the same
+    images and gradients up to rounding).
 
     backgrounds [C, D] -> colors [C, H, W, D], alphas [C, H, W], expected depth [C, H, W]
-    native: composite with the compiled kernel (cgsgan/render/native.py) instead of _Composite;
-    the same pairs, order and stop, so the same images and gradients up to rounding.
     """
     C, N, D = p.colors.shape
-    table = torch.cat([p.means2d, p.conics, p.opacities[..., None], p.colors, p.depths[..., None]], dim=-1)  # [C, N, K]
+    features = torch.cat([p.colors, p.depths[..., None]], dim=-1)  # [C, N, D + 1]: depth composited as a colour
     # Cameras in passes of bounded memory (the candidate count is known from the boxes).
     boxes = ((2 * p.radii[..., 0] + 1) * (2 * p.radii[..., 1] + 1) * (p.radii > 0).any(-1)).sum(1)  # [C]
-    passes, current, size = [], [], 0
+    passes, start, size = [], 0, 0
     for cam, n in enumerate(boxes.tolist()):
-        if current and size + n > MAX_PAIRS_PER_PASS:
-            passes.append(current)
-            current, size = [], 0
-        current.append(cam)
+        if cam > start and size + n > MAX_PAIRS_PER_PASS:
+            passes.append(slice(start, cam))
+            start, size = cam, 0
         size += n
-    passes.append(current)
-    acc_parts, t_parts = [], []
-    for cams in passes:
-        if native:
-            cs = slice(cams[0], cams[-1] + 1)
-            acc, final_t = NativeComposite.apply(table[cs], p.depths[cs], p.radii[cs], width, height)
-        else:
-            pairs = candidate_pairs(p, range(cams[0], cams[-1] + 1), width, height)
-            acc, log_t = _Composite.apply(table.reshape(C * N, -1), pairs, len(cams) * width * height)
-            final_t = log_t.exp()
-        acc_parts.append(acc.reshape(-1, D + 1))
-        t_parts.append(final_t.reshape(-1))
-    acc = torch.cat(acc_parts).reshape(C, height, width, D + 1)
-    final_t = torch.cat(t_parts).reshape(C, height, width)
+    passes.append(slice(start, C))
+    parts = [composite(p.cameras(cs), features[cs], width, height) for cs in passes]
+    acc = torch.cat([a for a, _ in parts])  # [C, H, W, D + 1]
+    final_t = torch.cat([t for _, t in parts])  # [C, H, W]
     colors = acc[..., :D] + final_t[..., None] * backgrounds[:, None, None, :]
     alphas = 1.0 - final_t
     depths = acc[..., D] / alphas.clamp(min=1e-10)

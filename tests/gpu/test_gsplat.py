@@ -34,7 +34,8 @@ import pytest
 import torch
 
 from benchmarks.gpu import config_512  # the config the GPU benchmark times
-from cgsgan.render import native
+from cgsgan.config import RenderBackend
+from cgsgan.render.backends import resolve_backend
 from tests.gpu.scenes import differences, head_scene, random_scene, render_with_grads, views
 
 REQUIRE_CUDA = os.environ.get("CGSGAN_REQUIRE_CUDA") == "1"
@@ -72,9 +73,9 @@ def test_gsplat_matches_the_cpu_rasterizer(name, record_property):
     bg = torch.rand(B, V, 3, generator=gen, dtype=torch.float64)
     weights = (torch.rand(B, V, 3, size, size, generator=gen, dtype=torch.float64),
                torch.rand(B, V, 1, size, size, generator=gen, dtype=torch.float64))
-    # The float64 CPU reference: the compiled renderer where it builds (the tests on CPU hold it to the
-    # dense oracle and to "torch"), else the PyTorch one.
-    cpu = "native" if native.available()[0] else "torch"
+    # The float64 CPU reference: what auto picks on CPU, the compiled renderer where it builds (the
+    # tests on CPU hold it and "torch" to the dense oracle), else the PyTorch one.
+    cpu = resolve_backend(RenderBackend.auto, torch.device("cpu"))
     ref = render_with_grads(g, labels, size, bg, weights, cpu, "cpu", torch.float64)
     got = render_with_grads(g, labels, size, bg, weights, "gsplat", "cuda", torch.float32)
     d = differences(got, ref)

@@ -24,7 +24,7 @@ def bin_ratio(yaws, indices, bins: int = 9) -> float:
 def test_yaw_balance_flattens_a_skewed_histogram():
     g = torch.Generator().manual_seed(0)
     yaws = (torch.randn(600, generator=g) * 0.3).tolist()
-    out = curate.yaw_balance_indices(yaws, bins=7, max_repeat=4)
+    out = curate.curate(yaws, bins=7, max_repeat=4)
     before, after = bin_ratio(yaws, range(600), 7), bin_ratio(yaws, out, 7)
     assert after < before / 2, (before, after)
     reps = Counter(out)
@@ -32,18 +32,18 @@ def test_yaw_balance_flattens_a_skewed_histogram():
     assert max(reps.values()) == 4 and min(reps.values()) == 1
     assert out == sorted(out)
     # The fullest bin is left alone.
-    assert curate.yaw_balance_indices(yaws, bins=7, max_repeat=1) == list(range(600))
+    assert curate.curate(yaws, bins=7, max_repeat=1) == list(range(600))
 
 
-def test_repeat_factors_and_class_balance():
+def test_balance_factors_and_class_balance():
     keys = ["a"] * 8 + ["b"] * 2 + ["c"]
-    assert curate.repeat_factors(keys, max_repeat=4) == [1] * 8 + [4, 4] + [4]
-    assert curate.repeat_factors(keys, max_repeat=10) == [1] * 8 + [4, 4] + [8]
-    out = curate.class_balance_indices(keys, max_repeat=10)
+    assert curate.balance_factors([keys], max_repeat=4) == [1] * 8 + [4, 4] + [4]
+    assert curate.balance_factors([keys], max_repeat=10) == [1] * 8 + [4, 4] + [8]
+    # One yaw bin (all yaws equal): only the classes of the balanced column are evened out.
+    out = curate.curate([0.0] * len(keys), [{"smile": k} for k in keys], balance="smile", bins=1, max_repeat=10)
     assert Counter(keys[i] for i in out) == {"a": 8, "b": 8, "c": 8}
-    assert curate.class_balance_indices(keys, max_repeat=10, indices=[0, 9]) == [0, 9]  # 1 a, 1 b: balanced
     with pytest.raises(ValueError, match="max_repeat"):
-        curate.repeat_factors(keys, 0)
+        curate.balance_factors([keys], 0)
 
 
 def test_filter_rules():

@@ -16,7 +16,8 @@ import torch
 
 from cgsgan import camera
 from cgsgan.gaussians import Gaussians
-from cgsgan.render import Cameras, native, render, resolve_backend
+from cgsgan.render import Cameras, native, render
+from cgsgan.render.backends import resolve_backend
 from cgsgan.render.projection import project
 from tests.unit.test_render import scene
 
@@ -40,9 +41,10 @@ def test_native_projection_equals_the_pytorch_projection_with_its_gradients():
     cams = Cameras.from_labels(labels)
     viewmats, Ks = camera.view_matrix(cams.cam2world), camera.pixel_intrinsics(cams.intrinsics, W, H)
     leaves = [t.requires_grad_(True) for t in (g.means, g.log_scales, g.quats)]
-    args = (g.opacities, g.rgb, viewmats, Ks, W, H)
-    ours = native.project_native(*leaves, *args)
-    ref = project(*leaves, *args)
+    g = g.replace(means=leaves[0], log_scales=leaves[1], quats=leaves[2])
+    args = (viewmats, Ks, W, H)
+    ours = native.project_native(g, *args)
+    ref = project(g, *args)
     z = ref.depths
     assert (z < 0.01).any() and (ref.radii == 0).any() and (ref.radii > 0).any()
     assert (ref.means2d[..., 0] < -0.5 * W).any() or (ref.means2d[..., 0] > 1.5 * W).any()  # beyond the clamp
@@ -115,7 +117,8 @@ def test_auto_picks_native_on_cpu_and_the_library_is_cached_by_content(tmp_path)
 def test_without_a_compiler_native_says_why_and_auto_falls_back_to_torch(tmp_path):
     code = (
         "import torch\n"
-        "from cgsgan.render import native, resolve_backend\n"
+        "from cgsgan.render import native\n"
+        "from cgsgan.render.backends import resolve_backend\n"
         "ok, why = native.available()\n"
         "print(ok, '|', why)\n"
         "print(resolve_backend('auto', torch.device('cpu')))\n"
