@@ -64,7 +64,7 @@ from cgsgan.losses import (
 )
 from cgsgan.models import build_models
 from cgsgan.render import render
-from cgsgan.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cgsgan.training.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from cgsgan.training.samples import save_grid, save_turntable
 
 
@@ -425,7 +425,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / f"checkpoint-{self.cur_nimg:010d}.pt"
+        return self.run_dir / "checkpoints" / f"{checkpoint_name(self.cur_nimg)}.pt"
 
     def state_dict(self) -> dict:
         return {
@@ -471,13 +471,6 @@ class Trainer:
         torch.set_rng_state(state["rng"]["torch"])
         self.extra_state = dict(state.get("extra", {}))
         self._tick_start_nimg = self.cur_nimg
-
-    def resume_latest(self) -> Path | None:
-        """Load the newest local checkpoint of this run, if any."""
-        path = latest_checkpoint(self.run_dir / "checkpoints")
-        if path is not None:
-            self.load(path)
-        return path
 
 
 DATA_ORDER = "global-strided"  # checkpoints whose epoch_pos is the global position (see `_indices_at`)
