@@ -234,6 +234,7 @@ def root_cause(error: BaseException) -> str:
 def launch(cfg: LaunchConfig) -> int:
     """One training run, wherever cluster.kind says: the exit code (0 done or submitted, 1 training
     failed, 2 stopped before anything started)."""
+    quiet_console()
     try:
         plan = prepare(cfg)
     except PREPARE_ERRORS as e:

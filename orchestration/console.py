@@ -1,6 +1,6 @@
 """One line per tick on the console (README): Ray's and MLflow's routine chatter kept off it,
 their warnings and errors left on. Called where a launch starts (`quiet_console`, before Ray or
-MLflow is imported there) and in every worker (`quiet_worker_loggers`)."""
+MLflow start there) and in every worker (`quiet_worker_loggers`)."""
 
 from __future__ import annotations
 

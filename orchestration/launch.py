@@ -14,10 +14,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from orchestration.console import quiet_console  # noqa: E402
-
-quiet_console()  # before Ray and MLflow are imported: they read their log settings then
-
 from cgsgan.config import ConfigError  # noqa: E402
 from orchestration import cluster  # noqa: E402
 from orchestration.config import register, to_typed  # noqa: E402
