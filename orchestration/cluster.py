@@ -15,6 +15,7 @@ a broken file ends the launch with one line naming it (exit 2).
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +31,7 @@ from orchestration.config import (
     resolve_index_list,
     validate_launch,
 )
+from orchestration.console import LOCAL_RAY_ENV, quiet_console
 from orchestration.ray_nodes import WORKER_NICENESS
 from orchestration.storage import StorageError, check_storage
 from orchestration.tracking import redact
@@ -110,15 +112,31 @@ def connect_ray(cfg: LaunchConfig, extra_cpus: int = 0) -> None:
     work (Tune's trial drivers)."""
     import ray
 
+    quiet_console()
     address = ray_address(cfg)
     if ray.is_initialized():
         return
     if address is None:
-        # The dashboard serves the state API that Ray Train's controller polls.
-        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", _system_config={"worker_niceness": WORKER_NICENESS},
+        # A local launch talks only to the Ray it starts. Ray's state API (which Ray Train's
+        # placement-group cleaner and controller poll, from processes of this Ray) finds "the" Ray
+        # of the host by scanning its processes unless told where to go, and fails ("Found multiple
+        # active Ray instances") on a host where another Ray runs. Those processes inherit this
+        # environment, so it names this Ray's dashboard (which serves that API) on a port chosen here.
+        port = free_port()
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        for key, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(key, value)
+        ray.init(include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                 _system_config={"worker_niceness": WORKER_NICENESS},
                  num_cpus=(os.cpu_count() or 1) + extra_cpus if extra_cpus else None)
     else:
         ray.init(address=address)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_as_job(cfg: LaunchConfig, job_name: str, entry: Callable[[Any], int], driver_cpus: int = 0,
@@ -162,9 +180,12 @@ def train_on_ray(cfg: LaunchConfig, plan: Plan) -> int:
         print(f"error: training failed: {root_cause(e)}", file=sys.stderr)
         return 1
     returned = result.return_value if isinstance(result.return_value, dict) else {}
-    if "data_error" in returned:  # a broken file found while the workers built the dataset: not retried
+    if returned.get("data_error"):  # a broken file found while the workers built the dataset: not retried
         print(f"error: {one_line(returned['data_error'])}", file=sys.stderr)
         return 2
+    if returned.get("complete_nimg") is not None:
+        print(complete_message(plan, cfg.train.total_kimg, returned["complete_nimg"]))
+        return 0
     samples = Path(plan.output_dir) / "runs" / plan.name / "samples"
     checkpoint = checkpoint_uri(plan, result.checkpoint.path) if result.checkpoint else None
     print("\ndone.")
@@ -180,6 +201,15 @@ def train_on_ray(cfg: LaunchConfig, plan: Plan) -> int:
         print(f"error: training failed: {root_cause(result.error)}", file=sys.stderr)
         return 1
     return 0
+
+
+def complete_message(plan: Plan, total_kimg: float, nimg: int) -> str:
+    """What a relaunch of a finished run says instead of training."""
+    from orchestration.worker import kimg_text
+
+    return (f"run {plan.name} is complete at {kimg_text(nimg)} kimg (train.total_kimg={total_kimg:g}): nothing to train.\n"
+            f"  extend it:        the same command with train.total_kimg=<more than {kimg_text(nimg)}>\n"
+            f"  start another:    the same command with name=<a new run name>")
 
 
 def checkpoint_uri(plan: Plan, path: str) -> str:
@@ -204,6 +234,7 @@ def root_cause(error: BaseException) -> str:
 def launch(cfg: LaunchConfig) -> int:
     """One training run, wherever cluster.kind says: the exit code (0 done or submitted, 1 training
     failed, 2 stopped before anything started)."""
+    quiet_console()
     try:
         plan = prepare(cfg)
     except PREPARE_ERRORS as e:

@@ -4,17 +4,21 @@ sweeps/ablate.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
+from cgsgan.config import from_dict, to_dict
 from cgsgan.data.dataset import DataError
+from cgsgan.training.checkpoint import RunCheckpoints
 from orchestration.config import LaunchConfig, Plan
+from orchestration.console import QUIET_ENV
 from orchestration.storage import ray_storage, s3_endpoint
 from orchestration.worker import train_loop_per_worker
+from orchestration.worker_spec import WorkerSpec
 
 # Settings (never credentials) that workers may need, passed through Ray's runtime env only when
 # the run's storage / tracking choice needs them. Ray's runtime-env agent writes every variable it
@@ -34,6 +38,8 @@ def worker_env(plan: Plan) -> dict[str, str]:
     if not plan.tracking_uri.startswith(("sqlite:", "file:")):
         keys += TRACKING_ENV
     env = {k: os.environ[k] for k in keys if k in os.environ}
+    # Workers on a cluster do not inherit the driver's environment: keep their console as quiet.
+    env.update({k: os.environ.get(k, v) for k, v in QUIET_ENV.items()})
     # Train V2 patches print() in workers to also log through its logger, which Ray streams to
     # the driver a second time: every tick line showed up twice. Ray's own streaming is enough.
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
@@ -48,36 +54,46 @@ class StopOnDataError(UserCallback):
     """Ray Train retries any worker failure up to `max_failures` times; a broken data file (a
     `DataError`, e.g. a truncated image read on demand mid-run) fails the same way every time.
     Raising from this controller callback turns it into a controller error, which Ray does not retry.
-    (A DataError while the trainer is built never gets here: the worker returns it.)"""
+    Decided by the exception's type (the worker re-raises a DataError found in a failure's cause
+    chain as one), never by text in a traceback. (A DataError while the trainer is built never
+    gets here: the worker returns it.)"""
 
     def after_exception(self, run_context, worker_exceptions: dict) -> None:
         for rank, error in sorted(worker_exceptions.items()):
             cause = getattr(error, "_base_exc", error)  # Ray wraps it with its traceback text
-            if isinstance(cause, DataError) or "cgsgan.data.dataset.DataError: " in str(error):
-                message = str(cause) if isinstance(cause, DataError) else \
-                    str(error).split("cgsgan.data.dataset.DataError: ", 1)[1].strip().splitlines()[0]
-                raise DataErrorStop(f"rank {rank}: {message}")
+            if isinstance(cause, DataError):
+                raise DataErrorStop(f"rank {rank}: {cause}")
 
 
-def worker_config(cfg: LaunchConfig, plan: Plan, tags: dict | None = None) -> dict:
-    """Plain values handed to every worker. `tags` go onto the MLflow run (e.g. the sweep's
-    parent run id and axis values)."""
-    params = {**plan.core, "cluster": dataclasses.asdict(cfg.cluster),
-              "storage": {"path": plan.storage_path, "num_to_keep": cfg.storage.num_to_keep}}  # fmt: skip
-    return {
-        "core": plan.core,
-        "name": plan.name,
-        "use_gpu": cfg.cluster.use_gpu,
-        "local_dir": str(Path(plan.output_dir) / "runs"),
-        "storage_uri": plan.storage_path,
-        "storage_endpoint": s3_endpoint(cfg.storage.endpoint_url) or "",
-        "tracking_uri": plan.tracking_uri,
-        "experiment": cfg.tracking.experiment,
-        "artifact_root": (Path(plan.output_dir) / "mlartifacts").as_uri() if not cfg.tracking.uri else None,
-        "params": params,
-        "tags": dict(tags or {}),
-        "data_notices": list(plan.data_notices),
-    }
+def worker_spec(cfg: LaunchConfig, plan: Plan, tags: dict | None = None) -> WorkerSpec:
+    """What every worker is given. `tags` go onto the MLflow run (e.g. the sweep's parent run id
+    and axis values)."""
+    return WorkerSpec(
+        core=from_dict(plan.core),
+        name=plan.name,
+        use_gpu=cfg.cluster.use_gpu,
+        local_dir=str(Path(plan.output_dir) / "runs"),
+        storage_uri=plan.storage_path,
+        storage_endpoint=s3_endpoint(cfg.storage.endpoint_url) or "",
+        num_to_keep=cfg.storage.num_to_keep,
+        tracking_uri=plan.tracking_uri,
+        experiment=cfg.tracking.experiment,
+        artifact_root=(Path(plan.output_dir) / "mlartifacts").as_uri() if not cfg.tracking.uri else None,
+        cluster=to_dict(cfg.cluster),
+        tags={k: str(v) for k, v in (tags or {}).items()},
+        data_notices=list(plan.data_notices),
+    )
+
+
+def forget_ray_run_snapshot(spec: WorkerSpec) -> None:
+    """Delete Ray's run snapshot (checkpoint_manager_snapshot.json) of the run before a fit.
+
+    Ray restores its checkpoint list from that file and refuses to start
+    (CheckpointManagerInitializationError) when it is corrupt or names a folder that is gone -- a
+    folder pruned by this project, deleted by a user, or lost in a crash. The project never needs
+    it: workers resume from the newest checkpoint in storage that loads (RunCheckpoints).
+    """
+    RunCheckpoints(spec.run_uri, spec.storage_endpoint).delete_file(CHECKPOINT_MANAGER_SNAPSHOT_FILENAME)
 
 
 def build_trainer(
@@ -87,10 +103,12 @@ def build_trainer(
     resources = {"CPU": c.cpus_per_worker}
     if c.use_gpu:
         resources["GPU"] = c.gpus_per_worker
+    spec = worker_spec(cfg, plan, tags)
+    forget_ray_run_snapshot(spec)
     storage_path, storage_fs = ray_storage(plan.storage_path, cfg.storage.endpoint_url)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=worker_config(cfg, plan, tags),
+        train_loop_config=spec.to_dict(),
         scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
         run_config=RunConfig(
@@ -98,7 +116,12 @@ def build_trainer(
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=c.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.storage.num_to_keep),
+            # Retention is the project's (RunCheckpoints.prune, run by rank 0 after each
+            # checkpoint), not Ray's: Ray 2.60's CheckpointManager tracks checkpoints by folder
+            # path, so a checkpoint replayed under the name of a skipped, unloadable one is tracked
+            # twice, and evicting the stale entry deletes the folder -- the fresh checkpoint --
+            # while its snapshot still lists it; it also never checks that what it keeps loads.
+            checkpoint_config=CheckpointConfig(num_to_keep=None),
             callbacks=[StopOnDataError(), *(extra_callbacks or [])],
             worker_runtime_env={"env_vars": worker_env(plan)},
         ),

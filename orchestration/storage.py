@@ -72,19 +72,12 @@ def check_storage(path: str, endpoint_url: str = "", create_bucket: bool = False
 
 
 def ray_storage(path: str, endpoint_url: str = "") -> tuple[str, object | None]:
-    """(storage_path, storage_filesystem) for Ray's RunConfig; a custom endpoint needs a pyarrow FS."""
+    """(storage_path, storage_filesystem) for Ray's RunConfig; a custom endpoint needs a pyarrow FS
+    (the same one the workers read checkpoints through: cgsgan.training.checkpoint)."""
     endpoint = s3_endpoint(endpoint_url)
     if not path.startswith("s3://") or not endpoint:
         return path, None
-    import pyarrow.fs
+    from cgsgan.training.checkpoint import checkpoint_filesystem
 
-    parsed = urlparse(endpoint)
-    fs = pyarrow.fs.S3FileSystem(
-        endpoint_override=parsed.netloc or parsed.path,
-        scheme=parsed.scheme or "http",
-        region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-        connect_timeout=5,
-        request_timeout=30,
-        retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=3),
-    )
-    return path[len("s3://") :], fs
+    fs, fs_path = checkpoint_filesystem(path, endpoint)
+    return fs_path, fs

@@ -1,110 +1,91 @@
 """The Ray Train worker: one rank of the core trainer, wired to Ray checkpoints and MLflow.
 
-Receives plain values only (the plan as a dict), rebuilds the typed config, resumes from the
-newest checkpoint of the run that loads - the one `ray.train.get_checkpoint()` hands (restart after
-a failure, or a resubmitted run), else the newest in storage - and reports once per tick on every
-rank (ray.train.report is a barrier), attaching the checkpoint that rank 0 wrote on checkpoint
-ticks. A broken dataset found while the trainer is built ends the run without a retry (the same
-files fail the same way): the worker returns the error instead of raising it.
+Receives a `WorkerSpec` as plain values, rebuilds it, resumes from the newest checkpoint of the
+run in storage that loads (`RunCheckpoints`: rank 0 picks it, every rank loads the same one), and
+reports once per tick on every rank (ray.train.report is a barrier), attaching the checkpoint
+that rank 0 wrote on checkpoint ticks; then rank 0 prunes old checkpoint folders (the project's
+retention, not Ray's: see ray_trainer.build_trainer). A broken dataset found while the trainer is
+built ends the run without a retry (the same files fail the same way): the worker returns the
+error instead of raising it; one met mid-run is raised as a DataError, which the controller
+callback stops on (ray_trainer.StopOnDataError).
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import ray.train
 import torch
 
-from cgsgan.config import from_dict
 from cgsgan.data.dataset import DataError, mark_shown
+from cgsgan.training.checkpoint import CHECKPOINT_FILE, RunCheckpoints
 from cgsgan.training.trainer import Callbacks, Trainer
-
-CHECKPOINT_FILE = "checkpoint.pt"
-
-
-def quiet_ray_train_reports() -> None:
-    """Ray Train logs every `ray.train.report` ("Reporting training result N: TrainingReport(...)",
-    all metrics) and every checkpoint ("Checkpoint successfully created at: ...") at INFO on the
-    console: two long lines per tick beside the tick line. Keep them to warnings and above."""
-    from ray.train.v2._internal.execution import context, storage
-
-    for name in (context.__file__, storage.__name__):  # the report logger is named after its file
-        logging.getLogger(name).setLevel(logging.WARNING)
+from orchestration.console import quiet_worker_loggers
+from orchestration.worker_spec import WorkerSpec
 
 
-def resume(trainer: Trainer, ray_checkpoint, storage_uri: str, endpoint: str, name: str,
+@dataclass
+class WorkerResult:
+    """What rank 0 returns to the driver (as plain values): why the run ended without training."""
+
+    data_error: str = ""  # a broken data file found while the trainer was built
+    complete_nimg: int | None = None  # the run had already reached train.total_kimg: images trained
+
+
+def kimg_text(nimg: int) -> str:
+    """kimg with every digit an image count has (0.004, 0.048, 6, 1234.567)."""
+    return f"{nimg / 1e3:.3f}".rstrip("0").rstrip(".")
+
+
+def resume(trainer: Trainer, store: RunCheckpoints, rank: int = 0, world: int = 1,
            say: Callable[[str], None] = print) -> str | None:
-    """Load into `trainer` the newest checkpoint of run `name` that loads; returns where it came from.
+    """Load into `trainer` the newest checkpoint of the run that loads; returns its folder.
 
-    First the checkpoint Ray hands back (`ray_checkpoint`, may be None); if it does not load (a
-    truncated file, say), the newest checkpoint in storage that does. What does not load is said
-    once (through `say`) and skipped; nothing is deleted.
+    Rank 0 picks it (what does not load is said once through `say` and skipped) and every other
+    rank loads the same folder, so that all ranks start from one state. Ray's own
+    `ray.train.get_checkpoint()` is not consulted: it names the newest checkpoint reported in
+    this fit, which is the newest folder in storage anyway, and storage is the one record that
+    survives a relaunch.
     """
-    skipped: set[str] = set()
-    if ray_checkpoint is not None:
-        try:
-            with ray_checkpoint.as_directory() as d:
-                trainer.load(Path(d) / CHECKPOINT_FILE)
-            return ray_checkpoint.path
-        except (OSError, ValueError) as e:
-            say(f"skipping checkpoint {ray_checkpoint.path}: {e}")
-            skipped.add(Path(ray_checkpoint.path).name)
-    return load_latest_from_storage(trainer, storage_uri, endpoint, name, skip=skipped, say=say)
+    folder = store.resume(trainer.load, say=say) if rank == 0 else None
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        chosen = [folder]
+        torch.distributed.broadcast_object_list(chosen, src=0)
+        folder = chosen[0]
+        if rank != 0 and folder is not None:
+            store.load(folder, trainer.load)
+    return folder
 
 
-def load_latest_from_storage(trainer: Trainer, storage_uri: str, endpoint: str, name: str,
-                             skip: set[str] = frozenset(), say: Callable[[str], None] = print) -> str | None:
-    """Load the newest checkpoint-*/checkpoint.pt of this run in storage into `trainer`.
-
-    S3 objects appear whole or not at all, and a file that does not load is skipped (said through
-    `say`), so a checkpoint interrupted mid-upload is never taken for a good one. Folders named in
-    `skip` were tried already and are passed over silently.
-    """
-    import pyarrow.fs
-
-    from orchestration.storage import ray_storage
-
-    path, fs = ray_storage(storage_uri, endpoint)
-    if fs is None:
-        fs, path = pyarrow.fs.FileSystem.from_uri(path if "://" in path else Path(path).as_uri())
-    run_dir = f"{path.rstrip('/')}/{name}"
-    try:
-        entries = fs.get_file_info(pyarrow.fs.FileSelector(run_dir, allow_not_found=True))
-    except OSError:
-        return None
-    dirs = sorted((e.path for e in entries if e.base_name.startswith("checkpoint-") and e.base_name not in skip),
-                  reverse=True)
-    for d in dirs:
-        with tempfile.TemporaryDirectory() as tmp:
-            local = Path(tmp) / CHECKPOINT_FILE
-            try:
-                pyarrow.fs.copy_files(f"{d}/{CHECKPOINT_FILE}", str(local), source_filesystem=fs,
-                                      destination_filesystem=pyarrow.fs.LocalFileSystem())
-                trainer.load(local)
-            except (OSError, ValueError) as e:
-                say(f"skipping checkpoint {d}: {e}")
-                continue
-        return d
+def data_error_in(error: BaseException) -> DataError | None:
+    """The DataError `error` is, or was raised from (its cause / context chain)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, DataError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
     return None
 
 
 def train_loop_per_worker(config: dict) -> dict | None:
-    quiet_ray_train_reports()
-    mark_shown(config.get("data_notices", []))  # the launcher printed them before Ray started
+    quiet_worker_loggers()
+    spec = WorkerSpec.from_dict(config)
+    mark_shown(spec.data_notices)  # the launcher printed them before Ray started
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    cfg = from_dict(config["core"])
-    use_gpu = config["use_gpu"]
-    device = torch.device(f"cuda:{ctx.get_local_rank()}") if use_gpu else torch.device("cpu")
-    if use_gpu:
+    cfg = spec.core
+    device = torch.device(f"cuda:{ctx.get_local_rank()}") if spec.use_gpu else torch.device("cpu")
+    if spec.use_gpu:
         torch.cuda.set_device(device)
-    run_dir = Path(config["local_dir"]) / config["name"]
+    run_dir = Path(spec.local_dir) / spec.name
+    store = RunCheckpoints(spec.run_uri, spec.storage_endpoint)
 
     tracker = None
     pending: dict = {}
@@ -122,7 +103,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
         if path is None:
             ray.train.report(metrics)
             return
-        dir_name = path.stem  # checkpoint-<nimg>
+        dir_name = path.stem  # checkpoint-<nimg> (cgsgan.training.checkpoint.checkpoint_name)
         with tempfile.TemporaryDirectory() as tmp:
             # A hard link avoids copying gigabytes; fall back to a copy across filesystems.
             target = Path(tmp) / CHECKPOINT_FILE
@@ -131,8 +112,13 @@ def train_loop_per_worker(config: dict) -> dict | None:
             except OSError:
                 shutil.copy2(path, target)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=dir_name)
+        # The report returned once the checkpoint was uploaded; only a checkpoint found whole in
+        # storage lets older ones go.
+        folder = f"{store.uri}/{dir_name}"
+        if spec.num_to_keep and store.is_whole(folder, path.stat().st_size):
+            store.prune(spec.num_to_keep, newest=folder)
         if tracker is not None:
-            tracker.set_tags({"checkpoint_uri": f"{config['storage_uri'].rstrip('/')}/{config['name']}/{dir_name}"})
+            tracker.set_tags({"checkpoint_uri": folder})
 
     def on_snapshot(info: dict) -> None:
         if tracker is None:
@@ -150,29 +136,33 @@ def train_loop_per_worker(config: dict) -> dict | None:
     except DataError as e:
         # Every rank reads the same files and fails the same way: a retry would too. Returning
         # (rather than raising) ends the run without one; the driver reports rank 0's value.
-        return {"data_error": str(e)}
-    # Ray hands no checkpoint when the earlier run under this name ended in an error (e.g.
-    # storage went away), and may hand one that does not load: then the newest one in storage
-    # that loads is taken.
+        return asdict(WorkerResult(data_error=str(e)))
     say = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
-    source = resume(trainer, ray.train.get_checkpoint(), config["storage_uri"], config["storage_endpoint"],
-                    config["name"], say=say)
+    source = resume(trainer, store, rank, world, say=say)
+    if trainer.cur_nimg >= int(cfg.train.total_kimg * 1000):
+        # Nothing to train: the driver says so, with how to go on (no MLflow run is touched).
+        return asdict(WorkerResult(complete_nimg=trainer.cur_nimg))
     if source is not None and rank == 0:
-        print(f"resumed from {source} at {trainer.cur_nimg / 1e3:.2f} kimg", flush=True)
+        print(f"resumed from {source} at {kimg_text(trainer.cur_nimg)} kimg", flush=True)
 
     if rank == 0:
         from orchestration.tracking import Tracker, redact
 
-        tracker = Tracker(config["tracking_uri"], config["experiment"], config["name"], config.get("artifact_root"))
-        run_id = tracker.start(trainer.extra_state.get("mlflow_run_id"), params=config["params"],
-                               tags={"storage_path": config["storage_uri"], **config.get("tags", {})})
+        tracker = Tracker(spec.tracking_uri, spec.experiment, spec.name, spec.artifact_root)
+        run_id = tracker.start(trainer.extra_state.get("mlflow_run_id"), params=spec.mlflow_params(),
+                               tags={"storage_path": spec.storage_uri, **spec.tags})
         trainer.extra_state["mlflow_run_id"] = run_id
-        print(f"MLflow run {run_id} ({redact(config['tracking_uri'])})", flush=True)
+        print(f"MLflow run {run_id} ({redact(spec.tracking_uri)})", flush=True)
     try:
         trainer.run()
-    except BaseException:
+    except BaseException as e:
         if tracker is not None:
             tracker.finish("FAILED")
+        found = data_error_in(e)
+        if found is not None and found is not e:
+            # The controller decides "no retry" by the exception's type (StopOnDataError); a
+            # DataError wrapped on its way up must reach it as one.
+            raise DataError(str(found)) from e
         raise
     if tracker is not None:
         tracker.finish()

@@ -64,7 +64,7 @@ from cgsgan.losses import (
 )
 from cgsgan.models import build_models
 from cgsgan.render import render
-from cgsgan.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from cgsgan.training.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from cgsgan.training.samples import save_grid, save_turntable
 from cgsgan.training.ticks import TickClock, TrainingDiverged, snapshot_line, tick_line
 
@@ -395,7 +395,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / f"checkpoint-{self.cur_nimg:010d}.pt"
+        return self.run_dir / "checkpoints" / f"{checkpoint_name(self.cur_nimg)}.pt"
 
     def state_dict(self) -> dict:
         return {
@@ -440,13 +440,6 @@ class Trainer:
         self._rng_step = None
         torch.set_rng_state(state["rng"]["torch"])
         self.extra_state = dict(state.get("extra", {}))
-
-    def resume_latest(self) -> Path | None:
-        """Load the newest local checkpoint of this run, if any."""
-        path = latest_checkpoint(self.run_dir / "checkpoints")
-        if path is not None:
-            self.load(path)
-        return path
 
 
 STREAMS = "SeedSequence([seed, rank, step])"

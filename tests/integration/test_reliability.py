@@ -6,8 +6,7 @@
 - the console shows one tick line per tick and no Ray Train report dumps (point 7);
 - the checkpoint folder launch.py prints is what `python -m cgsgan.generate --checkpoint` takes,
   locally and on S3 (point 6);
-- a resubmitted run whose newest checkpoint is truncated resumes from the newest one that loads,
-  in one attempt (point 1);
+- (a resubmitted run whose newest checkpoint is truncated: tests/integration/test_resume.py);
 - a broken data file met inside a worker ends the run without a retry (point 3).
 """
 
@@ -25,7 +24,6 @@ from pathlib import Path
 
 import pytest
 
-from cgsgan.training.checkpoint import load_checkpoint
 from tests.integration.procs import ray_tmpdir, stop_ray
 
 pytestmark = pytest.mark.slow
@@ -123,24 +121,6 @@ def test_the_printed_checkpoint_folder_generates(local_run, tmp_path):
                               "--out", str(tmp_path / ref.name)], cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert gen.returncode == 0, gen.stderr[-2000:]
         assert (tmp_path / ref.name / "grid.png").exists()
-
-
-def test_resubmit_with_a_truncated_newest_checkpoint_resumes_from_the_newest_that_loads(local_run):
-    """Runs last in this module: it continues the run (to 64 images)."""
-    assert local_run["out"].returncode == 0
-    run_dir = Path(printed_checkpoint(local_run["out"].stdout)).parent
-    newest = run_dir / "checkpoint-0000000048" / "checkpoint.pt"
-    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
-    again = subprocess.run([*local_run["args"], "train.total_kimg=0.064"], cwd=ROOT, env=local_run["env"],
-                           capture_output=True, text=True, timeout=900)  # fmt: skip
-    console = again.stdout + again.stderr
-    assert again.returncode == 0, console[-5000:]
-    assert console.count(ATTEMPT) == 1, console[-5000:]  # no failed attempts
-    skips = [ln for ln in console.splitlines() if "skipping checkpoint" in ln]
-    assert len(skips) == 1 and "checkpoint-0000000048" in skips[0], skips  # said once
-    assert re.search(r"resumed from \S+checkpoint-0000000032 at 0\.03 kimg", console), console[-3000:]
-    for nimg in (16, 32, 48, 64):  # nothing deleted; 48 written again by the resumed run
-        assert load_checkpoint(run_dir / f"checkpoint-{nimg:010d}" / "checkpoint.pt")["counters"]["cur_nimg"] == nimg
 
 
 def test_s3_run_gets_credentials_to_the_workers_and_writes_them_nowhere(s3_server, tmp_path):

@@ -1,6 +1,8 @@
 """One idea of "a checkpoint" (issue 14, point 6): `python -m cgsgan.generate --checkpoint` takes the
 folder launch.py prints, the file in it, and a run folder (its newest checkpoint that loads), locally
-and on S3; the worker resumes from the newest checkpoint that loads (issue 14, point 1)."""
+and on S3; the worker resumes from the newest checkpoint that loads (issue 14, point 1); retention
+never deletes the newest good checkpoint (issue 20, point 1); a file that is not a checkpoint gets
+one line without torch's weights_only advice (issue 20, point 4)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import pytest
 import ray.train
 
 from cgsgan.generate import main as generate_main
-from cgsgan.training.checkpoint import checkpoint_candidates, load_checkpoint, open_checkpoint
+from cgsgan.training.checkpoint import RunCheckpoints, checkpoint_candidates, load_checkpoint, open_checkpoint
 from cgsgan.training.trainer import Trainer
 from orchestration.worker import resume
 from tests.unit.small import small_config
@@ -94,6 +96,15 @@ def test_generate_takes_s3_checkpoints(run_folder, tmp_path, monkeypatch):
         with open_checkpoint("s3://ckpts/runs/cgsgan-run") as path:
             assert load_checkpoint(path)["counters"]["cur_nimg"] == 8
         assert generate_main(["--checkpoint", "s3://ckpts/runs/none", "--out", str(tmp_path / "x")]) == 2
+        # The run's checkpoints on S3: a truncated newest one skipped, retention by folder.
+        s3.put_object(Bucket="ckpts", Key="runs/cgsgan-run/checkpoint-0000000012/checkpoint.pt", Body=b"x" * 1000)
+        store = RunCheckpoints("s3://ckpts/runs/cgsgan-run")
+        said: list[str] = []
+        loader = Loader()
+        assert store.resume(loader.load, say=said.append) == "s3://ckpts/runs/cgsgan-run/checkpoint-0000000008"
+        assert loader.loaded == [8] and len(said) == 1 and "checkpoint-0000000012" in said[0]
+        assert store.prune(1, newest=store.folder(8)) == [store.folder(4)]
+        assert [n for n, _ in store.folders()] == [12, 8]
     finally:
         server.stop()
 
@@ -108,23 +119,54 @@ class Loader:
         self.loaded.append(load_checkpoint(path)["counters"]["cur_nimg"])
 
 
-def test_resume_skips_a_corrupt_checkpoint_from_ray_once_and_takes_the_newest_that_loads(run_folder, tmp_path):
-    storage = tmp_path / "storage"
-    for nimg in (4, 8, 12):
-        d = storage / "run" / f"checkpoint-{nimg:010d}"
+def copy_run(run_folder: Path, target: Path, nimgs: tuple[int, ...]) -> RunCheckpoints:
+    """A run folder at `target` with checkpoint folders at `nimgs` (the 4 or 8 image checkpoint)."""
+    for nimg in nimgs:
+        d = target / f"checkpoint-{nimg:010d}"
         d.mkdir(parents=True)
-        (d / "checkpoint.pt").write_bytes((run_folder / f"checkpoint-{min(nimg, 8):010d}" / "checkpoint.pt").read_bytes())
-    newest = storage / "run" / "checkpoint-0000000012" / "checkpoint.pt"
+        (d / "checkpoint.pt").write_bytes((run_folder / f"checkpoint-{4 if nimg < 8 else 8:010d}" / "checkpoint.pt").read_bytes())
+    return RunCheckpoints(str(target))
+
+
+def test_resume_skips_what_does_not_load_once_and_takes_the_newest_that_loads(run_folder, tmp_path):
+    store = copy_run(run_folder, tmp_path / "storage" / "run", (4, 8, 12))
+    newest = tmp_path / "storage" / "run" / "checkpoint-0000000012" / "checkpoint.pt"
     truncate(newest)
+    (tmp_path / "storage" / "run" / "checkpoint-0000000016").mkdir()  # its file deleted, or never written
     said: list[str] = []
     loader = Loader()
-    handed = ray.train.Checkpoint.from_directory(str(newest.parent))  # what Ray hands back on a resubmit
-    source = resume(loader, handed, str(storage), "", "run", say=said.append)
-    assert source.endswith("checkpoint-0000000008") and loader.loaded == [8]
-    assert len(said) == 1 and "checkpoint-0000000012" in said[0] and "not a readable" in said[0]
+    source = resume(loader, store, say=said.append)
+    assert source == store.folder(8) and loader.loaded == [8]
+    assert len(said) == 2 and "checkpoint-0000000016" in said[0] and "checkpoint-0000000012" in said[1]
+    assert "not a readable" in said[1] and all("\n" not in line for line in said)
     assert newest.stat().st_size == 1000  # never deleted
-    # No checkpoint from Ray: the storage scan alone, skipping the same file (said once there).
-    said.clear()
-    assert resume(Loader(), None, str(storage), "", "run", say=said.append).endswith("checkpoint-0000000008")
-    assert len(said) == 1
-    assert resume(Loader(), None, str(storage), "", "other-run", say=said.append) is None
+    assert resume(Loader(), RunCheckpoints(str(tmp_path / "storage" / "other-run")), say=said.append) is None
+
+
+def test_retention_never_deletes_the_newest_good_checkpoint(run_folder, tmp_path):
+    """Resumed from 8 past a truncated 12: the replayed run writes 10, then 12 again under the same name.
+    What is newer than the checkpoint just written stays; older folders beyond `keep` go."""
+    root = tmp_path / "run"
+    store = copy_run(run_folder, root, (4, 6, 8, 12))
+    truncate(root / "checkpoint-0000000012" / "checkpoint.pt")
+    copy_run(run_folder, root / "x", (10,))
+    (root / "x" / "checkpoint-0000000010").rename(root / "checkpoint-0000000010")
+    assert store.is_whole(store.folder(10), (root / "checkpoint-0000000010" / "checkpoint.pt").stat().st_size)
+    assert store.prune(1, newest=store.folder(10)) == [store.folder(8), store.folder(6), store.folder(4)]
+    assert [n for n, _ in store.folders()] == [12, 10]  # the unloadable 12 is newer: left to be replaced
+    assert store.resume(Loader().load, say=lambda m: None) == store.folder(10)
+    # 12 rewritten whole by the replay: 10 may go with keep=1, never 12.
+    (root / "checkpoint-0000000012" / "checkpoint.pt").write_bytes(
+        (run_folder / "checkpoint-0000000008" / "checkpoint.pt").read_bytes())
+    assert store.prune(1, newest=store.folder(12)) == [store.folder(10)]
+    assert store.prune(1, newest=store.folder(99)) == []  # not (yet) in storage: nothing goes
+    assert [n for n, _ in store.folders()] == [12]
+
+
+def test_a_file_that_is_not_a_checkpoint_gets_one_line(tmp_path, capsys):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    assert generate_main(["--checkpoint", str(garbage), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {garbage}: not a readable cgsgan checkpoint"), err
+    assert "weights_only" not in err

@@ -27,6 +27,7 @@ import torch.multiprocessing as mp
 import cgsgan.training.trainer as trainer_module
 from cgsgan import camera, config
 from cgsgan.losses import view_cameras
+from cgsgan.training.checkpoint import latest_checkpoint
 from cgsgan.training.trainer import Trainer, stream_seed
 from tests.unit.small import small_config
 
@@ -277,7 +278,9 @@ def _resume_worker(rank: int, world: int, cfg_dict: dict, run_dir: Path, out: Pa
     results = []
     for _ in range(times):
         t = Trainer(cfg, run_dir, rank=rank, world_size=world)
-        assert t.resume_latest() is not None
+        newest = latest_checkpoint(run_dir / "checkpoints")
+        assert newest is not None
+        t.load(newest)
         assert t.step == RESUME_AT and t.cur_nimg == RESUME_AT * GLOBAL_BATCH
         # Documented stream: seeded from (seed, rank, step), whatever wrote the checkpoint.
         want = torch.Generator().manual_seed(stream_seed(cfg.train.seed, rank, RESUME_AT)).get_state()

@@ -1,5 +1,7 @@
 """What the TorchTrainer is built with: no credential in Ray's runtime env (issue 14.2), no retry of
-a broken data file (14.3), no per-report log dumps from the workers (14.7)."""
+a broken data file, decided by type (14.3, 21.2), no per-report log dumps from the workers (14.7),
+a typed worker spec (21.2), Ray's retention off and its run snapshot forgotten (20.1), a finished
+run said plainly (20.3)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 
 from cgsgan.data.dataset import DataError
 from orchestration.config import Plan
+from orchestration.console import QUIET_ENV, quiet_worker_loggers
 from orchestration.ray_trainer import DataErrorStop, StopOnDataError, worker_env
-from orchestration.worker import quiet_ray_train_reports
+from orchestration.worker import data_error_in
 
 SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAPLANTED0000001", "AWS_SECRET_ACCESS_KEY": "planted/secret+value",
            "AWS_SESSION_TOKEN": "planted-session-token", "MLFLOW_TRACKING_PASSWORD": "planted-mlflow-pw",
@@ -35,8 +38,8 @@ def test_no_credential_goes_into_the_runtime_env(monkeypatch, storage, tracking)
     if storage.startswith("s3://"):  # what S3 storage needs besides credentials
         assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000" and env["AWS_DEFAULT_REGION"] == "eu-west-1"
         assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:9000"
-    else:  # local storage and tracking need nothing of AWS or MLflow
-        assert not any(k.startswith(("AWS_", "MLFLOW_")) for k in env)
+    else:  # local storage and tracking need nothing of AWS or MLflow (but a quiet console)
+        assert not any(k.startswith(("AWS_", "MLFLOW_")) for k in set(env) - set(QUIET_ENV))
 
 
 def test_a_data_error_in_a_worker_stops_the_run_instead_of_a_retry():
@@ -47,16 +50,36 @@ def test_a_data_error_in_a_worker_stops_the_run_instead_of_a_retry():
     with pytest.raises(DataErrorStop, match=r"rank 1: /data/64/00009.png: unreadable image"):
         callback.after_exception(None, {0: UserExceptionWithTraceback(RuntimeError("gloo: connection reset"), "tb"),
                                         1: wrapped})
-    # Anything else is Ray's to retry (a killed worker, a lost node, a flaky store).
+    # Anything else is Ray's to retry (a killed worker, a lost node, a flaky store) -- even when
+    # a DataError's text is in its traceback (one handled before the failure): decided by type.
+    handled = ("Traceback (most recent call last):\n  ...\ncgsgan.data.dataset.DataError: /d/1.png: unreadable\n\n"
+               "During handling of the above exception, another exception occurred:\n\n"
+               "RuntimeError: gloo: connection reset\n")
     callback.after_exception(None, {0: UserExceptionWithTraceback(RuntimeError("worker died"), "tb"),
-                                    1: ConnectionError("S3 endpoint unreachable")})
+                                    1: ConnectionError("S3 endpoint unreachable"),
+                                    2: UserExceptionWithTraceback(RuntimeError("gloo: connection reset"), handled)})
+
+
+def test_a_data_error_wrapped_on_its_way_up_is_found_by_type():
+    class Renamed(DataError):  # any subclass, whatever its name
+        pass
+
+    error = Renamed("/data/64/00009.png: unreadable image")
+    try:
+        try:
+            raise error
+        except DataError as e:
+            raise RuntimeError("batch failed") from e
+    except RuntimeError as wrapped:
+        assert data_error_in(wrapped) is error
+    assert data_error_in(RuntimeError("no data error")) is None
 
 
 def test_ray_train_report_dumps_are_kept_off_the_console():
     from ray.train.v2._internal.execution import context, storage
 
-    quiet_ray_train_reports()
-    for name in (context.__file__, storage.__name__):
+    quiet_worker_loggers()
+    for name in (context.__file__, storage.__name__, "mlflow.store.db.utils", "alembic.runtime.migration"):
         assert logging.getLogger(name).getEffectiveLevel() >= logging.WARNING
     assert Path(context.__file__).name == "context.py"  # the report line's logger is named after this file
 
@@ -96,3 +119,59 @@ def test_launch_reports_a_failed_or_stopped_run_in_one_line(monkeypatch, capsys)
         assert train_on_ray(cfg, plan) == expected_rc, kind
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and fragment in err, (kind, err)
+
+
+def test_the_worker_spec_crosses_as_plain_values_and_gives_the_mlflow_params(tmp_path):
+    import pickle
+
+    from cgsgan.config import to_dict
+    from orchestration.config import resolve, to_typed
+    from orchestration.ray_trainer import worker_spec
+    from orchestration.worker_spec import WorkerSpec
+
+    cfg = to_typed({"output_dir": str(tmp_path)})
+    plan = resolve(cfg)
+    spec = worker_spec(cfg, plan, tags={"sweep": "lr"})
+    plain = spec.to_dict()
+    assert pickle.loads(pickle.dumps(plain)) == plain and plain["core"] == plan.core
+    assert not any(hasattr(v, "__dataclass_fields__") for v in plain.values())
+    back = WorkerSpec.from_dict(plain)
+    assert back == spec and back.run_uri == f"{plan.storage_path}/{plan.name}"
+    params = back.mlflow_params()
+    assert params["storage"] == {"path": plan.storage_path, "num_to_keep": cfg.storage.num_to_keep}
+    assert params["cluster"]["num_workers"] == cfg.cluster.num_workers and params["train"] == to_dict(back.core)["train"]
+    with pytest.raises(ValueError, match="storage_url"):
+        WorkerSpec.from_dict({**plain, "storage_url": "x"})
+
+
+def test_ray_keeps_every_checkpoint_and_its_run_snapshot_is_forgotten(tmp_path):
+    """Retention is the project's (RunCheckpoints.prune): Ray's would delete a checkpoint replayed under
+    a reused folder name. Ray's run snapshot, which stops a launch when corrupt or stale, is deleted."""
+
+    from orchestration.config import resolve, to_typed
+    from orchestration.ray_trainer import build_trainer
+
+    cfg = to_typed({"output_dir": str(tmp_path)})
+    plan = resolve(cfg)
+    snapshot = Path(plan.storage_path) / plan.name / "checkpoint_manager_snapshot.json"
+    snapshot.parent.mkdir(parents=True)
+    snapshot.write_text('{"checkpoint_results": [{"checkpoint_dir_name": "checkpoint-0000000064"')  # cut short
+    trainer = build_trainer(cfg, plan)
+    assert trainer.run_config.checkpoint_config.num_to_keep is None
+    assert not snapshot.exists()
+    build_trainer(cfg, plan)  # none there: fine
+
+
+def test_a_finished_run_is_said_plainly(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import orchestration.ray_trainer as ray_trainer
+    from orchestration.cluster import train_on_ray
+
+    result = SimpleNamespace(return_value={"data_error": "", "complete_nimg": 4}, checkpoint=None, error=None)
+    monkeypatch.setattr(ray_trainer, "build_trainer", lambda c, p: SimpleNamespace(fit=lambda: result))
+    cfg = SimpleNamespace(tracking=SimpleNamespace(experiment="cgsgan"), train=SimpleNamespace(total_kimg=0.004))
+    assert train_on_ray(cfg, plan("/tmp/out/ray_results", "sqlite:////tmp/out/mlflow.db")) == 0
+    out = capsys.readouterr().out
+    assert "run run is complete at 0.004 kimg" in out and "train.total_kimg=" in out and "name=" in out, out
+    assert "done." not in out

@@ -1,0 +1,189 @@
+"""Issue 20 end to end, with a real local Ray per launch (its own temp dir, stopped by this module only):
+resume is never stuck, on local storage and on the local S3 stack (moto).
+
+One run, relaunched with a growing train.total_kimg after damage a user or a crash leaves behind
+(storage.num_to_keep=2, a checkpoint every 16 images):
+
+  launch 1 (0.032)                                 -> checkpoints 16, 32
+  truncate 32, corrupt Ray's run snapshot; 0.048   -> resumes from 16, writes 32 again (same name), 48
+  delete the folder 48; 0.064                      -> resumes from 32, writes 48, 64
+  delete Ray's run snapshot, truncate 64; 0.080    -> resumes from 48, writes 64, 80
+
+Every launch exits 0 with its newest checkpoint at its total_kimg (strictly increasing), a
+watcher finds a loadable checkpoint in storage at every moment, and retention leaves the two
+newest. Before the fix, launch 2 failed in Ray's TrainController (CheckpointManagerInitializationError)
+and a replayed checkpoint was deleted by Ray's retention (point 1).
+
+Locally, an unrelated Ray (its own temp dir) runs on the host the whole time: no launch prints a
+traceback, and that Ray is untouched afterwards (point 2); no launch prints Ray's token-auth warning,
+the PreemptionWatcher error line or MLflow's database-creation lines (point 6); and a last launch of
+the finished run with another layout says it is complete and how to go on (point 3).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cgsgan.training.checkpoint import RunCheckpoints, checkpoint_filesystem, load_checkpoint
+from orchestration.cluster import free_port
+from tests.integration.procs import alive, processes_of_ray, ray_tmpdir, stop_ray
+from tests.integration.test_reliability import ATTEMPT, launch_env
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+SHORT = [
+    "data.synthetic_identities=32", "data.synthetic_views=2", "train.batch_size=8", "loss.num_views=2",
+    "train.tick_kimg=0.016", "train.snapshot_ticks=100", "train.checkpoint_ticks=1", "train.metric_samples=16",
+    "cluster.max_failures=1", "storage.num_to_keep=2", "train.feature_extractor=random",
+]  # fmt: skip
+CHATTER = ("Traceback", "multiple active Ray instances", "Token authentication", "PreemptionWatcher",
+           "Creating initial MLflow database", "alembic", "CheckpointManagerInitializationError")  # fmt: skip
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+class Storage:
+    """The run folder in storage, local or S3, through the project's own filesystem."""
+
+    def __init__(self, run_uri: str) -> None:
+        self.uri = run_uri
+        self.fs, self.path = checkpoint_filesystem(run_uri)
+
+    def checkpoints(self) -> RunCheckpoints:
+        return RunCheckpoints(self.uri)
+
+    def _file(self, nimg: int) -> str:
+        return f"{self.path}/checkpoint-{nimg:010d}/checkpoint.pt"
+
+    def write(self, path: str, data: bytes) -> None:
+        with self.fs.open_output_stream(path) as f:
+            f.write(data)
+
+    def truncate(self, nimg: int) -> None:
+        with self.fs.open_input_stream(self._file(nimg)) as f:
+            data = f.read()
+        self.write(self._file(nimg), data[: len(data) // 2])
+
+    def delete_folder(self, nimg: int) -> None:
+        self.fs.delete_dir(f"{self.path}/checkpoint-{nimg:010d}")
+
+    def corrupt_snapshot(self) -> None:
+        self.write(f"{self.path}/{SNAPSHOT}", b'{"checkpoint_results": [{"checkpoint_dir_name": "checkp')
+
+    def delete_snapshot(self) -> None:
+        self.fs.delete_file(f"{self.path}/{SNAPSHOT}")
+
+    def newest_loadable_nimg(self) -> int | None:
+        loaded: list[int] = []
+        self.checkpoints().resume(lambda p: loaded.append(load_checkpoint(p)["counters"]["cur_nimg"]),
+                                  say=lambda msg: None)  # fmt: skip
+        return loaded[0] if loaded else None
+
+
+class Watcher(threading.Thread):
+    """Checks, while launches run and damage is done, that storage always holds a checkpoint that loads."""
+
+    def __init__(self, storage: Storage) -> None:
+        super().__init__(daemon=True)
+        self.storage, self.stop, self.gaps, self.checks = storage, threading.Event(), [], 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                if self.storage.newest_loadable_nimg() is None:
+                    self.gaps.append(time.strftime("%H:%M:%S"))
+                self.checks += 1
+            except OSError:  # the listing itself failed (a folder deleted while listed): look again
+                pass
+            self.stop.wait(1.0)
+
+
+def launch(args: list[str], env: dict, total_kimg: float) -> str:
+    out = subprocess.run([*args, f"train.total_kimg={total_kimg}"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=900)  # fmt: skip
+    console = out.stdout + out.stderr
+    assert out.returncode == 0, console[-5000:]
+    assert console.count(ATTEMPT) == 1, console[-5000:]  # no failed attempt on the way
+    for chatter in CHATTER:
+        assert chatter not in console, (chatter, console[-5000:])
+    return console
+
+
+def relaunch_after_damage(args: list[str], env: dict) -> str:
+    """The launches of the module docstring; returns the run's name."""
+    console = launch(args, env, 0.032)
+    name, run_uri = re.search(r"^run (\S+)\n  checkpoints: (\S+)$", console, re.M).groups()
+    storage = Storage(run_uri)
+    assert storage.newest_loadable_nimg() == 32
+    watcher = Watcher(storage)
+    watcher.start()
+    try:
+        kimg = [32]
+        damage = [
+            (lambda: (storage.truncate(32), storage.corrupt_snapshot()), 0.048, 16),
+            (lambda: storage.delete_folder(48), 0.064, 32),
+            (lambda: (storage.delete_snapshot(), storage.truncate(64)), 0.080, 48),
+        ]
+        for do_damage, total, resumed_at in damage:
+            do_damage()
+            console = launch(args, env, total)
+            assert re.search(rf"resumed from \S+checkpoint-{resumed_at:010d} at {resumed_at / 1000:g} kimg", console), \
+                console[-3000:]
+            kimg.append(storage.newest_loadable_nimg())
+            assert kimg[-1] == round(total * 1000), (kimg, console[-3000:])
+        assert kimg == sorted(set(kimg)), kimg  # strictly increasing
+        assert [n for n, _ in storage.checkpoints().folders()] == [80, 64]  # retention: the two newest
+    finally:
+        watcher.stop.set()
+        watcher.join()
+    assert watcher.checks > 10 and watcher.gaps == [], (watcher.checks, watcher.gaps)
+    return name
+
+
+def test_resume_is_never_stuck_on_local_storage_on_a_shared_host(tmp_path):
+    other = ray_tmpdir()  # an unrelated Ray on this host (a colleague's, a login node's)
+    ray_tmp = ray_tmpdir()
+    env = launch_env(ray_tmp, tmp_path, {})
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    started = subprocess.run([ray_cli, "start", "--head", f"--temp-dir={other}", f"--port={free_port()}", "--num-cpus=0",
+                              "--include-dashboard=false"], env={**env, "RAY_TMPDIR": str(other)},
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stderr[-3000:]
+        others = processes_of_ray(other)
+        assert others
+        args = [sys.executable, "orchestration/launch.py", *SHORT, "storage=local", f"output_dir={tmp_path / 'out'}",
+                "name=never-stuck"]  # fmt: skip
+        name = relaunch_after_damage(args, env)
+        # The finished run, relaunched with another layout: said plainly, nothing trained.
+        console = launch([*args, "cluster.num_workers=2", "cluster.cpus_per_worker=1"], env, 0.080)
+        assert f"run {name} is complete at 0.08 kimg" in console, console[-3000:]
+        assert "train.total_kimg=<more than 0.08>" in console and "name=<a new run name>" in console
+        assert not re.search(r"\btick \d+ \|", console) and "resumed from" not in console
+        assert all(alive(p) for p in others), "the unrelated Ray lost processes"
+    finally:
+        stop_ray(ray_tmp)
+        stop_ray(other)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+        shutil.rmtree(other, ignore_errors=True)
+
+
+def test_resume_is_never_stuck_on_s3(s3_server, tmp_path, monkeypatch):
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    ray_tmp = ray_tmpdir()
+    env = launch_env(ray_tmp, tmp_path, s3_server.env())
+    args = [sys.executable, "orchestration/launch.py", *SHORT, "storage=s3", f"storage.path=s3://{s3_server.bucket}/never-stuck",
+            f"output_dir={tmp_path / 'out'}", "name=s3run"]  # fmt: skip
+    try:
+        relaunch_after_damage(args, env)
+    finally:
+        stop_ray(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
