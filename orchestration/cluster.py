@@ -205,10 +205,11 @@ def train_on_ray(cfg: LaunchConfig, plan: Plan) -> int:
 
 def complete_message(plan: Plan, total_kimg: float, nimg: int) -> str:
     """What a relaunch of a finished run says instead of training."""
-    from orchestration.worker import kimg_text
+    from cgsgan.training.ticks import kimg_text
 
-    return (f"run {plan.name} is complete at {kimg_text(nimg)} kimg (train.total_kimg={total_kimg:g}): nothing to train.\n"
-            f"  extend it:        the same command with train.total_kimg=<more than {kimg_text(nimg)}>\n"
+    kimg = kimg_text(nimg / 1e3)
+    return (f"run {plan.name} is complete at {kimg} kimg (train.total_kimg={total_kimg:g}): nothing to train.\n"
+            f"  extend it:        the same command with train.total_kimg=<more than {kimg}>\n"
             f"  start another:    the same command with name=<a new run name>")
 
 

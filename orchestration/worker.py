@@ -25,6 +25,7 @@ import torch
 
 from cgsgan.data.dataset import DataError, mark_shown
 from cgsgan.training.checkpoint import CHECKPOINT_FILE, RunCheckpoints
+from cgsgan.training.ticks import kimg_text
 from cgsgan.training.trainer import Callbacks, Trainer
 from orchestration.console import quiet_worker_loggers
 from orchestration.worker_spec import WorkerSpec
@@ -36,11 +37,6 @@ class WorkerResult:
 
     data_error: str = ""  # a broken data file found while the trainer was built
     complete_nimg: int | None = None  # the run had already reached train.total_kimg: images trained
-
-
-def kimg_text(nimg: int) -> str:
-    """kimg with every digit an image count has (0.004, 0.048, 6, 1234.567)."""
-    return f"{nimg / 1e3:.3f}".rstrip("0").rstrip(".")
 
 
 def resume(trainer: Trainer, store: RunCheckpoints, rank: int = 0, world: int = 1,
@@ -143,7 +139,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
         # Nothing to train: the driver says so, with how to go on (no MLflow run is touched).
         return asdict(WorkerResult(complete_nimg=trainer.cur_nimg))
     if source is not None and rank == 0:
-        print(f"resumed from {source} at {kimg_text(trainer.cur_nimg)} kimg", flush=True)
+        print(f"resumed from {source} at {kimg_text(trainer.cur_nimg / 1e3)} kimg", flush=True)
 
     if rank == 0:
         from orchestration.tracking import Tracker, redact

@@ -80,8 +80,9 @@ class TickClock:
 
 
 def kimg_text(kimg: float) -> str:
-    """kimg with enough digits that a small value is not shown as 0.00 (0.004 -> 0.004)."""
-    return f"{kimg:.2f}" if kimg == 0 or abs(kimg) >= 0.1 else f"{kimg:.3g}"
+    """kimg with every digit an image count has, and at least two decimals (0.004, 0.25, 6.00, 1234.567)."""
+    text = f"{kimg:.3f}"
+    return text[:-1] if text.endswith("0") else text
 
 
 def tick_line(stats: dict, total_kimg: float) -> str:

@@ -46,3 +46,4 @@ def test_small_kimg_values_keep_their_digits():
     assert kimg_text(0.0) == "0.00"
     assert kimg_text(0.25) == "0.25"
     assert kimg_text(6.0) == "6.00"
+    assert kimg_text(0.032) == "0.032" and kimg_text(0.08) == "0.08" and kimg_text(1234.567) == "1234.567"
