@@ -169,23 +169,6 @@ class Trainer:
         """Images per worker and step (all its chunks)."""
         return self.layout.per_worker
 
-    # The global data position (epoch, sample in the epoch), checkpointed as such.
-    @property
-    def epoch(self) -> int:
-        return self.order.epoch
-
-    @epoch.setter
-    def epoch(self, value: int) -> None:
-        self.order.epoch = value
-
-    @property
-    def epoch_pos(self) -> int:
-        return self.order.pos
-
-    @epoch_pos.setter
-    def epoch_pos(self, value: int) -> None:
-        self.order.pos = value
-
     @property
     def rng(self) -> torch.Generator:
         """This rank's random stream of the current step: seeded from (seed, rank, step) at the
@@ -199,7 +182,7 @@ class Trainer:
     def _real_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This worker's reals [b, 3, H, W] on the background scheme (colours fixed per epoch and image), labels [b, 25]."""
         indices = self.order.next()
-        self.dataset.set_epoch(self.epoch)
+        self.dataset.set_epoch(self.order.epoch)
         items = [self.dataset[int(i)] for i in indices]
         if self.dataset.reads_on_demand:
             # Decode the next batch's files in the background while this step trains.
@@ -405,8 +388,8 @@ class Trainer:
             "G_ema": self.G_ema.state_dict(),
             "opt_G": self.opt_G.state_dict(),
             "opt_D": self.opt_D.state_dict(),
-            "counters": {"step": self.step, "cur_nimg": self.cur_nimg, "tick": self.tick, "epoch": self.epoch,
-                         "epoch_pos": self.epoch_pos},  # fmt: skip
+            "counters": {"step": self.step, "cur_nimg": self.cur_nimg, "tick": self.tick, "epoch": self.order.epoch,
+                         "epoch_pos": self.order.pos},  # fmt: skip
             # Every rank's stream is a function of (seed, rank, step) (see `rng`): nothing to save
             # but torch's global generator (used only to initialise weights).
             "rng": {"torch": torch.get_rng_state(), "streams": STREAMS},
@@ -430,11 +413,11 @@ class Trainer:
         self.opt_D.load_state_dict(state["opt_D"])
         c = state["counters"]
         self.step, self.cur_nimg, self.tick = c["step"], c["cur_nimg"], c["tick"]
-        self.epoch, self.epoch_pos = c["epoch"], c["epoch_pos"]
+        self.order.epoch, self.order.pos = c["epoch"], c["epoch_pos"]
         if state.get("data_order") != DATA_ORDER:
             # Written before the global order: epoch_pos was rank 0's position in its shard
             # (every W-th sample), i.e. W x epoch_pos samples of the epoch were consumed.
-            self.epoch_pos = c["epoch_pos"] * state.get("world_size", 1)
+            self.order.pos = c["epoch_pos"] * state.get("world_size", 1)
         # The random streams need no state: each rank's is seeded from (seed, rank, step) at the
         # next step's first draw, whatever the number of workers that wrote the checkpoint.
         self._rng_step = None

@@ -366,6 +366,6 @@ def test_checkpoint_of_the_per_shard_format_resumes_at_the_same_global_position(
     state.pop("data_order")
     save_checkpoint(state, tmp_path / "old.pt")
     t.load(tmp_path / "same.pt")
-    assert t.epoch_pos == 24
+    assert t.order.pos == 24
     t.load(tmp_path / "old.pt")
-    assert t.epoch_pos == 48
+    assert t.order.pos == 48

@@ -17,17 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cgsgan import config
+from cgsgan import config, losses
 from cgsgan.config import ConfigError
 from cgsgan.layout import BatchLayout, LRScaling, check_batch, scaled_lr
-from cgsgan.losses import (
-    blur_sigma,
-    discriminator_fake_loss,
-    discriminator_real_loss,
-    generator_loss,
-    r1_loss,
-    view_cameras,
-)
 from cgsgan.models import build_models
 from cgsgan.render import render
 from cgsgan.training.trainer import StepInputs, Trainer
@@ -148,25 +140,25 @@ def golden_run(cfg: config.CGSGANConfig, init: dict, inputs: list[list[StepInput
 
     cur_nimg = 0
     for step, workers in enumerate(inputs):
-        blur_px = blur_sigma(cur_nimg, lc, t.batch_size)
+        blur_px = losses.blur_sigma(cur_nimg, lc, t.batch_size)
         chunks = [w.chunks(batch_gpu) for w in workers]
 
         def g_losses(c):  # Gmain: the chunk's heads rendered from V cameras, the chunk's labels rolled
-            cams = view_cameras(c.g_labels, lc.num_views)
-            return [(lambda: generator_loss(G, D, c.g_z, cams, c.g_backgrounds, lc, resolution=res, blur_px=blur_px,
-                                            backend="torch").total, lc.g_clip)]
+            cams = losses.view_cameras(c.g_labels, lc.num_views)
+            return [(lambda: losses.generator_loss(G, D, c.g_z, cams, c.g_backgrounds, lc, resolution=res, blur_px=blur_px,
+                                                   backend="torch").total, lc.g_clip)]
 
         def fake_loss(c):
             with torch.no_grad():
                 fakes = render(G(c.d_z, c.d_labels).gaussians, c.d_labels, res, c.d_backgrounds, backend="torch").image
-            return discriminator_fake_loss(D, fakes, c.d_labels, blur_px)[0]
+            return losses.discriminator_fake_loss(D, fakes, c.d_labels, blur_px)[0]
 
         def d_losses(c):  # Dmain: fakes (clip), then reals (clip)
             return [(lambda: fake_loss(c), lc.d_clip),
-                    (lambda: discriminator_real_loss(D, c.reals, c.real_labels, blur_px)[0], lc.d_clip)]
+                    (lambda: losses.discriminator_real_loss(D, c.reals, c.real_labels, blur_px)[0], lc.d_clip)]
 
         def r1_losses(c):  # Dreg
-            return [(lambda: r1_loss(D, c.reals, c.real_labels, lc, blur_px)[0], lc.d_clip)]
+            return [(lambda: losses.r1_loss(D, c.reals, c.real_labels, lc, blur_px)[0], lc.d_clip)]
 
         G.requires_grad_(True)
         D.requires_grad_(False)

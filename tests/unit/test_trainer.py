@@ -216,7 +216,7 @@ def test_batches_from_a_dataset_read_on_demand_match_the_cached_ones(synthetic_d
         (a, la), (b, lb) = cached._real_batch(), lazy._real_batch()
         assert torch.equal(a, b) and torch.equal(la, lb)
         assert lazy.dataset._pending  # the next batch is already on its way
-    assert (lazy.epoch, lazy.epoch_pos) == (cached.epoch, cached.epoch_pos)
+    assert (lazy.order.epoch, lazy.order.pos) == (cached.order.epoch, cached.order.pos)
 
 
 def test_snapshot_line_shows_each_distance_with_its_multiple_of_the_floor():
