@@ -19,7 +19,7 @@ from cgsgan.metrics.consistency import PSNR_CAP
 from cgsgan.metrics.evaluation import MetricContext, evaluate
 from cgsgan.metrics.extractor import SynthFeatures, load_extractor
 from cgsgan.metrics.extractor import main as extractor_main
-from cgsgan.metrics.features import FeatureExtractor
+from cgsgan.metrics.features import FeatureExtractor, load_features
 from cgsgan.metrics.frechet import fid_from_features
 from cgsgan.metrics.ground_truth import SyntheticTruth
 from cgsgan.metrics.kid import kernel_distance
@@ -85,6 +85,10 @@ def test_extractor_trains_saves_and_loads_plain_data(extractor_file, dataset):
     x = real_images(dataset, range(4))
     f1, f2 = ex(x), load_extractor(extractor_file)(x)
     assert f1.shape == (4, 128) and torch.equal(f1, f2)
+    # the one factory (train.feature_extractor, --features): a file is told apart by its content
+    via_setting = load_features(str(extractor_file))
+    assert isinstance(via_setting, SynthFeatures) and torch.equal(via_setting(x), f1)
+    assert isinstance(load_features("random"), RandomFeatures)
 
 
 def test_extractor_errors(tmp_path):
