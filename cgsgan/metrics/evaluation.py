@@ -11,7 +11,7 @@ network's suffix ("_synth", "_rand", or "" for Inception), see metrics/features.
                  rendered at novel poses (yaw 60-90, pitch +-25 degrees) against ground-truth
                  synthetic heads at the same poses (synthetic heads only)
     fid_bg       fid{s}_bg, ..._floor, ..._ratio, kid{s}_bg, kid{s}_bg_std
-                 generated heads and masked reals on the same solid non-white colours
+                 generated heads and masked reals on the same solid non-white colours (needs masks)
     sensitivity  sensitivity, sensitivity/<attr>        0 for the camera-free generator
     psnr_cond    psnr_cond                              dB, capped at 100 (= identical renders)
     depth_consistency  depth_consistency[/median, /valid_fraction]
@@ -63,6 +63,8 @@ class ItemSubset:
         self.dataset, self.indices = dataset, indices
         self.background = getattr(dataset, "background", "off")
         self.stored_background = getattr(dataset, "stored_background", None)
+        self.has_masks = getattr(dataset, "has_masks", True)
+        self.path = getattr(dataset, "path", None)
         self.labels = dataset.labels[indices]
         self.identities = dataset.identities[indices]
 
@@ -356,7 +358,7 @@ def check_metrics(metrics: Sequence[str] | str, ground_truth: bool | None = None
 def evaluate(ctx: MetricContext, metrics: Sequence[str] | str) -> dict[str, float]:
     """The metrics `metrics` of ctx.gen as one flat dict of floats (keys in the module docstring)."""
     out: dict[str, float] = {}
-    for name in check_metrics(metrics, ground_truth=ctx.truth is not None or None):
+    for name in check_metrics(metrics, ground_truth=ctx.truth is not None):
         out.update(METRICS[name].compute(ctx))
     return {k: float(v) for k, v in out.items()}
 

@@ -139,10 +139,12 @@ def real_images(dataset, indices: Sequence[int], colours: torch.Tensor | None = 
     """
     items = [dataset[int(i)] for i in indices]
     images = torch.stack([it["image"] for it in items]).float()
-    repaintable = getattr(dataset, "background", "off") == "off" and items[0].get("mask") is not None
+    repaintable = (getattr(dataset, "background", "off") == "off" and items[0].get("mask") is not None
+                   and getattr(dataset, "has_masks", True))
     if not repaintable:
         if colours is not None:
-            raise ValueError("real images on coloured backgrounds need a dataset with masks and background='off'")
+            raise ValueError(f"{getattr(dataset, 'path', 'the dataset')}: real images on coloured backgrounds (fid_bg) "
+                             "need foreground masks (a mask/ folder) and background='off'")
         return images
     masks = torch.stack([it["mask"] for it in items]).float()
     masks = masks if masks.dim() == 4 else masks[:, None]

@@ -107,3 +107,14 @@ def test_the_registry_lists_the_compared_columns_with_their_direction():
         check_metrics("fid,fid_novel", ground_truth=False)
     with pytest.raises(ValueError, match="unknown metrics"):
         check_metrics("fid,bogus")
+
+
+def test_fid_bg_refuses_reals_without_masks(synthetic_dataset, tmp_path, heads):
+    import shutil
+
+    no_masks = tmp_path / "no-masks"
+    shutil.copytree(synthetic_dataset, no_masks, ignore=shutil.ignore_patterns("mask"))
+    ds = ImageDataset(no_masks)
+    ctx = MetricContext(extractor=RandomFeatures(dim=8, size=RES), reference=ds, resolution=RES, samples=4)
+    with pytest.raises(ValueError, match="no-masks.*need foreground masks"):
+        evaluate(ctx.for_generator(heads), ["fid_bg"])
