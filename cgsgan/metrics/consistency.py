@@ -105,7 +105,8 @@ def conditioning_psnr(
         z = torch.randn(b, gen.z_dim, generator=rng)
         cams = pick(labels, b, rng)
         own = render_labels(gaussians_of(gen(z, cams)), cams, resolution, backend).image
-        front = render_labels(gaussians_of(gen(z, camera.frontal_label(b, dtype=cams.dtype))), cams, resolution, backend).image
+        frontal = camera.frontal_label(b, dtype=cams.dtype)
+        front = render_labels(gaussians_of(gen(z, frontal)), cams, resolution, backend).image
         sq += float(((own.clamp(-1, 1) - front.clamp(-1, 1)) / 2).double().pow(2).sum())
         count += own.numel()
     mse = sq / count
