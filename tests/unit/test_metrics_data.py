@@ -136,12 +136,13 @@ def test_evaluate_cli_writes_json_and_rejects_bad_inputs(synthetic_dataset, tmp_
     G = tiny_perturbed()
     ckpt = save_checkpoint({"config": to_dict(cfg), "G_ema": G.state_dict()}, tmp_path / "ckpt.pt")
     out = tmp_path / "metrics.json"
-    rc = evaluate_main(["--checkpoint", str(ckpt), "--data", str(synthetic_dataset), "--metrics", "fid,kid,sensitivity",
-                        "--num", "8", "--num-real", "32", "--num-3d", "2", "--batch", "8", "--backend", "torch",
-                        "--out", str(out)])
+    rc = evaluate_main(["--checkpoint", str(ckpt), "--data", str(synthetic_dataset), "--metrics",
+                        "fid,kid,fid_novel,sensitivity", "--floor", "--num", "8", "--num-real", "32", "--num-3d", "2",
+                        "--batch", "8", "--backend", "torch", "--out", str(out)])
     assert rc == 0
     payload = json.loads(out.read_text())
-    assert set(payload["metrics"]) >= {"fid_rand", "kid_rand", "sensitivity"}
+    assert set(payload["metrics"]) >= {"fid_rand", "fid_rand_floor", "kid_rand", "kid_rand_std", "fid_rand_novel",
+                                       "fid_rand_novel_floor", "sensitivity"}
     assert "fid_rand" in capsys.readouterr().out  # the printed table
     for argv, msg in [
         (["--checkpoint", str(tmp_path / "nope.pt"), "--data", str(synthetic_dataset)], "checkpoint not found"),
