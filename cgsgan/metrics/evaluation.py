@@ -32,7 +32,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 
@@ -56,6 +56,17 @@ class Better(StrEnum):
 
 
 # ---------------------------------------------------------------------------------------- context
+class RealSet(Protocol):
+    """Reals the metrics read: an ImageDataset, or an ItemSubset of one."""
+
+    labels: torch.Tensor  # [M, 25]
+    identities: torch.Tensor  # [M] int64, -1 where unknown
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> dict: ...  # {"image" [3, H, W] in [-1, 1], "mask" [1, H, W], ...}
+
+
 class ItemSubset:
     """The items `indices` of a dataset, with their labels and identities (what the metrics read)."""
 
@@ -103,11 +114,11 @@ class MetricContext:
     """
 
     extractor: FeatureExtractor
-    reference: object
+    reference: RealSet
     resolution: int
     samples: int
     heads: int = 16
-    held_out: object | None = None
+    held_out: RealSet | None = None
     truth: SyntheticTruth | None = None
     num_real: int | None = None
     gen: GaussianGenerator | None = None
