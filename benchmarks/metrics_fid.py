@@ -32,7 +32,7 @@ from cgsgan.metrics.sampling import as_generator  # noqa: E402
 OUT = Path(__file__).resolve().parent / "results" / "metrics.md"
 # In the order measured: kid after fid (it reuses fid's generated features), fid3d after fid (the
 # camera-free generator's fid3d images are fid's).
-METRICS = ["fid", "kid", "fid3d", "fid_novel", "fid_bg", "sensitivity", "psnr_cond"]
+METRICS = ["fid", "kid", "fid3d", "fid_novel", "kid_novel", "fid_bg", "kid_bg", "sensitivity", "psnr_cond"]
 MAIN_JOB = ["fid", "fid3d", "sensitivity", "psnr_cond"]  # config.TrainConfig.snapshot_metrics
 
 
@@ -113,7 +113,8 @@ def main() -> int:
         lines.append(f"| **{label}** | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Building SnapshotMetrics (datasets, split, extractor load): "
+        "Building SnapshotMetrics (datasets, split, extractor load; the extractor's one-off training, when it is "
+        "not cached yet, included): "
         + ", ".join(f"{runs[n][0]:.1f} s at {n}" for n in args.samples) + ".",
         "",
         f"Load average (1/5/15 min) of the shared machine: {' '.join(f'{x:.2f}' for x in load_before)} before, "
