@@ -1,13 +1,15 @@
-"""FID speed on CPU: 10k generated 64x64 images from the tiny generator (config.tiny(), CPU tiled
-renderer) against the synthetic heads, with the synthetic-heads extractor. Writes
-benchmarks/results/metrics.md with the machine it ran on.
+"""What the snapshot metrics cost on CPU, per metric, at the main job's settings and at the sweep's:
+the tiny generator (config.tiny()) on the tiny config's synthetic heads, with the synthetic-heads
+extractor, through the trainer's own SnapshotMetrics. Writes benchmarks/results/metrics.md with
+the machine it ran on.
 
-    python benchmarks/metrics_fid.py [--num 10000] [--extractor FILE] [--steps 2000]
+    python benchmarks/metrics_fid.py [--samples 256 1024] [--heads 16]
 
-Without --extractor it generates the synthetic dataset (cached like the trainer's) and trains the
-extractor first; that training time is reported separately and is not part of the FID figure.
-The generator is untrained (weights perturbed away from the init so heads differ), so the FID
-value itself means nothing; the seconds are the point.
+For each sample count: the one-off cost when the run's first snapshot builds the real side (split,
+real features, ground-truth renders at the novel poses, floors), then the cost of every later
+snapshot, metric by metric (generate + render + features + distance). The generator is
+untrained (weights perturbed away from the init so heads differ): the values mean nothing, the
+seconds are the point. The extractor is the one the trainer caches (trained on first use).
 """
 
 from __future__ import annotations
@@ -24,11 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import describe  # noqa: E402
 from cgsgan import config  # noqa: E402
 from cgsgan.generator import Generator  # noqa: E402
-from cgsgan.metrics.extractor import load_extractor, load_training_set, save_extractor, train_extractor  # noqa: E402
-from cgsgan.metrics.metrics import as_generator, fid_from_features, real_features  # noqa: E402
-from cgsgan.metrics.features import metric_name  # noqa: E402
+from cgsgan.metrics.evaluation import evaluate  # noqa: E402
+from cgsgan.metrics.sampling import as_generator  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "metrics.md"
+# In the order measured: kid after fid (it reuses fid's generated features), fid3d after fid (the
+# camera-free generator's fid3d images are fid's).
+METRICS = ["fid", "kid", "fid3d", "fid_novel", "kid_novel", "fid_bg", "kid_bg", "sensitivity", "psnr_cond"]
+MAIN_JOB = ["fid", "fid3d", "sensitivity", "psnr_cond"]  # config.TrainConfig.snapshot_metrics
 
 
 def tiny_generator(seed: int = 0) -> Generator:
@@ -42,107 +47,83 @@ def tiny_generator(seed: int = 0) -> Generator:
     return G
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--num", type=int, default=10_000)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--extractor", help="a trained extractor file (skips training)")
-    p.add_argument("--steps", type=int, default=2000, help="extractor training steps when none is given")
-    args = p.parse_args()
-
-    from cgsgan.data.dataset import ImageDataset
-    from cgsgan.training.trainer import prepare_data
+def measure(samples: int, heads: int, data: Path, G: Generator) -> tuple[float, dict[str, float], dict[str, float],
+                                                                          dict[str, float]]:
+    """Build seconds, per-metric seconds at the first snapshot and at a later one, and the values."""
+    from cgsgan.training.snapshot_metrics import SnapshotMetrics
 
     cfg = config.tiny()
+    cfg.train.metric_samples, cfg.train.snapshot_metric_heads = samples, heads
+    cfg.train.snapshot_metrics = METRICS
     t = time.time()
+    sm = SnapshotMetrics(cfg, data)
+    build = time.time() - t
+    first: dict[str, float] = {}
+    later: dict[str, float] = {}
+    values: dict[str, float] = {}
+    for seconds in (first, later):
+        ctx = sm.context.for_generator(as_generator(G))  # a fresh generator side, as at each snapshot
+        for name in METRICS:
+            t = time.time()
+            values.update(evaluate(ctx, [name]))
+            seconds[name] = time.time() - t
+    return build, first, later, values
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--samples", type=int, nargs="+", default=[256, 1024])
+    p.add_argument("--heads", type=int, default=16, help="train.snapshot_metric_heads (the 3D metrics)")
+    args = p.parse_args()
+
+    from cgsgan.data.prepare import prepare_data
+
+    cfg = config.tiny()
     data = prepare_data(cfg)  # the tiny config's synthetic heads at 64x64 (generated once, cached)
-    t_data = time.time() - t
-    dataset = ImageDataset(data, resolution=64)
-
-    t_train = 0.0
-    if args.extractor:
-        extractor = load_extractor(args.extractor)
-        steps = extractor.meta.get("train", {}).get("steps", "?")
-    else:
-        t = time.time()
-        images, labels, ids = load_training_set(data, 64)
-        net, stats = train_extractor(images, labels, ids, steps=args.steps, log_every=max(1, args.steps // 10))
-        path = Path(data) / "extractor-bench.pt"
-        save_extractor(net, {"train": stats}, path)
-        extractor = load_extractor(path)
-        t_train, steps = time.time() - t, args.steps
-
     G = tiny_generator()
-    gen = as_generator(G)
     torch.set_grad_enabled(False)
-
-    t = time.time()
-    reals = real_features(dataset, extractor, len(dataset))
-    t_real = time.time() - t
-
-    # One pass, as generated_features does it, timing the two halves separately: generate +
-    # render (inside the iterator) and feature extraction. Wall and CPU (process) seconds both:
-    # the machine is shared, and CPU time is what other jobs' load does not inflate as much.
-    from cgsgan.metrics.metrics import iter_generated
-
     load_before = os.getloadavg()
-    t, c = time.time(), time.process_time()
-    t_extract = c_extract = 0.0
-    feats = []
-    for images in iter_generated(gen, dataset.labels, args.num, 64, batch_size=args.batch, backend="torch"):
-        te, ce = time.time(), time.process_time()
-        feats.append(extractor(images))
-        t_extract += time.time() - te
-        c_extract += time.process_time() - ce
-    fakes = torch.cat(feats)
-    t_fake, c_fake = time.time() - t, time.process_time() - c
+    t0 = time.time()
+    runs = {n: measure(n, args.heads, data, G) for n in args.samples}
+    wall = time.time() - t0
     load_after = os.getloadavg()
-    t = time.time()
-    fid = fid_from_features(reals, fakes)
-    t_fd = time.time() - t
-    total = t_real + t_fake + t_fd
 
-    # Sanity of the trained features: held-out reals close, blurred reals farther, monotonically.
-    from cgsgan.losses import blur
-    from cgsgan.metrics.metrics import real_images
-
-    half = len(dataset) // 2
-    perm = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0)).tolist()
-    fa = extractor(real_images(dataset, perm[:half]))
-    b = real_images(dataset, perm[half : 2 * half])
-    sanity = {s: fid_from_features(fa, extractor(blur(b, s))) for s in (0.0, 0.5, 1.0, 2.0)}
-
-    name = metric_name("fid", extractor)
+    head = "| metric | " + " | ".join(f"first snapshot, {n} | later snapshot, {n}" for n in args.samples) + " |"
     lines = [
-        "# FID on CPU: tiny generator, synthetic-heads extractor",
+        "# Snapshot metrics on CPU: cost per metric (tiny generator, synthetic heads)",
         "",
         describe(),
         "",
-        f"{args.num} generated images at 64x64 (config.tiny() generator: {G.cfg.num_points} points, "
-        f"{sum(u.ratio * G.cfg.num_points for u in G.upsample)} Gaussians; CPU tiled renderer; batch {args.batch}) "
-        f"against {len(dataset)} real synthetic heads; features: synthetic-heads extractor "
-        f"({extractor.dim}-d, {steps} training steps).",
+        f"config.tiny() generator ({G.cfg.num_points} points, "
+        f"{sum(u.ratio * G.cfg.num_points for u in G.upsample)} Gaussians, 64x64), the tiny config's synthetic heads "
+        f"({cfg.data.synthetic_identities} identities x {cfg.data.synthetic_views} views, x-flipped), the cached "
+        f"synthetic-heads extractor, render backend {cfg.train.render_backend.value}; "
+        f"{args.heads} heads for the 3D metrics. Seconds of wall time, measured through the trainer's "
+        "SnapshotMetrics; 'first snapshot' includes what a run computes once (real features, ground-truth renders "
+        "at the novel poses, the floors), 'later snapshot' is what every further snapshot costs.",
         "",
-        "| stage | wall seconds | CPU seconds (process) |",
-        "|---|---|---|",
-        f"| real features ({len(dataset)} images) | {t_real:.1f} | |",
-        f"| generate + render + features ({args.num} images) | {t_fake:.1f} | {c_fake:.1f} |",
-        f"| of which feature extraction | {t_extract:.1f} | {c_extract:.1f} |",
-        f"| Frechet distance ({extractor.dim}-d) | {t_fd:.2f} | |",
-        f"| **total FID** | **{total:.1f}** | |",
+        head,
+        "|---|" + "---|---|" * len(args.samples),
+    ]
+    for name in METRICS:
+        cells = [f"{runs[n][1][name]:.1f} | {runs[n][2][name]:.1f}" for n in args.samples]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for label, names in (("main job's metrics (" + ", ".join(MAIN_JOB) + ")", MAIN_JOB), ("all of the above", METRICS)):
+        cells = [f"{sum(runs[n][1][m] for m in names):.1f} | {sum(runs[n][2][m] for m in names):.1f}" for n in args.samples]
+        lines.append(f"| **{label}** | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Building SnapshotMetrics (datasets, split, extractor load; the extractor's one-off training, when it is "
+        "not cached yet, included): "
+        + ", ".join(f"{runs[n][0]:.1f} s at {n}" for n in args.samples) + ".",
         "",
         f"Load average (1/5/15 min) of the shared machine: {' '.join(f'{x:.2f}' for x in load_before)} before, "
-        f"{' '.join(f'{x:.2f}' for x in load_after)} after ({os.cpu_count()} cores; other jobs ran alongside).",
+        f"{' '.join(f'{x:.2f}' for x in load_after)} after ({os.cpu_count()} cores; other jobs ran alongside); "
+        f"{wall:.0f} s in all.",
         "",
-        f"Target: under 300 s. {name} = {fid:.3f} (an untrained generator; the value is not a quality "
-        "figure and `*_synth` numbers are never comparable with published FID).",
-        "",
-        f"Sanity of the extractor ({half} vs {half} real images): {name}(real, held-out real) = {sanity[0.0]:.4f}; "
-        "against the held-out half blurred with sigma 0.5 / 1 / 2 px: "
-        + " / ".join(f"{sanity[s]:.4f}" for s in (0.5, 1.0, 2.0)) + ".",
-        "",
-        f"Not counted above: synthetic dataset preparation {t_data:.1f} s (cached after the first run), "
-        f"extractor training {t_train:.1f} s ({'given' if args.extractor else f'{steps} steps'}).",
+        "Values at the largest sample count (an untrained generator: not a quality figure; `*_synth` numbers are "
+        "never comparable with published FID): "
+        + ", ".join(f"{k} {v:.4g}" for k, v in runs[args.samples[-1]][3].items() if "/" not in k) + ".",
         "",
     ]
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,19 @@
 """Evaluate a checkpoint offline:
 
     python -m cgsgan.evaluate --checkpoint CKPT --data DIR
-        [--metrics fid,kid,fid3d,sensitivity,psnr_cond,depth_consistency,yaw_bins]
-        [--extractor FILE | --inception FILE] [--num N] [--out JSON]
+        [--metrics fid,kid,fid3d,fid_novel,fid_bg,sensitivity,psnr_cond,depth_consistency,yaw_bins]
+        [--features random|synthetic|FILE] [--floor] [--num N] [--out JSON]
 
-Feature network and metric names:
-    --inception FILE   the FID Inception-v3 (pytorch-fid's pt_inception-2015-12-05-*.pth): fid, kid, fid3d
-    --extractor FILE   the synthetic-heads network (python -m cgsgan.metrics.extractor): fid_synth, ...
-    neither            fixed random features: fid_rand, ...
-Only the Inception numbers are comparable with published FID. Nothing is downloaded.
+Feature network (--features, the same setting as train.feature_extractor) and metric names:
+    FILE of Inception weights  the FID Inception-v3 (pytorch-fid's pt_inception-2015-12-05-*.pth): fid, kid, ...
+    FILE of an extractor       the synthetic-heads network (python -m cgsgan.metrics.extractor): fid_synth, ...
+    synthetic                  that network, trained once per machine and cached: fid_synth, ...
+    random (default)           fixed random features: fid_rand, ...
+(--inception FILE and --extractor FILE say the same as --features FILE.) Only the Inception
+numbers are comparable with published FID. Nothing is downloaded. --floor compares with half of
+the reals (by identity) and reports each distance's floor against the other half, as the trainer
+does; without it every real is a reference and there is no floor. fid_novel and yaw_bins need the
+synthetic heads (their ground truth at any pose).
 Prints a table; --out also writes JSON with the settings and the results.
 """
 
@@ -23,7 +28,18 @@ from pathlib import Path
 import torch
 
 from cgsgan.config import RenderBackend
-from cgsgan.metrics.evaluation import METRICS, check_metrics, evaluate_generator, format_table, make_extractor
+from cgsgan.metrics.evaluation import (
+    METRICS,
+    ItemSubset,
+    MetricContext,
+    check_metrics,
+    evaluate,
+    format_table,
+    split_reference,
+)
+from cgsgan.metrics.features import load_features
+from cgsgan.metrics.ground_truth import synthetic_truth
+from cgsgan.metrics.sampling import as_generator
 from cgsgan.training.checkpoint import open_checkpoint
 
 DEFAULT_METRICS = "fid,kid,fid3d,sensitivity,psnr_cond,depth_consistency"
@@ -39,9 +55,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(data.index_list, 'auto' = smile_pose_rebalancing.json beside --data); 'none': every image")
     p.add_argument("--metrics", default=DEFAULT_METRICS, help=f"comma list of: {','.join(METRICS)}")
     feats = p.add_mutually_exclusive_group()
-    feats.add_argument("--extractor", help="synthetic-heads feature network file")
-    feats.add_argument("--inception", help="local FID Inception weights (pt_inception-2015-12-05-*.pth)")
-    p.add_argument("--num", type=int, default=10_000, help="generated images for fid/kid/fid3d")
+    feats.add_argument("--features", default="random",
+                       help="random, synthetic, or a file: a synthetic-heads extractor or local Inception weights")
+    feats.add_argument("--extractor", dest="features", help="synthetic-heads feature network file (= --features FILE)")
+    feats.add_argument("--inception", dest="features", help="local FID Inception weights (= --features FILE)")
+    p.add_argument("--floor", action="store_true", help="compare with half the reals, the floor from the other half")
+    p.add_argument("--num", type=int, default=10_000, help="generated images per distribution metric")
     p.add_argument("--num-real", type=int, default=50_000, help="at most this many real images")
     p.add_argument("--num-3d", type=int, default=64, help="heads for the 3D-consistency metrics")
     p.add_argument("--yaw-bins", type=int, default=5)
@@ -83,11 +102,21 @@ def main(argv: list[str] | None = None) -> int:
             G, cfg = load_generator(path)
         G = G.to(args.device)
         res = cfg.model.resolution
-        extractor = make_extractor(args.extractor, args.inception, device=args.device, size=min(64, res))
+        extractor = load_features(args.features, device=args.device, size=min(64, res))
         # The reals as the run trained on them (the authors evaluate on the training set: same
         # index list, same mirroring), pasted on white by the metrics.
         index_list = real_index_list(args.index_list, cfg.data.index_list)
         dataset = ImageDataset(data, resolution=res, index_list=index_list, xflip=cfg.data.xflip)
+        truth = synthetic_truth(data)
+        check_metrics(metrics, ground_truth=truth is not None)
+        if args.floor:
+            ref, held = split_reference(dataset)
+            reference, held_out = ItemSubset(dataset, ref), ItemSubset(dataset, held)
+        else:
+            reference, held_out = dataset, None
+        ctx = MetricContext(extractor=extractor, reference=reference, held_out=held_out, truth=truth, resolution=res,
+                            samples=args.num, heads=args.num_3d, num_real=args.num_real, seed=args.seed,
+                            batch_size=args.batch, backend=args.backend, yaw_bins=args.yaw_bins)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -97,12 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     try:
-        results = evaluate_generator(
-            G, dataset, metrics, extractor, num=args.num, num_real=args.num_real, num_3d=args.num_3d,
-            psi=args.truncation, seed=args.seed, batch_size=args.batch, backend=args.backend, resolution=res,
-            data_path=data, yaw_bins=args.yaw_bins,
-        )
-    except ValueError as e:  # e.g. yaw_bins on a dataset without ground truth
+        results = evaluate(ctx.for_generator(as_generator(G, args.truncation)), metrics)
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     seconds = time.time() - t0
@@ -114,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         payload = {
             "checkpoint": str(args.checkpoint), "data": str(data), "features": kind, "num": args.num,
-            "num_real": min(args.num_real, len(dataset)), "num_3d": args.num_3d, "truncation": args.truncation,
+            "num_real": min(args.num_real, len(reference)), "floor": args.floor, "num_3d": args.num_3d, "truncation": args.truncation,
             "seed": args.seed, "seconds": seconds, "metrics": results,
         }  # fmt: skip
         out = Path(args.out)

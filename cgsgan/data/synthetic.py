@@ -341,6 +341,20 @@ def render_identity(seed: int, identity: int, labels: torch.Tensor, resolution: 
     return rgb.to(device), mask.to(device)  # rendered on the CPU, returned where the labels live
 
 
+def render_heads(seed: int, identities: list[int], labels: torch.Tensor, resolution: int,
+                 supersample: int = SUPERSAMPLE) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground truth of one identity per camera: identities [B] (under `seed`), labels [B, 25].
+
+    Returns rgb [B, 3, H, W] and mask [B, 1, H, W] on the CPU, as `render_identity`: poses
+    outside the dataset's (the metrics' novel views) render as well as any other.
+    """
+    labels = torch.as_tensor(labels).detach().to("cpu", torch.float32).reshape(-1, camera.LABEL_DIM)
+    if len(identities) != len(labels):
+        raise ValueError(f"{len(identities)} identities for {len(labels)} cameras")
+    heads = {i: sample_head(seed, i)[0] for i in set(identities)}
+    return raycast(Heads.stack([heads[i] for i in identities]), labels, resolution, supersample)
+
+
 def to_uint8_on_white(rgb: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """rgb [B, 3, H, W], mask [B, 1, H, W] -> RGB on white [B, H, W, 3] and mask [B, H, W], uint8."""
     on_white = rgb * mask + (1 - mask)

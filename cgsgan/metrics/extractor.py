@@ -1,4 +1,4 @@
-"""A small feature network trained on the synthetic heads, for offline FID-like numbers.
+"""A small feature network trained on the synthetic heads, for FID-like numbers without Inception weights.
 
     python -m cgsgan.metrics.extractor --data DIR --out FILE [--steps N] [--size 64]
 
@@ -115,6 +115,10 @@ def _first_line(e: Exception) -> str:
     return text.splitlines()[0] if text else ""
 
 
+class NotAnExtractorFile(ValueError):
+    """A readable torch file that is not a synthetic-heads extractor (e.g. Inception weights)."""
+
+
 def load_extractor(path: str | Path, device: str | torch.device = "cpu", batch_size: int = 256) -> SynthFeatures:
     """The synthetic-heads feature extractor saved by `save_extractor` / the CLI."""
     path = Path(path)
@@ -127,7 +131,7 @@ def load_extractor(path: str | Path, device: str | torch.device = "cpu", batch_s
         raise ValueError(f"{path}: not a readable extractor file ({type(e).__name__}: {_first_line(e)}); {hint}") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path}: not a synthetic-heads extractor (format {got!r}, expected {FORMAT!r}); {hint}")
+        raise NotAnExtractorFile(f"{path}: not a synthetic-heads extractor (format {got!r}, expected {FORMAT!r}); {hint}")
     meta = payload["meta"]
     arch = meta["arch"]
     net = SynthFeatureNet(arch["num_identities"], arch["width"], arch["feat_dim"], arch["size"])
@@ -142,7 +146,7 @@ def load_extractor(path: str | Path, device: str | torch.device = "cpu", batch_s
 def load_training_set(data: str | Path, size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The dataset on white at size x size: images [N, 3, s, s] in [-1, 1], labels [N, 25], identities [N]."""
     from cgsgan.data.dataset import ImageDataset  # the data package is only needed for training
-    from cgsgan.metrics.metrics import real_images
+    from cgsgan.metrics.sampling import real_images
 
     dataset = ImageDataset(data, xflip=False)
     if len(dataset) == 0:

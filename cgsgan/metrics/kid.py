@@ -10,6 +10,8 @@ its variance and bounds the cost to O(subsets * m^2 * d).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -23,14 +25,22 @@ def _as_array(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return x
 
 
-def kernel_distance(
+@dataclass(frozen=True)
+class KID:
+    """The unbiased KID estimate (mean over subsets) and its spread (std over subsets)."""
+
+    mean: float
+    std: float
+
+
+def kid_subsets(
     real: torch.Tensor | np.ndarray,
     fake: torch.Tensor | np.ndarray,
     num_subsets: int = 100,
     subset_size: int = 1000,
     seed: int = 0,
-) -> float:
-    """KID between feature sets real [N, D] and fake [M, D] (same D)."""
+) -> np.ndarray:
+    """Unbiased MMD^2 of each of `num_subsets` random subsets [num_subsets] of real [N, D] and fake [M, D]."""
     x, y = _as_array(fake), _as_array(real)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"feature widths differ: {x.shape[1]} vs {y.shape[1]}")
@@ -39,13 +49,31 @@ def kernel_distance(
         raise ValueError(f"KID needs at least 2 samples per side, got {len(y)} real and {len(x)} fake")
     d = x.shape[1]
     rng = np.random.default_rng(seed)
-    total = 0.0
-    for _ in range(num_subsets):
+    out = np.empty(num_subsets)
+    for i in range(num_subsets):
         xs = x[rng.choice(len(x), m, replace=False)]
         ys = y[rng.choice(len(y), m, replace=False)]
         kxx = (xs @ xs.T / d + 1) ** 3  # [m, m]
         kyy = (ys @ ys.T / d + 1) ** 3
         kxy = (xs @ ys.T / d + 1) ** 3
         within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-        total += within - 2 * kxy.sum() / (m * m)
-    return float(total / num_subsets)
+        out[i] = within - 2 * kxy.sum() / (m * m)
+    return out
+
+
+def kernel_distance(
+    real: torch.Tensor | np.ndarray,
+    fake: torch.Tensor | np.ndarray,
+    num_subsets: int = 100,
+    subset_size: int = 1000,
+    seed: int = 0,
+) -> float:
+    """KID between feature sets real [N, D] and fake [M, D] (same D): the mean over subsets."""
+    return float(kid_subsets(real, fake, num_subsets, subset_size, seed).mean())
+
+
+def kid(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray, num_subsets: int = 100,
+        subset_size: int = 1000, seed: int = 0) -> KID:
+    """KID with its spread over subsets (Binkowski et al. report the same pair)."""
+    values = kid_subsets(real, fake, num_subsets, subset_size, seed)
+    return KID(float(values.mean()), float(values.std()))

@@ -20,7 +20,7 @@ import torch
 
 from cgsgan import camera, config
 from cgsgan.data import synthetic
-from cgsgan.metrics.metrics import psnr
+from cgsgan.metrics.consistency import psnr
 from cgsgan.models import build_generator
 from cgsgan.render import render
 

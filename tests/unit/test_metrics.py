@@ -13,17 +13,17 @@ import torch
 from cgsgan import camera, config
 from cgsgan.gaussians import Gaussians, rgb_to_sh0
 from cgsgan.generator import Generator
-from cgsgan.metrics.frechet import RandomFeatures, frechet_distance
-from cgsgan.metrics.kid import kernel_distance
-from cgsgan.metrics.metrics import (
+from cgsgan.metrics.consistency import (
     PSNR_CAP,
-    as_generator,
     conditioning_psnr,
     conditioning_sensitivity,
     depth_consistency,
-    generated_features,
     reprojection_error,
 )
+from cgsgan.metrics.frechet import frechet_distance
+from cgsgan.metrics.kid import kernel_distance, kid
+from cgsgan.metrics.random_features import RandomFeatures
+from cgsgan.metrics.sampling import as_generator, generated_features
 from cgsgan.render import render
 
 
@@ -75,6 +75,15 @@ def test_kid_is_unbiased_mean_over_seeds_straddles_zero():
                             subset_size=100, seed=s) for s in range(20)]
     assert min(vals) < 0 < max(vals)  # a biased (V-statistic) estimator would be > 0 every time
     assert abs(np.mean(vals)) < 3 * np.std(vals) / math.sqrt(len(vals)) + 1e-4
+
+
+def test_kid_spread_is_the_std_over_subsets_and_shrinks_with_the_subset_size():
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(1000, 16, generator=g), torch.randn(1000, 16, generator=g) + 0.3
+    small, large = kid(x, y, num_subsets=40, subset_size=50), kid(x, y, num_subsets=40, subset_size=400)
+    assert small.mean == pytest.approx(kernel_distance(x, y, num_subsets=40, subset_size=50))
+    assert small.std > 0 and large.std < small.std / 2  # an estimate over 8x the pairs scatters less
+    assert abs(large.mean - small.mean) < 3 * small.std  # both estimate the same (unbiased) MMD^2
 
 
 def test_kid_rejects_mismatched_widths():

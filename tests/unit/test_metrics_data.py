@@ -15,12 +15,16 @@ from cgsgan.data.dataset import ImageDataset
 from cgsgan.evaluate import main as evaluate_main
 from cgsgan.generator import Generator
 from cgsgan.losses import blur
-from cgsgan.metrics.evaluation import evaluate_generator
+from cgsgan.metrics.consistency import PSNR_CAP
+from cgsgan.metrics.evaluation import MetricContext, evaluate
 from cgsgan.metrics.extractor import SynthFeatures, load_extractor
 from cgsgan.metrics.extractor import main as extractor_main
-from cgsgan.metrics.features import FeatureExtractor
-from cgsgan.metrics.frechet import RandomFeatures
-from cgsgan.metrics.metrics import PSNR_CAP, fid_from_features, kid_from_features, real_images
+from cgsgan.metrics.features import FeatureExtractor, load_features
+from cgsgan.metrics.frechet import fid_from_features
+from cgsgan.metrics.ground_truth import SyntheticTruth
+from cgsgan.metrics.kid import kernel_distance
+from cgsgan.metrics.random_features import RandomFeatures
+from cgsgan.metrics.sampling import as_generator, real_images
 from cgsgan.training.checkpoint import save_checkpoint
 
 
@@ -50,7 +54,7 @@ def distances_with_blur(dataset, extractor: FeatureExtractor, sigmas: list[float
     for s in [0.0, *sigmas]:
         fb = extractor(blur(b, s))
         fds.append(fid_from_features(fa, fb))
-        kids.append(kid_from_features(fa, fb, num_subsets=20, subset_size=min(n, 200)))
+        kids.append(kernel_distance(fa, fb, num_subsets=20, subset_size=min(n, 200)))
     return fds[0], fds[1:], kids
 
 
@@ -81,6 +85,10 @@ def test_extractor_trains_saves_and_loads_plain_data(extractor_file, dataset):
     x = real_images(dataset, range(4))
     f1, f2 = ex(x), load_extractor(extractor_file)(x)
     assert f1.shape == (4, 128) and torch.equal(f1, f2)
+    # the one factory (train.feature_extractor, --features): a file is told apart by its content
+    via_setting = load_features(str(extractor_file))
+    assert isinstance(via_setting, SynthFeatures) and torch.equal(via_setting(x), f1)
+    assert isinstance(load_features("random"), RandomFeatures)
 
 
 def test_extractor_errors(tmp_path):
@@ -93,27 +101,32 @@ def test_extractor_errors(tmp_path):
     assert extractor_main(["--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.pt")]) == 2
 
 
-def test_evaluate_generator_every_metric_on_the_camera_free_generator(dataset, synthetic_dataset):
+def context(dataset, **kw) -> MetricContext:
+    return MetricContext(extractor=RandomFeatures(), reference=dataset, resolution=64, batch_size=8, backend="torch",
+                         **kw)
+
+
+def test_evaluate_every_metric_on_the_camera_free_generator(dataset, synthetic_dataset):
     G = tiny_perturbed()
-    cache: dict = {}
-    res = evaluate_generator(G, dataset, metrics=["fid", "kid", "fid3d", "sensitivity", "psnr_cond",
-                                                  "depth_consistency", "yaw_bins"],
-                             num=16, num_real=64, num_3d=3, batch_size=8, backend="torch",
-                             data_path=synthetic_dataset, yaw_bins=3, per_bin=6, cache=cache)
-    assert res["fid_rand"] > 0 and math.isfinite(res["kid_rand"])
+    ctx = context(dataset, samples=16, num_real=64, heads=3, yaw_bins=3,
+                  truth=SyntheticTruth.of_dataset(synthetic_dataset))
+    res = evaluate(ctx.for_generator(as_generator(G)), ["fid", "kid", "fid3d", "sensitivity", "psnr_cond",
+                                                        "depth_consistency", "yaw_bins"])
+    assert res["fid_rand"] > 0 and math.isfinite(res["kid_rand"]) and res["kid_rand_std"] > 0
     assert res["fid3d_rand"] == res["fid_rand"]  # same samples by construction
+    assert "fid_rand_floor" not in res  # no held-out reals, no floor
     assert res["sensitivity"] == 0.0 and res["psnr_cond"] == PSNR_CAP
     assert math.isfinite(res["depth_consistency"])
     bins = [k for k in res if k.startswith("yaw_fd_rand/")]
     assert 1 <= len(bins) <= 3 and all(math.isfinite(res[k]) for k in bins)
-    assert len(cache) == 1  # real features kept for the next snapshot
+    assert len(ctx.reals) == 1  # real features kept for the next generator
     json.dumps(res)
 
 
-def test_evaluate_generator_g_conditioned_fid3d_differs(dataset):
+def test_evaluate_g_conditioned_fid3d_differs(dataset):
     G = tiny_perturbed(camera_conditioned=True)
-    res = evaluate_generator(G, dataset, metrics="fid,fid3d,sensitivity,psnr_cond", num=8, num_real=64, num_3d=2,
-                             batch_size=8, backend="torch")
+    ctx = context(dataset, samples=8, num_real=64, heads=2)
+    res = evaluate(ctx.for_generator(as_generator(G)), "fid,fid3d,sensitivity,psnr_cond")
     assert res["fid3d_rand"] != res["fid_rand"]
     assert res["sensitivity"] > 0 and res["psnr_cond"] < PSNR_CAP
 
@@ -123,12 +136,13 @@ def test_evaluate_cli_writes_json_and_rejects_bad_inputs(synthetic_dataset, tmp_
     G = tiny_perturbed()
     ckpt = save_checkpoint({"config": to_dict(cfg), "G_ema": G.state_dict()}, tmp_path / "ckpt.pt")
     out = tmp_path / "metrics.json"
-    rc = evaluate_main(["--checkpoint", str(ckpt), "--data", str(synthetic_dataset), "--metrics", "fid,kid,sensitivity",
-                        "--num", "8", "--num-real", "32", "--num-3d", "2", "--batch", "8", "--backend", "torch",
-                        "--out", str(out)])
+    rc = evaluate_main(["--checkpoint", str(ckpt), "--data", str(synthetic_dataset), "--metrics",
+                        "fid,kid,fid_novel,sensitivity", "--floor", "--num", "8", "--num-real", "32", "--num-3d", "2",
+                        "--batch", "8", "--backend", "torch", "--out", str(out)])
     assert rc == 0
     payload = json.loads(out.read_text())
-    assert set(payload["metrics"]) >= {"fid_rand", "kid_rand", "sensitivity"}
+    assert set(payload["metrics"]) >= {"fid_rand", "fid_rand_floor", "kid_rand", "kid_rand_std", "fid_rand_novel",
+                                       "fid_rand_novel_floor", "sensitivity"}
     assert "fid_rand" in capsys.readouterr().out  # the printed table
     for argv, msg in [
         (["--checkpoint", str(tmp_path / "nope.pt"), "--data", str(synthetic_dataset)], "checkpoint not found"),
@@ -137,7 +151,7 @@ def test_evaluate_cli_writes_json_and_rejects_bad_inputs(synthetic_dataset, tmp_
         (["--checkpoint", str(ckpt), "--data", str(synthetic_dataset), "--inception", str(tmp_path / "w.pth")],
          "pt_inception"),
         (["--checkpoint", str(ckpt), "--data", str(synthetic_dataset), "--extractor", str(tmp_path / "e.pt")],
-         "extractor file not found"),
+         "features file not found"),
     ]:
         assert evaluate_main(argv) == 2
         assert msg in capsys.readouterr().err

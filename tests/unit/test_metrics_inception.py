@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cgsgan.metrics.features import FeatureExtractor, metric_name
+from cgsgan.metrics.features import FeatureExtractor, load_features, metric_name
 from cgsgan.metrics.inception import (
     FIDInceptionV3,
     InceptionFeatures,
@@ -64,6 +64,10 @@ def test_state_dict_round_trip_through_a_file(net, tmp_path):
     feats = load_inception(path)
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     torch.testing.assert_close(feats(x), InceptionFeatures(net)(x))
+    # the one factory (train.feature_extractor, --features) tells Inception weights by their content
+    via_setting = load_features(str(path))
+    assert isinstance(via_setting, InceptionFeatures)
+    torch.testing.assert_close(via_setting(x), feats(x))
 
 
 def test_wrong_keys_are_a_clear_error(net):

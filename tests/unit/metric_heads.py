@@ -1,0 +1,149 @@
+"""Hand-built Gaussian generators whose answer to the claim metrics is known, built from the
+synthetic heads themselves (no training):
+
+    SurfaceHeads   the synthetic head of an identity as Gaussians on its ellipsoids' visible surface,
+                   coloured as the ray caster shades them: a true 3D head (the good generator)
+    Billboard      a flat plane textured with the identity's frontal ground-truth render; facing=True
+                   turns the plane to face the conditioning camera (a camera-dependent generator)
+    with_floaters  any of them plus white semi-transparent Gaussians floating around the head
+
+Each maps z [B, z_dim] to one of the dataset's identities (a fixed function of z), so its samples
+are drawn from the same population of heads as the dataset.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cgsgan import camera
+from cgsgan.data import synthetic
+from cgsgan.gaussians import Gaussians, rgb_to_sh0
+
+Z_DIM = 4
+
+
+def identity_of(z: torch.Tensor, num_identities: int) -> list[int]:
+    return ((z[:, 0].abs() * 1e4).long() % num_identities).tolist()
+
+
+def _gaussians(means: torch.Tensor, rgb: torch.Tensor, opacity: torch.Tensor, scale: float) -> Gaussians:
+    """means [B, N, 3], rgb [B, N, 3] in [0, 1], opacity [B, N] in (0, 1) -> isotropic Gaussians."""
+    B, N = means.shape[:2]
+    return Gaussians(means=means, log_scales=torch.full((B, N, 3), math.log(scale)),
+                     quats=torch.tensor([1.0, 0, 0, 0]).expand(B, N, 4).clone(),
+                     opacity_logits=torch.logit(opacity.clamp(1e-4, 1 - 1e-4)), sh0=rgb_to_sh0(rgb))
+
+
+def surface_points(head: synthetic.Heads, num: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points [n, 3] on the visible surface of one head (K ellipsoids) and their shaded colours [n, 3].
+
+    Points are spread over the active ellipsoids by area; a point inside another ellipsoid or cut
+    away by its clip plane is dropped, so what is left is the outer surface the ray caster sees.
+    """
+    g = torch.Generator().manual_seed(seed)
+    active = head.active.nonzero()[:, 0]
+    r = head.radii[active]
+    # Thomsen's approximation of an ellipsoid's area (p = 1.6); 1.6x the points, as about a third are hidden
+    ab, ac, bc = r[:, 0] * r[:, 1], r[:, 0] * r[:, 2], r[:, 1] * r[:, 2]
+    area = 4 * math.pi * ((ab**1.6 + ac**1.6 + bc**1.6) / 3) ** (1 / 1.6)
+    counts = (area / area.sum() * num * 1.6).long().clamp_min(8)
+    pts, cols = [], []
+    for k, n in zip(active.tolist(), counts.tolist()):
+        u = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+        rot, rad = head.rot[k], head.radii[k]
+        p = (u * rad) @ rot.T + head.centre[k]  # [n, 3]
+        normal = torch.nn.functional.normalize((u / rad) @ rot.T, dim=-1)
+        keep = (p @ head.clip_n[k]) >= head.clip_d[k]
+        for j in active.tolist():  # hidden inside another part (where that part is not cut away)
+            if j == k:
+                continue
+            q = (p - head.centre[j]) @ head.rot[j] / head.radii[j]
+            keep &= (q.pow(2).sum(-1) > 1.0) | ((p @ head.clip_n[j]) < head.clip_d[j])
+        shade = synthetic.AMBIENT + synthetic.DIFFUSE * (normal @ synthetic.LIGHT).clamp_min(0)
+        pts.append(p[keep])
+        cols.append((head.colour[k] * shade[keep, None]).clamp(0, 1))
+    return torch.cat(pts), torch.cat(cols)
+
+
+class SurfaceHeads:
+    """The synthetic heads as 3D Gaussians: the same head from every camera."""
+
+    z_dim = Z_DIM
+
+    def __init__(self, seed: int, num_identities: int, points: int = 3000, scale: float = 0.012) -> None:
+        self.num_identities, self.scale = num_identities, scale
+        with synthetic.single_thread():  # many small ops: threads only stall on a busy machine
+            clouds = [surface_points(synthetic.sample_head(seed, i)[0], points, seed=i) for i in range(num_identities)]
+        n = min(len(p) for p, _ in clouds)  # one size for all, so heads stack
+        self.means = torch.stack([p[:n] for p, _ in clouds])  # [I, n, 3]
+        self.rgb = torch.stack([c[:n] for _, c in clouds])
+
+    def __call__(self, z: torch.Tensor, c: torch.Tensor) -> Gaussians:
+        ids = identity_of(z, self.num_identities)
+        return _gaussians(self.means[ids], self.rgb[ids], torch.full((len(ids), self.means.shape[1]), 0.99), self.scale)
+
+
+def _plane_points(label: torch.Tensor, res: int) -> torch.Tensor:
+    """Pixel centres [res * res, 3] of camera `label` [25] unprojected onto the plane through the
+    head centre (the origin) facing the camera."""
+    c2w, intr = camera.split_label(label[None])
+    k = camera.pixel_intrinsics(intr, res, res)[0]
+    v, u = torch.meshgrid(torch.arange(res) + 0.5, torch.arange(res) + 0.5, indexing="ij")
+    d_cam = torch.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], torch.ones_like(u)], -1).reshape(-1, 3)
+    rot, origin = c2w[0, :3, :3], c2w[0, :3, 3]
+    d = d_cam @ rot.T
+    forward = rot[:, 2]
+    t = (-(origin @ forward)) / (d @ forward)  # plane through (0, 0, 0) with normal `forward`
+    return origin + t[:, None] * d
+
+
+class Billboard:
+    """A plane textured with the frontal ground-truth render of the identity.
+
+    facing=False: the plane stays where the frontal camera sees it (a flat head, edge-on from the
+    side). facing=True: the plane is rebuilt facing the conditioning camera, so every camera sees
+    the frontal picture (the output depends on the camera).
+    """
+
+    z_dim = Z_DIM
+
+    def __init__(self, seed: int, num_identities: int, facing: bool = False, res: int = 32) -> None:
+        self.num_identities, self.facing, self.res = num_identities, facing, res
+        self.camera_conditioned = facing
+        front = camera.frontal_label(num_identities)
+        rgb, mask = synthetic.render_heads(seed, list(range(num_identities)), front, res)
+        self.rgb = rgb.flatten(2).transpose(1, 2)  # [I, res * res, 3]
+        self.alpha = mask.flatten(1) * 0.99  # [I, res * res]
+        self.frontal_plane = _plane_points(front[0], res)
+        # the footprint of a pixel on the plane: 2.7 / (focal * res), as a Gaussian's std
+        self.scale = 0.6 * camera.RADIUS / (camera.FOCAL * res)
+
+    def __call__(self, z: torch.Tensor, c: torch.Tensor) -> Gaussians:
+        ids = identity_of(z, self.num_identities)
+        if self.facing:
+            means = torch.stack([_plane_points(label.float(), self.res) for label in c])
+        else:
+            means = self.frontal_plane.expand(len(ids), -1, -1)
+        return _gaussians(means, self.rgb[ids], self.alpha[ids], self.scale)
+
+
+class WithFloaters:
+    """`base` plus `count` white, semi-transparent Gaussians in a shell around the head, behind and
+    beside it (none in front of the face, so from the training poses they hardly cover the head)."""
+
+    def __init__(self, base, count: int = 150, opacity: float = 0.6, scale: float = 0.03, seed: int = 0) -> None:
+        self.base, self.z_dim = base, base.z_dim
+        g = torch.Generator().manual_seed(seed)
+        u = torch.nn.functional.normalize(torch.randn(count, 3, generator=g), dim=-1)
+        u[:, 2] = -u[:, 2].abs()  # the back half-shell
+        self.means = u * (0.24 + 0.06 * torch.rand(count, 1, generator=g))  # 0.24-0.30 from the head centre
+        self.opacity, self.scale = opacity, scale
+
+    def __call__(self, z: torch.Tensor, c: torch.Tensor) -> Gaussians:
+        head = self.base(z, c)
+        B, n = len(z), len(self.means)
+        extra = _gaussians(self.means.expand(B, n, 3), torch.ones(B, n, 3), torch.full((B, n), self.opacity), self.scale)
+        return Gaussians(*(torch.cat([getattr(head, f), getattr(extra, f)], 1)
+                           for f in ("means", "log_scales", "quats", "opacity_logits", "sh0")))
