@@ -101,13 +101,14 @@ def snapshot_line(stats: dict) -> str | None:
     """The snapshot's metrics on one console line, each distance with its multiple of the floor
     (the real-vs-held-out distance); None when the snapshot computed no metric."""
     metrics = {k.split("/", 1)[1]: v for k, v in stats.items() if k.startswith("metrics/")}
-    shown = {k: v for k, v in metrics.items() if not k.endswith(("_floor", "_ratio"))}
+    shown = {k: v for k, v in metrics.items() if not k.endswith(("_floor", "_ratio", "_std"))}
     if not shown:
         return None
     parts = [f"snapshot kimg {kimg_text(stats['progress/kimg'])}"]
     for name, value in shown.items():
-        ratio = metrics.get(f"{name}_ratio")
-        parts.append(f"{name} {value:.4g}" + (f" ({ratio:.2f}x floor)" if ratio is not None else ""))
+        ratio, std = metrics.get(f"{name}_ratio"), metrics.get(f"{name}_std")
+        parts.append(f"{name} {value:.4g}" + (f" ± {std:.2g}" if std is not None else "")
+                     + (f" ({ratio:.2f}x floor)" if ratio is not None else ""))
     return " | ".join(parts)
 
 

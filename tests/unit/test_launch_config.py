@@ -141,3 +141,12 @@ def test_launch_requires_data_path_for_ffhqc():
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 2 and "data.path" in out.stderr
+
+
+@pytest.mark.parametrize("metric", ["fid_novel", "yaw_bins"])
+def test_ground_truth_metrics_need_the_synthetic_heads(tmp_path, metric):
+    # Novel views and yaw bins compare with the synthetic heads rendered at other poses: a folder
+    # dataset has no such ground truth, said before anything starts.
+    with pytest.raises(config.ConfigError, match=rf"train\.snapshot_metrics=.*{metric}.*ground truth"):
+        validate_launch(load("data=ffhqc", f"data.path={tmp_path}", f"train.snapshot_metrics=[fid,{metric}]"))
+    validate_launch(load(f"train.snapshot_metrics=[fid,{metric}]"))  # data=synthetic: accepted
