@@ -140,9 +140,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
         if info["progress/kimg"] == 0:  # the untrained generator: the start of the metric curves
             metrics = {k: v for k, v in info.items() if k.startswith("metrics/")}
             tracker.log_metrics(metrics, step=0, timestamp_ms=int(time.time() * 1000))
-        for key in ("artifacts/grid", "artifacts/turntable", "artifacts/ply"):
-            if key in info:
-                tracker.log_artifact(info[key], "samples")
+        tracker.log_snapshot(info)  # the grid as a step image; the sample files as artifacts
 
     try:
         trainer = Trainer(cfg, run_dir, rank=rank, world_size=world, device=device,
