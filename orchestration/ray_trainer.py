@@ -72,6 +72,7 @@ def worker_config(cfg: LaunchConfig, plan: Plan, tags: dict | None = None) -> di
         "storage_endpoint": s3_endpoint(cfg.storage.endpoint_url) or "",
         "tracking_uri": plan.tracking_uri,
         "experiment": cfg.tracking.experiment,
+        "system_metrics_interval_s": cfg.tracking.system_metrics_interval_s,
         "artifact_root": (Path(plan.output_dir) / "mlartifacts").as_uri() if not cfg.tracking.uri else None,
         "params": params,
         "tags": dict(tags or {}),

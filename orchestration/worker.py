@@ -166,12 +166,21 @@ def train_loop_per_worker(config: dict) -> dict | None:
                                tags={"storage_path": config["storage_uri"], **config.get("tags", {})})
         trainer.extra_state["mlflow_run_id"] = run_id
         print(f"MLflow run {run_id} ({redact(config['tracking_uri'])})", flush=True)
+    from orchestration.system_metrics import WorkerSystemMetrics
+
+    system = WorkerSystemMetrics(config["tracking_uri"], config["experiment"], config["name"], rank,
+                                 config.get("system_metrics_interval_s", 10.0), tracker and tracker.run_id).start()
     try:
         trainer.run()
     except BaseException:
+        system.stop()
         if tracker is not None:
             tracker.finish("FAILED")
         raise
+    system.stop()
     if tracker is not None:
+        from orchestration.model_logging import log_trained_generator
+
+        log_trained_generator(tracker, trainer)  # runs:/<run_id>/generator (registered with a server)
         tracker.finish()
     return None

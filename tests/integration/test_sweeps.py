@@ -111,6 +111,43 @@ def test_mlflow_ui_lists_the_child_runs(finished_sweep, mlflow_server):
         assert c.info.run_name in compare, f"child run {c.info.run_name} is not on the compare page"
 
 
+def test_a_local_sweep_keeps_every_trial_in_its_own_store(tmp_path):
+    """The defaults (tracking=local, storage=local) with a relative output_dir, run from another
+    folder: every child run is in the sweep's own SQLite store under its parent, with its metrics
+    and its grids (as step images and as files), and nothing the project writes lies under Ray's
+    temp dir (where Tune gives each trial its working directory)."""
+    ray_tmp = ray_tmpdir()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": str(ray_tmp),
+           "CGSGAN_DATA_CACHE": os.environ.get("CGSGAN_DATA_CACHE", str(tmp_path / "cache"))}  # fmt: skip
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    try:
+        out = subprocess.run([sys.executable, str(ROOT / "sweeps" / "ablate.py"), *SHORT, "output_dir=outputs",
+                              "sweep.name=local"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)  # fmt: skip
+        assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
+        written = [p for p in ray_tmp.rglob("*") if p.name == "mlflow.db" or p.name == "metrics.jsonl"
+                   or p.suffix in (".png", ".ply", ".gif") or p.name in ("mlartifacts", "outputs")]  # fmt: skip
+    finally:
+        stop_ray(ray_tmp)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert not written, f"written under Ray's temp dir: {written[:5]}"
+    store = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
+    client, exp, parents, children = sweep_runs(store, "local")
+    assert len(parents) == 1 and len(children) == 2
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    for c in children:
+        assert c.info.status == "FINISHED" and "metrics.fid_synth" in c.data.metrics
+        assert {"views", "seed", "camera_mode"} <= set(c.data.params)
+        steps = {int(a.path.split("+step+")[1].split("+")[0]) for a in client.list_artifacts(c.info.run_id, "images")
+                 if a.path.endswith(".png")}  # fmt: skip
+        assert len(steps) > 1, f"{c.info.run_name}: grid image steps {steps}"
+        assert any(a.path.endswith(".png") for a in client.list_artifacts(c.info.run_id, "samples"))
+        assert (tmp_path / "outputs" / "runs" / c.info.run_name / "metrics.jsonl").exists()
+    assert [e.name for e in client.search_experiments()] == ["cgsgan"] or \
+        {e.name for e in client.search_experiments()} == {"cgsgan", "Default"}  # no experiment per trial
+    assert (tmp_path / "outputs" / "sweeps" / "local" / "comparison.md").exists()
+
+
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(s3_server, mlflow_server, tmp_path):
     ray_tmp = ray_tmpdir()
     try:
