@@ -22,6 +22,7 @@ RUN_NAME_TAG = "cgsgan.run_name"
 # MLflow's experiment kind for custom model development: the UI (3.x) shows such an experiment's
 # runs table and chart view first instead of its GenAI (traces) layout.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + key: a runs-page view the UI opens by ?viewStateShareKey=key
 GRID_IMAGE_KEY = "grid"  # the snapshot grids, one step image per snapshot
 SAMPLE_ARTIFACTS = ("artifacts/grid", "artifacts/turntable", "artifacts/ply")  # snapshot keys kept as files
 _SECRET = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)
@@ -171,6 +172,21 @@ class Tracker:
         data = {c: [None if r.get(c) is None else r.get(c) if isinstance(r.get(c), (int, float)) else str(r.get(c))
                     for r in rows] for c in columns}  # fmt: skip
         self.client.log_table(self.run_id, data=data, artifact_file=artifact_file)
+
+    def share_view(self, key: str, search: str, params: list[str], metrics: list[str], group_by: list[str]) -> str:
+        """A saved view of the experiment's runs page (what the UI's "Share" button stores: an
+        experiment tag holding the view as JSON): the runs matching `search`, with `params` and
+        `metrics` (names as reported) as columns, grouped by the params `group_by` (the groups'
+        mean in the table and charts). Returns the page's path: #/experiments/<id>/runs?...="""
+        import json
+
+        state = {"searchFilter": search, "orderByKey": "attributes.start_time", "orderByAsc": True,
+                 "selectedColumns": [f"params.`{p}`" for p in params] + [f"metrics.`{mlflow_name(m)}`" for m in metrics],
+                 "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "param", "groupByData": p}
+                                                                              for p in group_by]} if group_by else None,
+                 "hideEmptyCharts": True}  # fmt: skip
+        self.client.set_experiment_tag(self.experiment_id, SHARED_VIEW_TAG + key, json.dumps(state))
+        return f"#/experiments/{self.experiment_id}/runs?viewStateShareKey={key}"
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)

@@ -234,6 +234,7 @@ def run_sweep(cfg: SweepConfig) -> int:
                       local_artifact_root(base_plan.output_dir, bool(cfg.tracking.uri)))
     parent = tracker.start(params={"sweep": to_dict(cfg.sweep)}, tags={"cgsgan.sweep": cfg.sweep.name})
     print(f"sweep {cfg.sweep.name}: {len(grid)} trials, MLflow parent run {parent}", flush=True)
+    view = share_view(tracker, cfg.sweep)
 
     cluster.connect_ray(cfg, extra_cpus=1)  # room for the trial drivers (0.01 CPU each) beside the workers
     space = [
@@ -273,8 +274,21 @@ def run_sweep(cfg: SweepConfig) -> int:
     tracker.finish("FINISHED" if all(not r["error"] for r in rows) else "FAILED")
     print((out / "comparison.md").read_text())
     print(f"table: {files[0]}\nplot: {files[2]}")
+    server = base_plan.tracking_uri if base_plan.tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+    if not base_plan.tracking_uri.startswith("http"):
+        print(f"MLflow: mlflow ui --backend-store-uri {base_plan.tracking_uri}, then open")
+    print(f"the trials in MLflow: {server.rstrip('/')}/{view}")
     ray.shutdown()
     return 0 if all(not r["error"] for r in rows) else 1
+
+
+def share_view(tracker, axes: SweepAxes) -> str:
+    """The sweep's view of the experiment's runs page: its trials (not the parent) with every axis,
+    the seed and the compared metrics as columns, grouped by the axes that vary (so the table
+    and the charts show each configuration's mean over its seeds). Returns the page's path."""
+    varying = [axis for axis, values in axis_values(axes).items() if len(values) > 1]
+    return tracker.share_view(f"sweep-{axes.name}", f"tags.sweep = '{axes.name}'", [*AXES, "seed"],
+                              [c.key for c in COMPARED], varying)  # fmt: skip
 
 
 def log_tables(tracker, rows: list[dict], axes: dict[str, list]) -> None:

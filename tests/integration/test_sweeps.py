@@ -4,6 +4,7 @@ finished trials, and the MLflow UI (headless Chromium) listing the child runs.""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ SHORT = [
     "data.synthetic_identities=32", "data.synthetic_views=2", "train.batch_size=8", "train.total_kimg=0.048",
     "train.tick_kimg=0.016", "train.snapshot_ticks=3", "train.checkpoint_ticks=3", "train.metric_samples=16",
     "sweep.views=[1,2]", "sweep.camera_mode=[d_projection]", "sweep.seeds=[0]", "sweep.max_concurrent=1",
+    "tracking.system_metrics_interval_s=1",
 ]  # fmt: skip
 
 
@@ -71,19 +73,54 @@ def test_two_trial_sweep_ends_with_table_and_plot(finished_sweep):
     assert table in out.stdout  # printed at the end
 
 
-def test_mlflow_holds_one_parent_and_a_child_per_trial(finished_sweep, mlflow_server):
-    client, _, parents, children = sweep_runs(mlflow_server.tracking_uri, "itest")
+def test_mlflow_holds_one_parent_and_a_child_per_trial(finished_sweep, mlflow_server, tmp_path):
+    client, exp, parents, children = sweep_runs(mlflow_server.tracking_uri, "itest")
     assert len(parents) == 1 and len(children) == 2
     pid = parents[0].info.run_id
     assert all(c.data.tags["mlflow.parentRunId"] == pid for c in children)
     assert sorted(c.data.tags["axis.views"] for c in children) == ["1", "2"]
     assert {c.data.params["loss.num_views"] for c in children} == {"1", "2"}
+    # every axis and the seed as a param of the same name in every trial: the UI's search finds one
+    for c in children:
+        assert {k: c.data.params[k] for k in ("views", "grad_averaging", "camera_mode", "background", "seed")} == \
+            {"views": c.data.tags["axis.views"], "grad_averaging": "True", "camera_mode": "d_projection",
+             "background": "random", "seed": "0"}  # fmt: skip
+    found = client.search_runs([exp.experiment_id], filter_string="params.views = '2' and tags.sweep = 'itest'")
+    assert [r.info.run_id for r in found] == [c.info.run_id for c in children if c.data.params["views"] == "2"]
     artifacts = {a.path for a in client.list_artifacts(pid, "comparison")}
-    assert {"comparison/comparison.csv", "comparison/comparison.md", "comparison/comparison.png"} <= artifacts
+    assert {"comparison/comparison.csv", "comparison/comparison.md", "comparison/comparison.png",
+            "comparison/trials.json", "comparison/differences.json"} <= artifacts  # fmt: skip
+    # the parent's MLflow table: one row per trial with its axes, metrics and verdict
+    table = json.loads(Path(client.download_artifacts(pid, "comparison/trials.json", str(tmp_path))).read_text())
+    rows = [dict(zip(table["columns"], r)) for r in table["data"]]
+    assert sorted(r["views"] for r in rows) == [1, 2] and all(r["metrics/fid_synth"] > 0 for r in rows)
+    assert [r["verdict"] for r in rows] == ["reference", "views=2: too few seeds"]  # one seed: no verdict
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens it as model training
+
+
+def test_trials_log_grids_as_step_images_system_metrics_and_their_generator(finished_sweep, mlflow_server, tmp_path):
+    client, exp, _, children = sweep_runs(mlflow_server.tracking_uri, "itest")
+    versions = {v.run_id: v for v in client.search_model_versions("name='cgsgan-tiny'")}
+    for c in children:
+        run_id = c.info.run_id
+        steps = {int(a.path.split("+step+")[1].split("+")[0]) for a in client.list_artifacts(run_id, "images")
+                 if a.path.startswith("images/grid+") and a.path.endswith(".png")}  # fmt: skip
+        assert steps == {0, 48}, f"{c.info.run_name}: grid steps {steps}"  # kimg 0 and 0.048
+        assert {"samples/turntable.gif", "samples/sample-seed0.ply"} <= {a.path for a in client.list_artifacts(run_id, "samples")}
+        assert "system/worker0/cpu_utilization_percentage" in c.data.metrics
+        assert "system/worker0/system_memory_usage_megabytes" in c.data.metrics
+        assert versions[run_id].source == f"runs:/{run_id}/generator"  # one registered version per run
+    # the logged model loads in a fresh process by its run URI and draws heads from (seed, yaw)
+    uri = f"runs:/{children[0].info.run_id}/generator"
+    load = ("import mlflow, pandas as pd, sys; m = mlflow.pyfunc.load_model(sys.argv[1]); "
+            "print(m.predict(pd.DataFrame({'seed': [0, 1], 'yaw': [0.0, 30.0]})).shape)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", load, uri], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri})  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip().endswith("(2, 64, 64, 3)"), out.stderr[-3000:]
 
 
 def test_mlflow_ui_lists_the_child_runs(finished_sweep, mlflow_server):
-    subprocess.run(["bash", str(ROOT / "infra/local/install_chromium.sh")], check=True, timeout=900)
+    subprocess.run(["bash", str(Path(__file__).with_name("install_chromium.sh"))], check=True, timeout=900)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     _, exp, parents, children = sweep_runs(mlflow_server.tracking_uri, "itest")
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1600,1000", "--virtual-time-budget=30000"]

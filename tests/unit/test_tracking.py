@@ -109,3 +109,16 @@ def test_tables_are_mlflow_tables(tmp_path):
     table = json.loads((tmp_path / "mlartifacts" / run_id / "artifacts" / "c" / "t.json").read_text())
     assert table["columns"] == ["trial", "fid", "verdict"] and table["data"][0] == ["a", 1.5, "reference"]
     assert "c/t.json" in tracker.client.get_run(run_id).data.tags.get("mlflow.loggedArtifacts", "")
+
+
+def test_a_shared_view_lists_runs_with_their_axis_params_grouped(tmp_path):
+    """The UI opens #/experiments/<id>/runs?viewStateShareKey=<key> from the experiment tag
+    mlflow.sharedViewState.<key> (JSON): the filter, the columns, the grouping."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "cgsgan", "sweep-x")
+    path = tracker.share_view("sweep-x", "tags.sweep = 'x'", ["views", "seed"], ["metrics/fid_synth"], ["views"])
+    assert path == f"#/experiments/{tracker.experiment_id}/runs?viewStateShareKey=sweep-x"
+    state = json.loads(tracker.client.get_experiment(tracker.experiment_id).tags["mlflow.sharedViewState.sweep-x"])
+    assert state["searchFilter"] == "tags.sweep = 'x'"
+    assert state["selectedColumns"] == ["params.`views`", "params.`seed`", "metrics.`metrics.fid_synth`"]
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "param", "groupByData": "views"}]
