@@ -30,14 +30,29 @@ def chromium() -> str:
     return found
 
 
+def _flags(budget_ms: int, size: str) -> list[str]:
+    return [*FLAGS[:-1], f"--window-size={size}", f"--virtual-time-budget={budget_ms}"]
+
+
+def dom(browser: str, url: str, budget_ms: int = 30000, size: str = "1600,1000") -> str:
+    """The rendered page's HTML (chart cards render once they have had their time)."""
+    return subprocess.run([browser, *_flags(budget_ms, size), "--dump-dom", url], capture_output=True, text=True,
+                          timeout=240).stdout  # fmt: skip
+
+
+def text(html: str) -> str:
+    html = re.sub(r"<style[^>]*>.*?</style>", " ", html, flags=re.S)
+    return " ".join(re.sub(r"<[^>]+>", " ", html).split())
+
+
 def page(browser: str, url: str, shot: Path, budget_ms: int = 30000, size: str = "1600,1000") -> str:
     """The rendered page's text (tags stripped); a screenshot of it at `shot`."""
-    flags = [*FLAGS[:-1], f"--window-size={size}", f"--virtual-time-budget={budget_ms}"]
-    dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=240).stdout
+    flags = _flags(budget_ms, size)
+    html = dom(browser, url, budget_ms, size)
     shot.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([browser, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=240)
     assert shot.exists() and shot.stat().st_size > 10_000, f"no screenshot of {url}"
-    return re.sub(r"<[^>]+>", " ", dom)
+    return text(html)
 
 
 class SweepPages:
@@ -57,6 +72,12 @@ class SweepPages:
         return (f"{self.base}/#/experiments/{self.experiment.experiment_id}/runs?compareRunsMode={mode}"
                 f"&searchFilter={quote(search)}")  # fmt: skip
 
+    def shared_view(self, sweep: str, mode: str = "TABLE") -> str:
+        """The sweep's own view (sweeps/ablate.py shares it on the experiment: its trials, axis
+        params and metrics as columns, grouped by the axes that vary)."""
+        return (f"{self.base}/#/experiments/{self.experiment.experiment_id}/runs?compareRunsMode={mode}"
+                f"&viewStateShareKey=sweep-{sweep}")  # fmt: skip
+
     def run(self, run_id: str, tab: str = "model-metrics") -> str:
         return f"{self.base}/#/experiments/{self.experiment.experiment_id}/runs/{run_id}/{tab}"
 
@@ -70,12 +91,12 @@ def screenshots(tracking_uri: str, sweep: str, out: Path) -> list[Path]:
     child = p.children[0].info.run_id
     shots = [
         (p.run(child), out / "mlflow-run-page.png", "1600,1400"),
-        (p.runs(f"tags.sweep = '{sweep}'", "CHART"), out / "mlflow-chart-view.png", "1600,1400"),
+        (p.shared_view(sweep, "CHART"), out / "mlflow-chart-view.png", "1600,1400"),
         (p.artifact(p.parent.info.run_id, "comparison/trials.json"), out / "mlflow-sweep-table.png", "1600,900"),
-        (p.runs(f"tags.sweep = '{sweep}'"), out / "mlflow-sweep-runs.png", "1600,900"),
+        (p.shared_view(sweep), out / "mlflow-sweep-runs.png", "1600,900"),
     ]
     for url, shot, size in shots:
-        page(browser, url, shot, budget_ms=40000, size=size)
+        page(browser, url, shot, budget_ms=60000, size=size)
     return [s for _, s, _ in shots]
 
 
