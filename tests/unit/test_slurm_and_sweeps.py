@@ -10,7 +10,7 @@ import orchestration.slurm as slurm
 import sweeps.ablate as ablate
 from cgsgan.config import ConfigError
 from orchestration import cluster
-from orchestration.config import LaunchConfig, register, run_name, to_typed, validate_launch
+from orchestration.config import LaunchConfig, register, resolve, run_name, to_typed, validate_launch
 from orchestration.ray_nodes import port_block, ray_start_args
 from orchestration.slurm import SlurmJob
 
@@ -69,6 +69,19 @@ def test_default_sweep_compares_camera_injection_over_two_seeds():
         (m, s) for m in ("d_projection", "d_none", "g_conditioned") for s in (0, 1)}
     names = {run_name(ablate.trial_config(cfg, t)) for t in trials}
     assert len(names) == 6  # every trial its own deterministic run
+
+
+def test_a_trial_writes_where_the_driver_resolved_its_paths(tmp_path, monkeypatch):
+    """A trial runs in a working directory Ray Tune makes for it: its output_dir (its MLflow store,
+    metrics, samples) is the driver's, absolute, and resolves the same from anywhere."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_sweep("output_dir=outputs")
+    tc = ablate.trial_config(cfg, ablate.trials(cfg.sweep)[0])
+    assert tc.output_dir == str(tmp_path / "outputs")
+    monkeypatch.chdir(ROOT)  # elsewhere, as a trial is
+    assert resolve(tc).tracking_uri == f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
+    assert ablate.trial_params(ablate.trials(cfg.sweep)[0]) == {
+        "views": "4", "grad_averaging": "True", "camera_mode": "d_projection", "background": "random", "seed": "0"}
 
 
 def test_sweep_axes_apply_to_the_trial_config_and_subsets_are_checked():
