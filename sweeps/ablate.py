@@ -283,12 +283,13 @@ def run_sweep(cfg: SweepConfig) -> int:
 
 
 def share_view(tracker, axes: SweepAxes) -> str:
-    """The sweep's view of the experiment's runs page: its trials (not the parent) with every axis,
-    the seed and the compared metrics as columns, grouped by the axes that vary (so the table
-    and the charts show each configuration's mean over its seeds). Returns the page's path."""
+    """The sweep's view of the experiment's runs page: its trials with every axis, the seed and the
+    headline metric as columns (the UI puts metric columns first and draws only the columns in
+    sight: more metrics would push the axes out of view), grouped by the axes that vary (so the
+    table and the charts show each configuration's mean over its seeds). Returns the page's path."""
     varying = [axis for axis, values in axis_values(axes).items() if len(values) > 1]
     return tracker.share_view(f"sweep-{axes.name}", f"tags.sweep = '{axes.name}'", [*AXES, "seed"],
-                              [c.key for c in COMPARED], varying)  # fmt: skip
+                              [COMPARED[0].key], varying)  # fmt: skip
 
 
 def log_tables(tracker, rows: list[dict], axes: dict[str, list]) -> None:

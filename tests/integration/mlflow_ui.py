@@ -93,7 +93,7 @@ def screenshots(tracking_uri: str, sweep: str, out: Path) -> list[Path]:
         (p.run(child), out / "mlflow-run-page.png", "1600,1400"),
         (p.shared_view(sweep, "CHART"), out / "mlflow-chart-view.png", "1600,1400"),
         (p.artifact(p.parent.info.run_id, "comparison/trials.json"), out / "mlflow-sweep-table.png", "1600,900"),
-        (p.shared_view(sweep), out / "mlflow-sweep-runs.png", "1600,900"),
+        (p.shared_view(sweep), out / "mlflow-sweep-runs.png", "2000,700"),
     ]
     for url, shot, size in shots:
         page(browser, url, shot, budget_ms=60000, size=size)

@@ -132,11 +132,11 @@ def test_mlflow_ui_shows_the_trials_their_params_and_the_grid_over_steps(finishe
     assert len(pages.children) == 2
 
     runs = mlflow_ui.page(browser, pages.shared_view("itest"), ARTIFACTS / "mlflow-sweep-runs.png", budget_ms=60000,
-                          size="1600,900")  # fmt: skip
+                          size="2000,700")  # fmt: skip
     text = " ".join(runs.split())
     for c in pages.children:
         assert c.info.run_name in text, f"child run {c.info.run_name} is not on the sweep's page"
-    for column in ("views", "camera_mode", "seed", "metrics.fid_synth"):
+    for column in ("views", "grad_averaging", "camera_mode", "background", "seed", "metrics.fid_synth"):
         assert column in text, f"no column {column} on the sweep's page"
     assert "Group: 1" in text and "Group: 2" in text  # grouped by the axis that varies: views
 
