@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from cgsgan.config import CGSGANConfig, from_dict, to_dict
@@ -66,7 +67,9 @@ def log_generator(client, run_id: str, config: dict, g_ema: dict, nimg: int, reg
         example = pd.DataFrame(EXAMPLE)
         model = generator_model.GeneratorModel()
         model.load_context(mlflow.pyfunc.PythonModelContext(artifacts={"checkpoint": str(ckpt)}, model_config=None))
-        signature = infer_signature(example, model.predict(None, example))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # MLflow's hint on integer columns: seeds are never missing
+            signature = infer_signature(example, model.predict(None, example))
         folder = Path(tmp) / MODEL_PATH
         mlflow.pyfunc.save_model(
             folder, python_model=generator_model.__file__, artifacts={"checkpoint": str(ckpt)},

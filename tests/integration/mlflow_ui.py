@@ -88,9 +88,7 @@ class SweepPages:
 def screenshots(tracking_uri: str, sweep: str, out: Path) -> list[Path]:
     browser = chromium()
     p = SweepPages(tracking_uri, sweep)
-    child = p.children[0].info.run_id
     shots = [
-        (p.run(child), out / "mlflow-run-page.png", "1600,1400"),
         (p.shared_view(sweep, "CHART"), out / "mlflow-chart-view.png", "1600,1400"),
         (p.artifact(p.parent.info.run_id, "comparison/trials.json"), out / "mlflow-sweep-table.png", "1600,900"),
         (p.shared_view(sweep), out / "mlflow-sweep-runs.png", "2000,700"),
