@@ -91,6 +91,7 @@ class StorageConfig:
 class TrackingConfig:
     uri: str = ""  # MLflow tracking URI; "" = sqlite:///<output_dir>/mlflow.db
     experiment: str = "cgsgan"
+    system_metrics_interval_s: float = 10.0  # each worker's CPU/memory/GPU into its run; 0 = off
 
 
 @dataclass
@@ -265,6 +266,7 @@ def check_ranges(cfg: LaunchConfig) -> None:
         need(c.gpus_per_worker > 0, "cluster.gpus_per_worker", c.gpus_per_worker, "must be > 0 with cluster.use_gpu=true")
     at_least("cluster.max_failures", c.max_failures, 0)
     at_least("storage.num_to_keep", cfg.storage.num_to_keep, 1)
+    at_least("tracking.system_metrics_interval_s", cfg.tracking.system_metrics_interval_s, 0)
     at_least("slurm.nodes", s.nodes, 1)
     at_least("slurm.gpus_per_node", s.gpus_per_node, 0)
     at_least("slurm.cpus_per_task", s.cpus_per_task, 1)

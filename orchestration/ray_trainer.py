@@ -78,6 +78,7 @@ def worker_spec(cfg: LaunchConfig, plan: Plan, tags: dict | None = None) -> Work
         num_to_keep=cfg.storage.num_to_keep,
         tracking_uri=plan.tracking_uri,
         experiment=cfg.tracking.experiment,
+        system_metrics_interval_s=cfg.tracking.system_metrics_interval_s,
         artifact_root=(Path(plan.output_dir) / "mlartifacts").as_uri() if not cfg.tracking.uri else None,
         cluster=to_dict(cfg.cluster),
         tags={k: str(v) for k, v in (tags or {}).items()},

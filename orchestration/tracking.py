@@ -2,6 +2,12 @@
 
 Used by rank 0 only. Everything goes through an explicit MlflowClient and run id (no global
 active run), so several runs can be tracked from one process (e.g. sweeps).
+
+What a run shows in the MLflow UI: its params and metrics (step = kimg x 1000), each snapshot's
+sample grid as a step image (key GRID_IMAGE_KEY: the run page's image chart with its step slider,
+the chart view's side-by-side of several runs) and as a plain artifact under samples/, the final
+turntable and .ply under samples/. The experiments it creates are tagged as model training
+(EXPERIMENT_KIND), so the UI opens them on the runs table and charts rather than its GenAI layout.
 """
 
 from __future__ import annotations
@@ -13,6 +19,12 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 RUN_NAME_TAG = "cgsgan.run_name"
+# MLflow's experiment kind for custom model development: the UI (3.x) shows such an experiment's
+# runs table and chart view first instead of its GenAI (traces) layout.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + key: a runs-page view the UI opens by ?viewStateShareKey=key
+GRID_IMAGE_KEY = "grid"  # the snapshot grids, one step image per snapshot
+SAMPLE_ARTIFACTS = ("artifacts/grid", "artifacts/turntable", "artifacts/ply")  # snapshot keys kept as files
 _SECRET = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)
 
 
@@ -56,6 +68,17 @@ def reported_name(mlflow_metric: str) -> str:
     return mlflow_metric.replace(".", "/")
 
 
+def kimg_step(kimg: float) -> int:
+    """The step a run logs at: kimg x 1000 (thousandths of a kimg), the same for metrics and images."""
+    return int(round(kimg * 1000))
+
+
+def local_artifact_root(output_dir: str | Path, tracking_uri_given: bool) -> str | None:
+    """Where a local store's artifacts go (<output_dir>/mlartifacts, as a file URI); None for a
+    configured tracking server, which decides itself."""
+    return None if tracking_uri_given else (Path(output_dir).absolute() / "mlartifacts").as_uri()
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, artifact_root: str | None = None) -> None:
         self.client = MlflowClient(tracking_uri=tracking_uri)
@@ -67,6 +90,8 @@ class Tracker:
                 exp_id = self.client.get_experiment_by_name(experiment).experiment_id
         else:
             exp_id = exp.experiment_id
+        if exp is None or EXPERIMENT_KIND[0] not in exp.tags:
+            self.client.set_experiment_tag(exp_id, *EXPERIMENT_KIND)
         self.experiment_id = exp_id
         self.run_name = run_name
         self.run_id: str | None = None
@@ -83,18 +108,23 @@ class Tracker:
                 [self.experiment_id], filter_string=f"tags.`{RUN_NAME_TAG}` = '{self.run_name}'", max_results=1
             )
             run_id = found[0].info.run_id if found else None
+        logged: dict[str, str] = {}
         if run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags={RUN_NAME_TAG: self.run_name, **(tags or {})})
             run_id = run.info.run_id
-            if params:
-                flat = scrub(flatten(params))
-                items = [Param(k, str(v)[:500]) for k, v in flat.items()]
-                for i in range(0, len(items), 100):
-                    self.client.log_batch(run_id, params=items[i : i + 100])
         else:
             self.client.update_run(run_id, status="RUNNING")
             history = self.client.get_metric_history(run_id, PROGRESS_METRIC)
             self.logged_through = max((m.step for m in history), default=-1)
+            logged = self.client.get_run(run_id).data.params
+        if params:
+            # A param is logged once: a continued run keeps its values (a schedule setting such
+            # as total_kimg may have been raised since) and gains the params it lacks (a run a
+            # sweep's trial created with its axis params gets the config's from the worker).
+            flat = scrub(flatten(params))
+            items = [Param(k, str(v)[:500]) for k, v in flat.items() if k not in logged]
+            for i in range(0, len(items), 100):
+                self.client.log_batch(run_id, params=items[i : i + 100])
         self.run_id = run_id
         return run_id
 
@@ -120,6 +150,43 @@ class Tracker:
         ]
         if items:
             self.client.log_batch(self.run_id, metrics=items)
+
+    def log_snapshot(self, info: dict) -> None:
+        """A snapshot (the trainer's on_snapshot info): its grid as a step image under
+        GRID_IMAGE_KEY at the run's kimg step, and its sample files as artifacts under samples/."""
+        step = kimg_step(info["progress/kimg"])
+        if step <= self.logged_through:
+            return  # logged by the attempt before a restart (see logged_through)
+        if "artifacts/grid" in info:
+            from PIL import Image
+
+            with Image.open(info["artifacts/grid"]) as im:
+                self.client.log_image(self.run_id, im.convert("RGB"), key=GRID_IMAGE_KEY, step=step)
+        for key in SAMPLE_ARTIFACTS:
+            if key in info:
+                self.log_artifact(info[key], "samples")
+
+    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+        """Rows (dicts with the same keys) as an MLflow table: the UI shows it as a table."""
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        data = {c: [None if r.get(c) is None else r.get(c) if isinstance(r.get(c), (int, float)) else str(r.get(c))
+                    for r in rows] for c in columns}  # fmt: skip
+        self.client.log_table(self.run_id, data=data, artifact_file=artifact_file)
+
+    def share_view(self, key: str, search: str, params: list[str], metrics: list[str], group_by: list[str]) -> str:
+        """A saved view of the experiment's runs page (what the UI's "Share" button stores: an
+        experiment tag holding the view as JSON): the runs matching `search`, with `params` and
+        `metrics` (names as reported) as columns, grouped by the params `group_by` (the groups'
+        mean in the table and charts). Returns the page's path: #/experiments/<id>/runs?...="""
+        import json
+
+        state = {"searchFilter": search, "orderByKey": "attributes.start_time", "orderByAsc": True,
+                 "selectedColumns": [f"params.`{p}`" for p in params] + [f"metrics.`{mlflow_name(m)}`" for m in metrics],
+                 "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "param", "groupByData": p}
+                                                                              for p in group_by]} if group_by else None,
+                 "hideEmptyCharts": True}  # fmt: skip
+        self.client.set_experiment_tag(self.experiment_id, SHARED_VIEW_TAG + key, json.dumps(state))
+        return f"#/experiments/{self.experiment_id}/runs?viewStateShareKey={key}"
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)

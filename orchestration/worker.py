@@ -122,9 +122,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
         if info["progress/kimg"] == 0:  # the untrained generator: the start of the metric curves
             metrics = {k: v for k, v in info.items() if k.startswith("metrics/")}
             tracker.log_metrics(metrics, step=0, timestamp_ms=int(time.time() * 1000))
-        for key in ("artifacts/grid", "artifacts/turntable", "artifacts/ply"):
-            if key in info:
-                tracker.log_artifact(info[key], "samples")
+        tracker.log_snapshot(info)  # the grid as a step image; the sample files as artifacts
 
     try:
         trainer = Trainer(cfg, run_dir, rank=rank, world_size=world, device=device,
@@ -149,9 +147,14 @@ def train_loop_per_worker(config: dict) -> dict | None:
                                tags={"storage_path": spec.storage_uri, **spec.tags})
         trainer.extra_state["mlflow_run_id"] = run_id
         print(f"MLflow run {run_id} ({redact(spec.tracking_uri)})", flush=True)
+    from orchestration.system_metrics import WorkerSystemMetrics
+
+    system = WorkerSystemMetrics(spec.tracking_uri, spec.experiment, spec.name, rank, spec.system_metrics_interval_s,
+                                 tracker and tracker.run_id).start()
     try:
         trainer.run()
     except BaseException as e:
+        system.stop()
         if tracker is not None:
             tracker.finish("FAILED")
         found = data_error_in(e)
@@ -160,6 +163,10 @@ def train_loop_per_worker(config: dict) -> dict | None:
             # DataError wrapped on its way up must reach it as one.
             raise DataError(str(found)) from e
         raise
+    system.stop()
     if tracker is not None:
+        from orchestration.model_logging import log_trained_generator
+
+        log_trained_generator(tracker, trainer)  # runs:/<run_id>/generator (registered with a server)
         tracker.finish()
     return None

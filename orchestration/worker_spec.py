@@ -20,6 +20,7 @@ class WorkerSpec:
     num_to_keep: int | None  # checkpoint folders kept in storage (None: all)
     tracking_uri: str  # MLflow
     experiment: str  # MLflow experiment name
+    system_metrics_interval_s: float  # MLflow system metrics (CPU, memory, GPUs) every this many s; 0 = off
     artifact_root: str | None  # MLflow artifact root for a local tracking store (None: the server's)
     cluster: dict = field(default_factory=dict)  # the launch's cluster settings, for the MLflow params
     tags: dict[str, str] = field(default_factory=dict)  # extra MLflow run tags (e.g. a sweep's parent run)

@@ -12,18 +12,21 @@ TuneReportCallback. The sweep is prepared (config, storage, data) and gets its R
 orchestration/cluster.py, as a launch does, so cluster.kind means the same: local starts a Ray
 here, ray connects to one, slurm submits one SLURM job that starts Ray on its allocation and runs
 the whole sweep there (requeued like a training job; the requeued job resumes the sweep). One
-MLflow parent run per sweep, one child run per trial. An interrupted sweep resumes by running the
-same command (Tuner.restore; finished trials are not re-run). At the end: a comparison table
-(Markdown: mean +- spread over seeds per configuration, then every trial; CSV: every trial) and a
-plot (PNG, with error bars), logged to the parent run.
+MLflow parent run per sweep, one child run per trial (each axis and the seed as a param of the
+same name in every trial: `params.camera_mode = 'd_none'` in the UI's search). Every path a trial
+writes is the driver's, made absolute before Ray starts (a trial runs in a working directory Ray
+Tune makes under its temp dir). An interrupted sweep resumes by running the same command
+(Tuner.restore; finished trials are not re-run). At the end (sweeps/report.py): a comparison table
+(Markdown: mean +- spread over seeds per configuration; each non-reference arm of an axis against
+the reference arm, paired over seeds, with a bootstrap 95% interval and a verdict; every trial;
+CSV: every trial) and a plot (PNG), logged to the parent run, the trials and the differences also
+as MLflow tables.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
-import statistics
 import sys
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -45,22 +48,14 @@ from orchestration.config import (  # noqa: E402
     to_typed,
     validate_launch,
 )
-
-METRIC = "metrics/fid_synth"  # what the sweep compares (lower is better)
-# The comparison, per configuration over its seeds: the synthetic-heads FID, its multi-view
-# variant, FID as a multiple of the real-vs-held-out floor, and how much the Gaussians depend on
-# the conditioning camera (0 and 100 dB for a camera-free generator).
-COMPARED = {
-    METRIC: "fid_synth",
-    "metrics/fid3d_synth": "fid3d_synth",
-    "metrics/fid_synth_ratio": "fid_synth / floor",
-    "metrics/sensitivity": "sensitivity",
-    "metrics/psnr_cond": "psnr_cond (dB)",
-}
-# Also in the per-trial table and the CSV.
-EXTRA = ["metrics/fid3d_synth", "metrics/fid_synth_floor", "metrics/fid_synth_ratio", "metrics/sensitivity",
-         "metrics/psnr_cond", "loss/G", "loss/D"]  # fmt: skip
-
+from sweeps.report import (  # noqa: E402  (what is compared, with its direction; the paired statistics)
+    COMPARED,
+    EXTRA,
+    differences_table,
+    paired_differences,
+    trial_columns,
+    write_report,
+)
 
 # The axes: sweep.<axis> (a list, a field of SweepAxes) -> (the config key its values set, its tag
 # in trial keys). Adding an axis is a SweepAxes field and an entry here. The seeds (train.seed,
@@ -117,7 +112,7 @@ def trial_key(t: dict) -> str:
 def trials(axes: SweepAxes) -> list[dict]:
     if axes.max_concurrent < 0:
         raise ConfigError(f"sweep.max_concurrent={axes.max_concurrent!r}: must be >= 0 (0 = as many as fit)")
-    values = [[v.value if isinstance(v, StrEnum) else v for v in getattr(axes, axis)] for axis in AXES]
+    values = list(axis_values(axes).values())
     # plain values: they travel through Ray Tune and into MLflow tags
     grid = [dict(zip([*AXES, "seed"], combo)) for combo in itertools.product(*values, axes.seeds)]
     if axes.only:
@@ -142,7 +137,20 @@ def trial_config(base: SweepConfig, t: dict) -> LaunchConfig:
         except Exception as e:  # a value of the wrong type, a mode that is not one of its values
             raise ConfigError(f"{key}={value!r}: {str(e).splitlines()[0]}") from None
     node.name = f"{base.sweep.name}-{trial_key(t)}"
+    # The trial runs in Ray Tune's working directory for it: a relative output_dir would put its
+    # MLflow store, metrics and samples there.
+    node.output_dir = str(Path(base.output_dir).absolute())
     return validate_launch(to_typed(node))
+
+
+def axis_values(axes: SweepAxes) -> dict[str, list]:
+    """Each axis's values as listed (plain values); the first is the axis's reference arm."""
+    return {axis: [v.value if isinstance(v, StrEnum) else v for v in getattr(axes, axis)] for axis in AXES}
+
+
+def trial_params(t: dict) -> dict[str, str]:
+    """A trial's axes and seed as MLflow params, named as in the sweep (views, camera_mode, ..., seed)."""
+    return {k: str(v) for k, v in t.items()}
 
 
 def run_trial(config: dict) -> None:
@@ -151,7 +159,7 @@ def run_trial(config: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from orchestration.ray_trainer import build_trainer
-    from orchestration.tracking import Tracker
+    from orchestration.tracking import Tracker, local_artifact_root
 
     config = config["trial"]  # the grid-searched entry of the param space
     cfg: LaunchConfig = to_typed(config["launch"])
@@ -161,7 +169,9 @@ def run_trial(config: dict) -> None:
     # Tune may start a trial again after an interruption when its experiment state was saved
     # before the trial ended: a trial whose run finished reports that run's final metrics and
     # trains nothing (its MLflow run stays closed).
-    finished = Tracker(plan.tracking_uri, cfg.tracking.experiment, plan.name).finished_metrics()
+    tracker = Tracker(plan.tracking_uri, cfg.tracking.experiment, plan.name,
+                      local_artifact_root(plan.output_dir, bool(cfg.tracking.uri)))
+    finished = tracker.finished_metrics()
     if finished is not None:
         print(f"trial {plan.name} already finished: reporting its final metrics", flush=True)
         tune.report(finished)
@@ -169,6 +179,9 @@ def run_trial(config: dict) -> None:
     print(f"trial {plan.name}: starting ({', '.join(f'{k}={v}' for k, v in config['axes'].items())})", flush=True)
     tags = {"mlflow.parentRunId": config["parent_run_id"], "sweep": config["sweep"],
             **{f"axis.{k}": str(v) for k, v in config["axes"].items()}}  # fmt: skip
+    # The child run, with the axes as params, before the workers start: rank 0 continues it
+    # (found by its run name) and adds the config's params.
+    tracker.start(params=trial_params(config["axes"]), tags=tags)
     result = build_trainer(cfg, plan, extra_callbacks=[TuneReportCallback()], tags=tags).fit()
     if result.error:
         raise result.error
@@ -214,13 +227,14 @@ def run_sweep(cfg: SweepConfig) -> int:
     import ray
     from ray import tune
 
-    from orchestration.tracking import Tracker
+    from orchestration.tracking import Tracker, local_artifact_root
 
     storage = f"{base_plan.storage_path}/{cfg.sweep.name}"
     tracker = Tracker(base_plan.tracking_uri, cfg.tracking.experiment, f"sweep-{cfg.sweep.name}",
-                      (Path(base_plan.output_dir) / "mlartifacts").as_uri() if not cfg.tracking.uri else None)
+                      local_artifact_root(base_plan.output_dir, bool(cfg.tracking.uri)))
     parent = tracker.start(params={"sweep": to_dict(cfg.sweep)}, tags={"cgsgan.sweep": cfg.sweep.name})
     print(f"sweep {cfg.sweep.name}: {len(grid)} trials, MLflow parent run {parent}", flush=True)
+    view = share_view(tracker, cfg.sweep)
 
     cluster.connect_ray(cfg, extra_cpus=1)  # room for the trial drivers (0.01 CPU each) beside the workers
     space = [
@@ -249,98 +263,44 @@ def run_sweep(cfg: SweepConfig) -> int:
     for r in results:
         axes = r.config["trial"]["axes"]
         m = r.metrics or {}
-        rows.append({**axes, "trial": trial_key(axes), "kimg": m.get("progress/kimg"), METRIC: m.get(METRIC),
-                     **{k: m.get(k) for k in EXTRA}, "error": str(r.error) if r.error else ""})  # fmt: skip
+        rows.append({**axes, "config": config_key(axes), "trial": trial_key(axes), "kimg": m.get("progress/kimg"),
+                     **{c.key: m.get(c.key) for c in COMPARED}, **{k: m.get(k) for k in EXTRA},
+                     "error": str(r.error) if r.error else ""})  # fmt: skip
     out = Path(base_plan.output_dir) / "sweeps" / cfg.sweep.name
-    files = write_report(rows, out)
+    files = write_report(rows, axis_values(cfg.sweep), out)
     for f in files:
         tracker.log_artifact(f, "comparison")
+    log_tables(tracker, rows, axis_values(cfg.sweep))
     tracker.finish("FINISHED" if all(not r["error"] for r in rows) else "FAILED")
     print((out / "comparison.md").read_text())
     print(f"table: {files[0]}\nplot: {files[2]}")
+    server = base_plan.tracking_uri if base_plan.tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+    if not base_plan.tracking_uri.startswith("http"):
+        print(f"MLflow: mlflow ui --backend-store-uri {base_plan.tracking_uri}, then open")
+    print(f"the trials in MLflow: {server.rstrip('/')}/{view}")
     ray.shutdown()
     return 0 if all(not r["error"] for r in rows) else 1
 
 
-def summarize(rows: list[dict]) -> list[dict]:
-    """Per configuration (trials that differ only in the seed): the number of seeds that finished
-    and, for each compared metric, (mean, spread, values) over them; the spread is the sample
-    standard deviation (None with one value)."""
-    groups: dict[str, list[dict]] = {}
-    for r in sorted(rows, key=lambda r: r["trial"]):
-        groups.setdefault(config_key(r), []).append(r)
-    out = []
-    for key, group in groups.items():
-        done = [r for r in group if not r.get("error")]
-        entry = {"config": key, "seeds": len(done), "failed": len(group) - len(done)}
-        for metric in COMPARED:
-            values = [float(r[metric]) for r in done if isinstance(r.get(metric), (int, float))]
-            mean = statistics.fmean(values) if values else None
-            spread = statistics.stdev(values) if len(values) > 1 else None
-            entry[metric] = (mean, spread, values)
-        out.append(entry)
-    return out
+def share_view(tracker, axes: SweepAxes) -> str:
+    """The sweep's view of the experiment's runs page: its trials with every axis, the seed and the
+    headline metric as columns (the UI puts metric columns first and draws only the columns in
+    sight: more metrics would push the axes out of view), grouped by the axes that vary (so the
+    table and the charts show each configuration's mean over its seeds). Returns the page's path."""
+    varying = [axis for axis, values in axis_values(axes).items() if len(values) > 1]
+    return tracker.share_view(f"sweep-{axes.name}", f"tags.sweep = '{axes.name}'", [*AXES, "seed"],
+                              [COMPARED[0].key], varying)  # fmt: skip
 
 
-def write_report(rows: list[dict], out: Path) -> list[Path]:
-    """comparison.csv (every trial), comparison.md (per configuration: mean +- spread over its
-    seeds of each compared metric and the number of seeds; then every trial) and comparison.png
-    (the same per configuration, with error bars and the seeds as points)."""
-    import csv
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.mkdir(parents=True, exist_ok=True)
-    cols = ["trial", *AXES, "seed", "kimg", METRIC, *EXTRA, "error"]
-    rows = sorted(rows, key=lambda r: r["trial"])
-    with open(out / "comparison.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        w.writerows({c: r.get(c) for c in cols} for r in rows)
-
-    def fmt(v):
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    def mean_spread(mean, spread, _values):
-        if mean is None:
-            return "-"
-        return fmt(mean) if spread is None else f"{fmt(mean)} ± {fmt(spread)}"
-
-    summary = summarize(rows)
-    head = ["configuration", "seeds", *COMPARED.values()]
-    md = ["Mean ± standard deviation over seeds (lower is better for the FIDs; sensitivity 0 and psnr_cond 100 dB "
-          "for a camera-free generator).", "",
-          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
-    for e in summary:
-        seeds = str(e["seeds"]) + (f" ({e['failed']} failed)" if e["failed"] else "")
-        md.append("| " + " | ".join([e["config"], seeds, *(mean_spread(*e[m]) for m in COMPARED)]) + " |")
-    md += ["", "Every trial:", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    md += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
-    (out / "comparison.md").write_text("\n".join(md) + "\n")
-
-    # One panel per metric, the configurations down the shared y axis: mean +- std, seeds as points.
-    fig, axes = plt.subplots(1, len(COMPARED), sharey=True,
-                             figsize=(3.0 * len(COMPARED), max(2.8, 0.45 * len(summary) + 1.6)))  # fmt: skip
-    y = list(range(len(summary)))
-    for ax, (metric, label) in zip(axes, COMPARED.items()):
-        for i, e in enumerate(summary):
-            mean, spread, values = e[metric]
-            ax.scatter(values, [i] * len(values), color="C0", alpha=0.45, s=14, zorder=2)
-            if mean is not None:
-                ax.errorbar(mean, i, xerr=spread or 0.0, fmt="o", color="C1", capsize=4, zorder=3)
-        ax.set_title(label, fontsize=10)
-        ax.grid(axis="x", alpha=0.3)
-    axes[0].set_yticks(y, [f"{e['config']} (n={e['seeds']})" for e in summary], fontsize=8)
-    axes[0].invert_yaxis()
-    fig.suptitle("Ablation at the end of training: mean ± std over seeds (orange), seeds (blue)", fontsize=11)
-    fig.tight_layout()
-    fig.savefig(out / "comparison.png", dpi=120)
-    plt.close(fig)
-    (out / "comparison.json").write_text(json.dumps(rows, indent=1, default=str))
-    return [out / "comparison.csv", out / "comparison.md", out / "comparison.png"]
+def log_tables(tracker, rows: list[dict], axes: dict[str, list]) -> None:
+    """The parent run's MLflow tables: one row per trial (its axes, metrics and verdict, as
+    write_report set it) and the paired differences with their intervals and verdicts."""
+    cols = trial_columns(list(AXES))
+    tracker.log_table([{c: r.get(c) for c in cols} for r in sorted(rows, key=lambda r: r["trial"])],
+                      "comparison/trials.json")
+    differences = differences_table(paired_differences(rows, axes))
+    if differences:
+        tracker.log_table(differences, "comparison/differences.json")
 
 
 # An absolute path: imported as sweeps.ablate (see __main__ below), Hydra would look for the

@@ -56,7 +56,7 @@ def test_the_extras_bring_orchestration_gpu_rendering_and_dev_tools():
     assert {"ray", "mlflow", "boto3", "hydra-core", "submitit"} <= extras["orchestration"]
     for module, extra in OPTIONAL.items():
         assert DISTRIBUTION[module] in extras[extra], (module, extra)
-    assert extras["gpu"] == {"gsplat"}
+    assert extras["gpu"] == {"gsplat", "nvidia-ml-py"}  # nvidia-ml-py: GPU system metrics in MLflow
     assert {"pytest", "moto"} <= extras["dev"]
     assert PROJECT["optional-dependencies"]["all"] == ["cgsgan[orchestration,gpu,dev]"]
     for extra in ("orchestration", "gpu", "dev"):  # nothing of the stack crept back into the core

@@ -10,7 +10,7 @@ import orchestration.slurm as slurm
 import sweeps.ablate as ablate
 from cgsgan.config import ConfigError
 from orchestration import cluster
-from orchestration.config import LaunchConfig, register, run_name, to_typed, validate_launch
+from orchestration.config import LaunchConfig, register, resolve, run_name, to_typed, validate_launch
 from orchestration.ray_nodes import port_block, ray_start_args
 from orchestration.slurm import SlurmJob
 
@@ -71,6 +71,19 @@ def test_default_sweep_compares_camera_injection_over_two_seeds():
     assert len(names) == 6  # every trial its own deterministic run
 
 
+def test_a_trial_writes_where_the_driver_resolved_its_paths(tmp_path, monkeypatch):
+    """A trial runs in a working directory Ray Tune makes for it: its output_dir (its MLflow store,
+    metrics, samples) is the driver's, absolute, and resolves the same from anywhere."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_sweep("output_dir=outputs")
+    tc = ablate.trial_config(cfg, ablate.trials(cfg.sweep)[0])
+    assert tc.output_dir == str(tmp_path / "outputs")
+    monkeypatch.chdir(ROOT)  # elsewhere, as a trial is
+    assert resolve(tc).tracking_uri == f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
+    assert ablate.trial_params(ablate.trials(cfg.sweep)[0]) == {
+        "views": "4", "grad_averaging": "True", "camera_mode": "d_projection", "background": "random", "seed": "0"}
+
+
 def test_sweep_axes_apply_to_the_trial_config_and_subsets_are_checked():
     cfg = load_sweep("sweep.views=[2]", "sweep.grad_averaging=[false]", "sweep.camera_mode=[d_none]",
                      "sweep.background=[black]", "sweep.seeds=[3,4]")
@@ -86,51 +99,6 @@ def test_sweep_axes_apply_to_the_trial_config_and_subsets_are_checked():
         ablate.trials(load_sweep("sweep.only=[nope]").sweep)
     with pytest.raises(ConfigError, match="loss.num_views"):
         ablate.trial_config(cfg, {**grid[0], "views": 0})
-
-
-def test_report_writes_table_and_plot(tmp_path):
-    rows = [
-        {"trial": f"v{v}-avg1-{cm}-bgrandom-s{s}", "views": v, "grad_averaging": True, "camera_mode": cm,
-         "background": "random", "seed": s, "kimg": 3.0, ablate.METRIC: 10.0 + v + s, "loss/G": 1.0, "loss/D": 1.0,
-         "metrics/fid3d_synth": 20.0 + v + 2 * s, "metrics/fid_synth_ratio": 2.0 + s, "metrics/sensitivity": 0.0,
-         "metrics/psnr_cond": 100.0, "error": ""}
-        for v in (1, 4) for cm in ("d_projection", "g_conditioned") for s in (0, 1)
-    ]  # fmt: skip
-    csv_path, md_path, png_path = ablate.write_report(rows, tmp_path)
-    assert csv_path.read_text().count("\n") == 9
-    table = md_path.read_text()
-    assert "| v4-avg1-g_conditioned-bgrandom-s1 |" in table
-    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_report_compares_configurations_by_mean_and_spread_over_seeds(tmp_path):
-    rows = [
-        {"trial": f"v{v}-avg1-d_projection-bgrandom-s{s}", "views": v, "grad_averaging": True,
-         "camera_mode": "d_projection", "background": "random", "seed": s, ablate.METRIC: 10.0 + v + 2 * s,
-         "metrics/fid3d_synth": 30.0 + s, "metrics/fid_synth_ratio": 2.0 + s, "metrics/sensitivity": 0.0,
-         "metrics/psnr_cond": 100.0, "error": ""}
-        for v in (1, 4) for s in (0, 1, 2)
-    ]  # fmt: skip
-    rows[-1] = {**rows[-1], "error": "RuntimeError: boom", ablate.METRIC: None}  # v4 seed 2 failed
-    summary = {e["config"]: e for e in ablate.summarize(rows)}
-    v1, v4 = summary["v1-avg1-d_projection-bgrandom"], summary["v4-avg1-d_projection-bgrandom"]
-    assert (v1["seeds"], v1["failed"], v4["seeds"], v4["failed"]) == (3, 0, 2, 1)
-    mean, spread, values = v1[ablate.METRIC]
-    assert values == [11.0, 13.0, 15.0] and mean == pytest.approx(13.0) and spread == pytest.approx(2.0)
-    assert v4["metrics/fid_synth_ratio"][:2] == (pytest.approx(2.5), pytest.approx(0.5 ** 0.5))
-    assert v1["metrics/psnr_cond"][:2] == (100.0, 0.0)
-    table = ablate.write_report(rows, tmp_path)[1].read_text()
-    assert "| configuration | seeds | fid_synth | fid3d_synth | fid_synth / floor | sensitivity | psnr_cond (dB) |" in table
-    assert "| v1-avg1-d_projection-bgrandom | 3 | 13 ± 2 | 31 ± 1 | 3 ± 1 | 0 ± 0 | 100 ± 0 |" in table
-    assert "| v4-avg1-d_projection-bgrandom | 2 (1 failed) | 15 ± 1.414 |" in table
-    one = ablate.write_report(rows[:1], tmp_path / "one")[1].read_text()
-    assert "| v1-avg1-d_projection-bgrandom | 1 | 11 | 30 | 2 | 0 | 100 |" in one  # no spread from one seed
-
-
-def test_the_sweep_compares_the_metric_the_trainer_logs():
-    assert ablate.METRIC == "metrics/fid_synth"
-    assert set(ablate.COMPARED) == {"metrics/fid_synth", "metrics/fid3d_synth", "metrics/fid_synth_ratio",
-                                    "metrics/sensitivity", "metrics/psnr_cond"}
 
 
 def test_sweep_axis_typos_fail_when_hydra_builds_the_config():

@@ -1,9 +1,15 @@
 """The MLflow tracker against a local SQLite store: one run per run name, found again on
-resume; a finished run's last metrics come back under the names they were reported with."""
+resume; a finished run's last metrics come back under the names they were reported with; the
+experiment's kind, snapshot grids as step images, params added to a continued run, tables."""
 
 from __future__ import annotations
 
-from orchestration.tracking import Tracker
+import json
+
+import numpy as np
+from PIL import Image
+
+from orchestration.tracking import EXPERIMENT_KIND, GRID_IMAGE_KEY, Tracker
 
 
 def test_a_run_name_maps_to_one_run_and_its_finished_metrics(tmp_path):
@@ -47,3 +53,72 @@ def test_a_restart_from_an_older_checkpoint_never_logs_a_step_backwards(tmp_path
         assert [m.step for m in history] == [16, 32, 48, 64]
     loss = {m.step: m.value for m in again.client.get_metric_history(run_id, "loss.G")}
     assert loss == {16: 1.0, 32: 1.0, 48: 1.0, 64: 2.0}  # the first attempt's values stand
+
+
+def test_experiments_open_as_model_training_in_the_ui(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "cgsgan", "run-k")
+    assert tracker.client.get_experiment(tracker.experiment_id).tags[EXPERIMENT_KIND[0]] == "custom_model_development"
+
+
+def test_snapshot_grids_are_step_images_and_samples_stay_artifacts(tmp_path):
+    """Each snapshot's grid under one image key at the run's kimg step (the UI's image chart and
+    step slider read the images/ folder's <key>+step+<step>+... names); the files stay artifacts."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "cgsgan", "run-i", (tmp_path / "mlartifacts").as_uri())
+    run_id = tracker.start()
+    for kimg in (0.0, 0.048):
+        grid = tmp_path / f"grid-{kimg:08.3f}kimg.png"
+        Image.fromarray(np.full((8, 16, 3), int(kimg * 1000), np.uint8)).save(grid)
+        info = {"artifacts/grid": str(grid), "progress/kimg": kimg}
+        if kimg:
+            (tmp_path / "turntable.gif").write_bytes(b"GIF89a")
+            info["artifacts/turntable"] = str(tmp_path / "turntable.gif")
+        tracker.log_snapshot(info)
+    images = [a.path for a in tracker.client.list_artifacts(run_id, "images")]
+    steps = sorted(int(p.split("+step+")[1].split("+")[0]) for p in images
+                   if p.startswith(f"images/{GRID_IMAGE_KEY}+") and p.endswith(".png"))  # fmt: skip
+    assert steps == [0, 48]
+    samples = {a.path for a in tracker.client.list_artifacts(run_id, "samples")}
+    assert samples == {"samples/grid-0000.000kimg.png", "samples/grid-0000.048kimg.png", "samples/turntable.gif"}
+
+    again = Tracker(uri, "cgsgan", "run-i")  # a restart: the steps logged before are not logged again
+    tracker.log_metrics({"progress/kimg": 0.048}, step=48, timestamp_ms=1)
+    again.start(run_id)
+    again.log_snapshot({"artifacts/grid": str(tmp_path / "grid-0000.048kimg.png"), "progress/kimg": 0.048})
+    assert len(again.client.list_artifacts(run_id, "images")) == len(images)
+
+
+def test_a_continued_run_gains_the_params_it_lacks_and_keeps_its_values(tmp_path):
+    """A sweep's trial creates its child run with the axes as params; the worker continues it
+    with the config's params (and a raised total_kimg does not clash with the value logged)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = Tracker(uri, "cgsgan", "trial").start(params={"camera_mode": "d_none", "seed": "0"})
+    worker = Tracker(uri, "cgsgan", "trial")
+    assert worker.start(params={"train": {"total_kimg": 4.0}, "camera_mode": "d_none"}) == run_id
+    Tracker(uri, "cgsgan", "trial").start(run_id, params={"train": {"total_kimg": 8.0}})
+    params = worker.client.get_run(run_id).data.params
+    assert params == {"camera_mode": "d_none", "seed": "0", "train.total_kimg": "4.0"}
+
+
+def test_tables_are_mlflow_tables(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "cgsgan", "sweep", (tmp_path / "mlartifacts").as_uri())
+    run_id = tracker.start()
+    tracker.log_table([{"trial": "a", "fid": 1.5, "verdict": "reference"}, {"trial": "b", "fid": None}], "c/t.json")
+    table = json.loads((tmp_path / "mlartifacts" / run_id / "artifacts" / "c" / "t.json").read_text())
+    assert table["columns"] == ["trial", "fid", "verdict"] and table["data"][0] == ["a", 1.5, "reference"]
+    assert "c/t.json" in tracker.client.get_run(run_id).data.tags.get("mlflow.loggedArtifacts", "")
+
+
+def test_a_shared_view_lists_runs_with_their_axis_params_grouped(tmp_path):
+    """The UI opens #/experiments/<id>/runs?viewStateShareKey=<key> from the experiment tag
+    mlflow.sharedViewState.<key> (JSON): the filter, the columns, the grouping."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "cgsgan", "sweep-x")
+    path = tracker.share_view("sweep-x", "tags.sweep = 'x'", ["views", "seed"], ["metrics/fid_synth"], ["views"])
+    assert path == f"#/experiments/{tracker.experiment_id}/runs?viewStateShareKey=sweep-x"
+    state = json.loads(tracker.client.get_experiment(tracker.experiment_id).tags["mlflow.sharedViewState.sweep-x"])
+    assert state["searchFilter"] == "tags.sweep = 'x'"
+    assert state["selectedColumns"] == ["params.`views`", "params.`seed`", "metrics.`metrics.fid_synth`"]
+    assert state["groupBy"]["groupByKeys"] == [{"mode": "param", "groupByData": "views"}]

@@ -1,0 +1,277 @@
+"""The sweep's comparison: what is compared (COMPARED, each metric with its direction), the
+per-configuration summary over seeds, the paired differences of every non-reference arm of an
+axis to its reference arm (bootstrap 95% intervals over the shared seeds, with a verdict), and
+the files written from them (CSV, Markdown, PNG).
+
+Rows are plain dicts, one per trial: the axis values, "seed", "config" (the trial's key without
+the seed), "trial", the metrics under their reported names ("metrics/fid_synth") and "error".
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import warnings
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Compared:
+    """A metric the sweep compares: its reported name, its column label, and which way is better."""
+
+    key: str
+    label: str
+    lower_is_better: bool
+
+
+# Today's snapshot metrics, in one list (the metric registry of issue 22 can feed it later): the
+# synthetic-heads FID, its multi-view variant, FID as a multiple of the real-vs-held-out floor,
+# and how much the Gaussians depend on the conditioning camera (sensitivity, lower is more
+# 3D-consistent; 0 for a camera-free generator) and its PSNR view (higher is better; 100 dB cap).
+COMPARED = [
+    Compared("metrics/fid_synth", "fid_synth", lower_is_better=True),
+    Compared("metrics/fid3d_synth", "fid3d_synth", lower_is_better=True),
+    Compared("metrics/fid_synth_ratio", "fid_synth / floor", lower_is_better=True),
+    Compared("metrics/sensitivity", "sensitivity", lower_is_better=True),
+    Compared("metrics/psnr_cond", "psnr_cond (dB)", lower_is_better=False),
+]
+METRIC = COMPARED[0].key  # the headline metric (each trial's verdict in the table is on it)
+# Also in the per-trial table and the CSV.
+EXTRA = ["metrics/fid_synth_floor", "loss/G", "loss/D"]
+
+MIN_PAIRS = 3  # below this a bootstrap interval over pairs is degenerate: no verdict is given
+CONFIDENCE = 0.95
+
+
+class Verdict(StrEnum):
+    better = "better"
+    worse = "worse"
+    not_separated = "not separated"
+    too_few_seeds = "too few seeds"
+    reference = "reference"
+
+
+@dataclass
+class Difference:
+    """One arm against its axis's reference arm on one metric: arm minus reference, paired by
+    (seed, the other axes' values); `low`, `high` the bootstrap interval (None below MIN_PAIRS)."""
+
+    axis: str
+    arm: str
+    reference: str
+    metric: Compared
+    pairs: int
+    mean: float | None
+    low: float | None
+    high: float | None
+    verdict: Verdict
+
+
+def _number(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _plain(v):
+    return v.value if isinstance(v, StrEnum) else v
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Per configuration (trials that differ only in the seed): the number of seeds that finished
+    and, for each compared metric, (mean, spread, values) over them; the spread is the sample
+    standard deviation (None with one value)."""
+    groups: dict[str, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: r["trial"]):
+        groups.setdefault(r["config"], []).append(r)
+    out = []
+    for key, group in groups.items():
+        done = [r for r in group if not r.get("error")]
+        entry = {"config": key, "seeds": len(done), "failed": len(group) - len(done)}
+        for m in COMPARED:
+            values = [v for r in done if (v := _number(r.get(m.key))) is not None]
+            mean = statistics.fmean(values) if values else None
+            spread = statistics.stdev(values) if len(values) > 1 else None
+            entry[m.key] = (mean, spread, values)
+        out.append(entry)
+    return out
+
+
+def interval(arm: list[float], reference: list[float], seed: int = 0) -> tuple[float, float]:
+    """The paired bootstrap interval (CONFIDENCE, percentile method) of mean(arm - reference).
+    Differences that are all equal have no spread to resample: the interval is that value."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    a, b = np.asarray(arm, dtype=float), np.asarray(reference, dtype=float)
+    if np.ptp(a - b) == 0:
+        return float(a[0] - b[0]), float(a[0] - b[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns that few pairs make a coarse distribution
+        res = bootstrap((a, b), lambda x, y, axis=-1: np.mean(x - y, axis=axis), paired=True, vectorized=True,
+                        confidence_level=CONFIDENCE, method="percentile", rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def verdict(metric: Compared, pairs: int, low: float | None, high: float | None) -> Verdict:
+    if pairs < MIN_PAIRS or low is None or high is None:
+        return Verdict.too_few_seeds
+    if low > 0 or high < 0:  # the interval excludes no difference
+        return Verdict.better if (high < 0) == metric.lower_is_better else Verdict.worse
+    return Verdict.not_separated
+
+
+def paired_differences(rows: list[dict], axes: dict[str, list]) -> list[Difference]:
+    """For every axis with more than one value, every non-reference arm (the reference is the
+    axis's first listed value) against the reference, on each compared metric: the trials are
+    paired by seed and the values of the other axes, so seed-to-seed variation cancels."""
+    done = [r for r in rows if not r.get("error")]
+    out = []
+    for axis, listed in axes.items():
+        values = [_plain(v) for v in listed]
+        if len(values) < 2:
+            continue
+        ref = values[0]
+        rest = [a for a in axes if a != axis] + ["seed"]
+        reference = {tuple(r[a] for a in rest): r for r in done if r[axis] == ref}
+        for arm in values[1:]:
+            matched = [(r, reference[k]) for r in done if r[axis] == arm and (k := tuple(r[a] for a in rest)) in reference]
+            for m in COMPARED:
+                pairs = [(x, y) for r, q in matched
+                         if (x := _number(r.get(m.key))) is not None and (y := _number(q.get(m.key))) is not None]
+                mean = statistics.fmean(x - y for x, y in pairs) if pairs else None
+                low = high = None
+                if len(pairs) >= MIN_PAIRS:
+                    low, high = interval([x for x, _ in pairs], [y for _, y in pairs])
+                out.append(Difference(axis, str(arm), str(ref), m, len(pairs), mean, low, high,
+                                      verdict(m, len(pairs), low, high)))
+    return out
+
+
+def trial_verdict(row: dict, axes: dict[str, list], differences: list[Difference]) -> str:
+    """What the comparison says about this trial's arms on the headline metric: "reference" for
+    the reference arm of every axis, else e.g. "camera_mode=d_none: worse"."""
+    found = {(d.axis, d.arm): d.verdict for d in differences if d.metric.key == METRIC}
+    parts = [f"{axis}={row[axis]}: {found[(axis, str(row[axis]))]}" for axis in axes
+             if (axis, str(row[axis])) in found]
+    return "; ".join(parts) or Verdict.reference.value
+
+
+def trial_columns(axes: list[str]) -> list[str]:
+    return ["trial", *axes, "seed", "kimg", *(m.key for m in COMPARED), *EXTRA, "verdict", "error"]
+
+
+def fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else "-" if v is None else str(v)
+
+
+def differences_table(differences: list[Difference]) -> list[dict]:
+    """The differences as plain rows (the Markdown table, the parent run's MLflow table)."""
+    return [{"axis": d.axis, "arm": d.arm, "reference": d.reference, "metric": d.metric.label,
+             "better": "lower" if d.metric.lower_is_better else "higher", "pairs": d.pairs, "difference": d.mean,
+             "ci_low": d.low, "ci_high": d.high, "verdict": d.verdict.value} for d in differences]  # fmt: skip
+
+
+def write_report(rows: list[dict], axes: dict[str, list], out: Path) -> list[Path]:
+    """comparison.csv (every trial, with its verdict), comparison.md (per configuration: mean ±
+    spread over seeds; the paired differences with intervals and verdicts; every trial),
+    comparison.png (the same two views) and differences.json. `rows` gain their "verdict"."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = sorted(rows, key=lambda r: r["trial"])
+    differences = paired_differences(rows, axes)
+    for r in rows:
+        r["verdict"] = trial_verdict(r, axes, differences)
+    cols = trial_columns(list(axes))
+    with open(out / "comparison.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows({c: r.get(c) for c in cols} for r in rows)
+
+    def mean_spread(mean, spread, _values):
+        if mean is None:
+            return "-"
+        return fmt(mean) if spread is None else f"{fmt(mean)} ± {fmt(spread)}"
+
+    summary = summarize(rows)
+    head = ["configuration", "seeds", *(m.label for m in COMPARED)]
+    md = ["Mean ± standard deviation over seeds (lower is better for the FIDs and sensitivity, higher for "
+          "psnr_cond; sensitivity 0 and psnr_cond 100 dB for a camera-free generator).", "",
+          "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    for e in summary:
+        seeds = str(e["seeds"]) + (f" ({e['failed']} failed)" if e["failed"] else "")
+        md.append("| " + " | ".join([e["config"], seeds, *(mean_spread(*e[m.key]) for m in COMPARED)]) + " |")
+    table = differences_table(differences)
+    if table:
+        dcols = ["axis", "arm", "reference", "metric", "better", "pairs", "difference", "interval", "verdict"]
+        md += ["", f"Each arm against its axis's reference arm (the first value listed): the mean of arm − reference "
+               f"over pairs of trials with the same seed and other axes, its paired bootstrap {CONFIDENCE:.0%} "
+               f"interval (scipy.stats.bootstrap, paired, percentile) and the verdict; below {MIN_PAIRS} pairs no "
+               "interval and no verdict (too few seeds).", "",
+               "| " + " | ".join(dcols) + " |", "|" + "---|" * len(dcols)]  # fmt: skip
+        for d in table:
+            iv = "-" if d["ci_low"] is None else f"[{fmt(d['ci_low'])}, {fmt(d['ci_high'])}]"
+            md.append("| " + " | ".join([d["axis"], d["arm"], d["reference"], d["metric"], d["better"], str(d["pairs"]),
+                                         fmt(d["difference"]), iv, d["verdict"]]) + " |")  # fmt: skip
+    else:
+        md += ["", "No axis has more than one value: no arm to compare."]
+    md += ["", "Every trial:", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    md += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    (out / "comparison.md").write_text("\n".join(md) + "\n")
+    plot(summary, differences, out / "comparison.png")
+    (out / "comparison.json").write_text(json.dumps(rows, indent=1, default=str))
+    (out / "differences.json").write_text(json.dumps(table, indent=1))
+    return [out / "comparison.csv", out / "comparison.md", out / "comparison.png"]
+
+
+def plot(summary: list[dict], differences: list[Difference], path: Path) -> None:
+    """One column per metric. Top: the configurations, mean ± std over seeds (orange) and the
+    seeds (blue). Bottom (when an axis has arms): each arm − reference with its interval, coloured
+    by verdict, and the zero line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(dict.fromkeys((d.axis, d.arm, d.reference) for d in differences))
+    rows = 2 if arms else 1
+    heights = [max(2.8, 0.45 * len(summary) + 1.6)] + ([max(2.0, 0.45 * len(arms) + 1.2)] if arms else [])
+    fig, axes = plt.subplots(rows, len(COMPARED), figsize=(3.0 * len(COMPARED), sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})  # fmt: skip
+    for col, m in enumerate(COMPARED):
+        ax = axes[0][col]
+        for i, e in enumerate(summary):
+            mean, spread, values = e[m.key]
+            ax.scatter(values, [i] * len(values), color="C0", alpha=0.45, s=14, zorder=2)
+            if mean is not None:
+                ax.errorbar(mean, i, xerr=spread or 0.0, fmt="o", color="C1", capsize=4, zorder=3)
+        ax.set_title(f"{m.label} ({'lower' if m.lower_is_better else 'higher'} is better)", fontsize=9)
+        ax.set_yticks(range(len(summary)), [f"{e['config']} (n={e['seeds']})" for e in summary] if col == 0 else [],
+                      fontsize=8)  # fmt: skip
+        ax.set_ylim(len(summary) - 0.5, -0.5)
+        ax.grid(axis="x", alpha=0.3)
+        if not arms:
+            continue
+        ax = axes[1][col]
+        colours = {Verdict.better: "C2", Verdict.worse: "C3"}
+        for i, (axis, arm, ref) in enumerate(arms):
+            d = next(d for d in differences if (d.axis, d.arm, d.metric.key) == (axis, arm, m.key))
+            if d.mean is None:
+                continue
+            if d.low is not None:
+                ax.errorbar(d.mean, i, xerr=[[d.mean - d.low], [d.high - d.mean]], fmt="o", capsize=4,
+                            color=colours.get(d.verdict, "C7"))  # fmt: skip
+            else:  # too few pairs: the mean difference alone, hollow
+                ax.scatter([d.mean], [i], facecolors="none", edgecolors="C7", zorder=3)
+        ax.axvline(0.0, color="k", lw=0.8)
+        ax.set_yticks(range(len(arms)), [f"{axis}: {arm} − {ref}" for axis, arm, ref in arms] if col == 0 else [],
+                      fontsize=8)  # fmt: skip
+        ax.set_ylim(len(arms) - 0.5, -0.5)
+        ax.set_title(f"difference, {CONFIDENCE:.0%} paired bootstrap", fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("Ablation at the end of training: configurations over seeds; arms against the reference "
+                 "(green better, red worse, grey not separated / too few seeds)", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
