@@ -101,7 +101,8 @@ def snapshot_line(stats: dict) -> str | None:
     """The snapshot's metrics on one console line, each distance with its multiple of the floor
     (the real-vs-held-out distance); None when the snapshot computed no metric."""
     metrics = {k.split("/", 1)[1]: v for k, v in stats.items() if k.startswith("metrics/")}
-    shown = {k: v for k, v in metrics.items() if not k.endswith(("_floor", "_ratio", "_std"))}
+    # Each distance once (its floor, ratio and spread beside it), no per-attribute breakdowns.
+    shown = {k: v for k, v in metrics.items() if not k.endswith(("_floor", "_ratio", "_std")) and "/" not in k}
     if not shown:
         return None
     parts = [f"snapshot kimg {kimg_text(stats['progress/kimg'])}"]

@@ -224,7 +224,8 @@ def test_snapshot_line_shows_each_distance_with_its_multiple_of_the_floor():
 
     stats = {"progress/kimg": 4.0, "loss/G": 0.7, "metrics/fid_synth": 2375.4, "metrics/fid_synth_floor": 396.9,
              "metrics/fid_synth_ratio": 5.985, "metrics/fid3d_synth": 2400.0, "metrics/fid3d_synth_ratio": 6.047,
-             "metrics/sensitivity": 0.0}  # fmt: skip
+             "metrics/sensitivity": 0.0, "metrics/sensitivity/means": 0.0, "metrics/kid_synth": 0.0123,
+             "metrics/kid_synth_std": 0.0021}  # fmt: skip
     assert _snapshot_line(stats) == ("snapshot kimg 4.00 | fid_synth 2375 (5.99x floor) | fid3d_synth 2400 (6.05x floor)"
-                                     " | sensitivity 0")  # fmt: skip
+                                     " | sensitivity 0 | kid_synth 0.0123 ± 0.0021")  # fmt: skip
     assert _snapshot_line({"progress/kimg": 1.0, "loss/G": 0.7}) is None  # no metrics: no line
