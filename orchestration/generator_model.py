@@ -15,6 +15,7 @@ import math
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.models import set_model
 
@@ -28,7 +29,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.G, self.cfg = load_generator(context.artifacts["checkpoint"])
 
-    def predict(self, context, model_input, params=None) -> np.ndarray:
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         """model_input: a pandas DataFrame (seed, yaw) -> images uint8 [N, H, W, 3]."""
         seeds = [int(s) for s in model_input["seed"]]
         yaws = torch.tensor([math.radians(float(y)) for y in model_input["yaw"]])
