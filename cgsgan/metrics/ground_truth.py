@@ -25,7 +25,7 @@ import torch
 from cgsgan import camera
 from cgsgan.metrics.features import FeatureExtractor
 from cgsgan.metrics.frechet import fid_from_features
-from cgsgan.metrics.kid import kernel_distance
+from cgsgan.metrics.kid import kid as kid_of
 from cgsgan.metrics.sampling import GaussianGenerator, gaussians_of, render_labels
 
 NOVEL_YAW_DEG = (60.0, 90.0)  # |yaw| range of the novel views
@@ -149,7 +149,7 @@ def yaw_bin_distances(
                 yaw_hi_deg=math.degrees(float(edges[i + 1])),
                 n=per_bin,
                 fd=fid_from_features(real_feats[v], fake_feats[v]),
-                kid=kernel_distance(real_feats[v], fake_feats[v], num_subsets=1, subset_size=per_bin, seed=seed),
+                kid=kid_of(real_feats[v], fake_feats[v], num_subsets=1, subset_size=per_bin, seed=seed).mean,
             )
         )
     return out

@@ -61,17 +61,6 @@ def kid_subsets(
     return out
 
 
-def kernel_distance(
-    real: torch.Tensor | np.ndarray,
-    fake: torch.Tensor | np.ndarray,
-    num_subsets: int = 100,
-    subset_size: int = 1000,
-    seed: int = 0,
-) -> float:
-    """KID between feature sets real [N, D] and fake [M, D] (same D): the mean over subsets."""
-    return float(kid_subsets(real, fake, num_subsets, subset_size, seed).mean())
-
-
 def kid(real: torch.Tensor | np.ndarray, fake: torch.Tensor | np.ndarray, num_subsets: int = 100,
         subset_size: int = 1000, seed: int = 0) -> KID:
     """KID with its spread over subsets (Binkowski et al. report the same pair)."""

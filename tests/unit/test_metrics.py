@@ -21,7 +21,7 @@ from cgsgan.metrics.consistency import (
     reprojection_error,
 )
 from cgsgan.metrics.frechet import frechet_distance
-from cgsgan.metrics.kid import kernel_distance, kid
+from cgsgan.metrics.kid import kid, kid_subsets
 from cgsgan.metrics.random_features import RandomFeatures
 from cgsgan.metrics.sampling import as_generator, generated_features
 from cgsgan.render import render
@@ -61,9 +61,9 @@ def test_frechet_distance_non_commuting_matches_eigen_formula():
 def test_kid_near_zero_for_one_distribution_and_positive_when_shifted():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(2000, 32, generator=g), torch.randn(2000, 32, generator=g)
-    same = kernel_distance(x, y, num_subsets=50, subset_size=500)
-    shifted = kernel_distance(x, y + 0.5, num_subsets=50, subset_size=500)
-    more = kernel_distance(x, y + 1.0, num_subsets=50, subset_size=500)
+    same = kid(x, y, num_subsets=50, subset_size=500).mean
+    shifted = kid(x, y + 0.5, num_subsets=50, subset_size=500).mean
+    more = kid(x, y + 1.0, num_subsets=50, subset_size=500).mean
     assert abs(same) < 5e-3  # unbiased: scatters around 0 (may be slightly negative)
     assert shifted > 20 * max(abs(same), 1e-4)
     assert more > shifted
@@ -71,8 +71,8 @@ def test_kid_near_zero_for_one_distribution_and_positive_when_shifted():
 
 def test_kid_is_unbiased_mean_over_seeds_straddles_zero():
     g = torch.Generator().manual_seed(1)
-    vals = [kernel_distance(torch.randn(200, 8, generator=g), torch.randn(200, 8, generator=g), num_subsets=5,
-                            subset_size=100, seed=s) for s in range(20)]
+    vals = [kid(torch.randn(200, 8, generator=g), torch.randn(200, 8, generator=g), num_subsets=5,
+                subset_size=100, seed=s).mean for s in range(20)]
     assert min(vals) < 0 < max(vals)  # a biased (V-statistic) estimator would be > 0 every time
     assert abs(np.mean(vals)) < 3 * np.std(vals) / math.sqrt(len(vals)) + 1e-4
 
@@ -81,14 +81,14 @@ def test_kid_spread_is_the_std_over_subsets_and_shrinks_with_the_subset_size():
     g = torch.Generator().manual_seed(2)
     x, y = torch.randn(1000, 16, generator=g), torch.randn(1000, 16, generator=g) + 0.3
     small, large = kid(x, y, num_subsets=40, subset_size=50), kid(x, y, num_subsets=40, subset_size=400)
-    assert small.mean == pytest.approx(kernel_distance(x, y, num_subsets=40, subset_size=50))
+    assert small.std == pytest.approx(float(kid_subsets(x, y, num_subsets=40, subset_size=50).std()))
     assert small.std > 0 and large.std < small.std / 2  # an estimate over 8x the pairs scatters less
     assert abs(large.mean - small.mean) < 3 * small.std  # both estimate the same (unbiased) MMD^2
 
 
 def test_kid_rejects_mismatched_widths():
     with pytest.raises(ValueError, match="widths"):
-        kernel_distance(torch.randn(10, 4), torch.randn(10, 5))
+        kid(torch.randn(10, 4), torch.randn(10, 5))
 
 
 # ------------------------------------------------------------------------------ generators

@@ -22,7 +22,7 @@ from cgsgan.metrics.extractor import main as extractor_main
 from cgsgan.metrics.features import FeatureExtractor, load_features
 from cgsgan.metrics.frechet import fid_from_features
 from cgsgan.metrics.ground_truth import SyntheticTruth
-from cgsgan.metrics.kid import kernel_distance
+from cgsgan.metrics.kid import kid
 from cgsgan.metrics.random_features import RandomFeatures
 from cgsgan.metrics.sampling import as_generator, real_images
 from cgsgan.training.checkpoint import save_checkpoint
@@ -54,7 +54,7 @@ def distances_with_blur(dataset, extractor: FeatureExtractor, sigmas: list[float
     for s in [0.0, *sigmas]:
         fb = extractor(blur(b, s))
         fds.append(fid_from_features(fa, fb))
-        kids.append(kernel_distance(fa, fb, num_subsets=20, subset_size=min(n, 200)))
+        kids.append(kid(fa, fb, num_subsets=20, subset_size=min(n, 200)).mean)
     return fds[0], fds[1:], kids
 
 
