@@ -86,7 +86,8 @@ def layout_config(data_dir, batch_gpu: int) -> config.CGSGANConfig:
     cfg.train.batch_gpu = batch_gpu
     cfg.train.snapshot_metrics = []
     cfg.train.render_backend = "torch"
-    cfg.train.num_threads = 1
+    # train.num_threads stays 0: a Trainer in pytest's process would set torch's thread count for
+    # every later test (the gloo ranks run on one thread each anyway).
     cfg.model.discriminator.num_fp16_res = 0  # float64 throughout
     # Clip thresholds the gradients exceed, so that where the clip happens matters.
     cfg.loss.g_clip, cfg.loss.d_clip = 0.05, 0.05
