@@ -30,6 +30,11 @@ class Background(StrEnum):
     black = "black"
 
 
+class MetricsAt(StrEnum):
+    every_snapshot = "every_snapshot"
+    end = "end"
+
+
 class RenderBackend(StrEnum):
     auto = "auto"  # gsplat for CUDA tensors; on CPU native where it builds, torch otherwise
     gsplat = "gsplat"
@@ -160,6 +165,10 @@ class TrainConfig:
     snapshot_metrics: list[str] = field(default_factory=lambda: ["fid", "fid3d", "sensitivity", "psnr_cond"])
     feature_extractor: str = "synthetic"
     metric_samples: int = 1024  # generated images per distribution metric
+    # Which snapshots compute the metrics: every one (from kimg 0, the curves' starting point), or
+    # the last only (a sweep compares the end of training; about 40 s a snapshot at 1024 samples
+    # on CPU). Sample grids are saved at every snapshot either way.
+    metrics_at: MetricsAt = MetricsAt.every_snapshot
     snapshot_metric_heads: int = 16  # heads for the 3D metrics
     render_backend: RenderBackend = RenderBackend.auto
     num_threads: int = 0  # torch intra-op threads on CPU; 0 = torch default

@@ -4,7 +4,13 @@ Axes (sweep.*, AXES and SweepAxes below; any subset from the command line):
     sweep.views=[1,4]  sweep.grad_averaging=[true,false]
     sweep.camera_mode=[d_projection,g_conditioned,d_none]  sweep.background=[random,white,black]
     sweep.seeds=[0,1]  (repeats per configuration)
-Full grid by default; `sweep.only=[...]` keeps a listed subset of trial keys.
+sweep.design=grid (every combination) or one_at_a_time (the reference configuration, the first
+value of every axis, and each other value of one axis with the rest at the reference);
+`sweep.only=[...]` keeps a listed subset of trial keys. Two sweeps come ready: sweep=camera (the
+default: camera in the generator against the camera-free generator, 3 seeds, about 20 minutes on 2
+CPU cores) and sweep=paper (the paper's four questions one at a time, 3 seeds, about 2 hours).
+The compared metrics are registry names (sweep.metrics, cgsgan.metrics.evaluation.METRICS): the
+trials compute them at the end of training with train.metric_samples generated images.
 
 Ray Tune runs one trial per configuration; each trial is a driver function that builds the same
 TorchTrainer as launch.py (orchestration.ray_trainer.build_trainer) and reports through
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import sys
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -38,7 +45,9 @@ import hydra  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from cgsgan.config import Background, CameraMode, ConfigError, to_dict  # noqa: E402
+from cgsgan.config import Background, CameraMode, ConfigError, DataSource, to_dict  # noqa: E402
+from cgsgan.metrics.evaluation import Column, check_metrics, compared_metrics  # noqa: E402
+from cgsgan.metrics.features import extractor_suffix  # noqa: E402
 from orchestration import cluster  # noqa: E402
 from orchestration.config import (  # noqa: E402
     LaunchConfig,
@@ -48,11 +57,12 @@ from orchestration.config import (  # noqa: E402
     to_typed,
     validate_launch,
 )
-from sweeps.report import (  # noqa: E402  (what is compared, with its direction; the paired statistics)
-    COMPARED,
+from sweeps.report import (  # noqa: E402  (the paired statistics and the files)
     EXTRA,
     differences_table,
+    floors,
     paired_differences,
+    reported,
     trial_columns,
     write_report,
 )
@@ -67,6 +77,18 @@ AXES = {
     "background": ("loss.background", "bg"),
 }
 SEED = ("train.seed", "s")
+# What each axis asks, for the sweep's opening lines.
+QUESTIONS = {
+    "views": "how many views of each head the discriminator sees per step",
+    "grad_averaging": "averaging the generator's gradients over the views of a head",
+    "camera_mode": "where the camera goes in (discriminator projection, none, or the generator)",
+    "background": "the background colour behind rendered and real heads",
+}
+
+
+class Design(StrEnum):
+    grid = "grid"  # every combination of the axes' values
+    one_at_a_time = "one_at_a_time"  # the reference configuration and each arm of one axis beside it
 
 
 @dataclass
@@ -81,9 +103,17 @@ class SweepAxes:
         default_factory=lambda: [CameraMode.d_projection, CameraMode.d_none, CameraMode.g_conditioned])
     background: list[Background] = field(default_factory=lambda: [Background.random])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
-    only: list[str] = field(default_factory=list)  # trial keys to keep; [] = full grid
+    design: Design = Design.grid
+    only: list[str] = field(default_factory=list)  # trial keys to keep; [] = every trial of the design
     name: str = "ablation"
     max_concurrent: int = 0  # 0 = as many as the cluster's CPUs/GPUs fit
+    # What the trials are compared on (registry names; each brings its columns with their
+    # direction, the first column is the headline); the trials compute them.
+    metrics: list[str] = field(
+        default_factory=lambda: ["fid", "fid3d", "fid_novel", "fid_bg", "sensitivity", "psnr_cond"])
+    # Minutes a trial takes where this sweep was measured (0 = unknown): the expected time said up
+    # front; the ETA during the sweep follows the trials' own times.
+    minutes_per_trial: float = 0.0
 
 
 @dataclass
@@ -112,9 +142,17 @@ def trial_key(t: dict) -> str:
 def trials(axes: SweepAxes) -> list[dict]:
     if axes.max_concurrent < 0:
         raise ConfigError(f"sweep.max_concurrent={axes.max_concurrent!r}: must be >= 0 (0 = as many as fit)")
-    values = list(axis_values(axes).values())
+    values = axis_values(axes)
+    if any(not v for v in values.values()) or not axes.seeds:
+        raise ConfigError("the sweep has no trials (an axis is empty)")
     # plain values: they travel through Ray Tune and into MLflow tags
-    grid = [dict(zip([*AXES, "seed"], combo)) for combo in itertools.product(*values, axes.seeds)]
+    if axes.design == Design.one_at_a_time:
+        reference = {axis: v[0] for axis, v in values.items()}
+        configs = [reference] + [{**reference, axis: arm} for axis, v in values.items() for arm in v[1:]]
+    else:
+        configs = [dict(zip(AXES, combo)) for combo in itertools.product(*values.values())]
+    # Seed by seed: every configuration of seed 0 runs before seed 1's, so the pairs complete early.
+    grid = [{**c, "seed": seed} for seed in axes.seeds for c in configs]
     if axes.only:
         keys = {trial_key(t) for t in grid}
         unknown = [k for k in axes.only if k not in keys]
@@ -136,11 +174,52 @@ def trial_config(base: SweepConfig, t: dict) -> LaunchConfig:
             OmegaConf.update(node, key, value, merge=False)
         except Exception as e:  # a value of the wrong type, a mode that is not one of its values
             raise ConfigError(f"{key}={value!r}: {str(e).splitlines()[0]}") from None
+    # The trials compute what the sweep compares (with whatever else the base config asks for).
+    node.train.snapshot_metrics = list(dict.fromkeys([*base.train.snapshot_metrics, *base.sweep.metrics]))
     node.name = f"{base.sweep.name}-{trial_key(t)}"
     # The trial runs in Ray Tune's working directory for it: a relative output_dir would put its
     # MLflow store, metrics and samples there.
     node.output_dir = str(Path(base.output_dir).absolute())
     return validate_launch(to_typed(node))
+
+
+def compared_columns(cfg: SweepConfig) -> list[Column]:
+    """The columns the sweep compares: the registry's for sweep.metrics, named for the feature
+    network the trials use."""
+    try:
+        names = check_metrics(cfg.sweep.metrics, ground_truth=cfg.data.source == DataSource.synthetic)
+    except ValueError as e:
+        raise ConfigError(f"sweep.metrics={list(cfg.sweep.metrics)}: {e}") from None
+    columns = compared_metrics(extractor_suffix(cfg.train.feature_extractor), names)
+    if not columns:
+        raise ConfigError(f"sweep.metrics={list(cfg.sweep.metrics)}: none of them has a compared column "
+                          f"(compared: {sorted({c.request for c in compared_metrics()})})")
+    return columns
+
+
+def opening(cfg: SweepConfig, grid: list[dict], columns: list[Column], concurrent: int) -> list[str]:
+    """What the sweep says before it starts: the question, the trials and the expected time."""
+    values = axis_values(cfg.sweep)
+    arms = [f"{axis}={', '.join(map(str, v[1:]))} against {axis}={v[0]} ({QUESTIONS[axis]})"
+            for axis, v in values.items() if len(v) > 1]  # fmt: skip
+    fixed = ", ".join(f"{axis}={v[0]}" for axis, v in values.items() if len(v) == 1)
+    lines = [f"sweep {cfg.sweep.name}: " + ("; ".join(arms) if arms else "one configuration, no arm to compare")
+             + (f"; fixed: {fixed}" if fixed else ""),
+             f"  {len(grid)} trials ({cfg.sweep.design.value}, seeds {list(cfg.sweep.seeds)} shared by every arm, "
+             f"{cfg.train.total_kimg:g} kimg each), compared at the end of training on "
+             + ", ".join(f"{c.label} ({c.key}, {c.better.value} is better)" for c in columns)
+             + f" from {cfg.train.metric_samples} generated images"]  # fmt: skip
+    if cfg.train.metric_samples < 1024:
+        lines.append(f"  note: train.metric_samples={cfg.train.metric_samples} is below 1024: the metrics are "
+                     "noisier than a comparison should rely on")
+    if cfg.sweep.minutes_per_trial > 0:
+        total = cfg.sweep.minutes_per_trial * math.ceil(len(grid) / concurrent)
+        lines.append(f"  expected time: about {total:.0f} min ({len(grid)} trials of about "
+                     f"{cfg.sweep.minutes_per_trial:g} min, {concurrent} at a time; sweep.minutes_per_trial was "
+                     "measured on 2 CPU cores: the ETA below follows this machine's own trials)")
+    else:
+        lines.append(f"  expected time: known after the first trial ({concurrent} at a time)")
+    return lines
 
 
 def axis_values(axes: SweepAxes) -> dict[str, list]:
@@ -151,6 +230,9 @@ def axis_values(axes: SweepAxes) -> dict[str, list]:
 def trial_params(t: dict) -> dict[str, str]:
     """A trial's axes and seed as MLflow params, named as in the sweep (views, camera_mode, ..., seed)."""
     return {k: str(v) for k, v in t.items()}
+
+
+REPLAYED = "sweep/replayed"  # a trial that only reported the metrics of its finished run
 
 
 def run_trial(config: dict) -> None:
@@ -174,7 +256,7 @@ def run_trial(config: dict) -> None:
     finished = tracker.finished_metrics()
     if finished is not None:
         print(f"trial {plan.name} already finished: reporting its final metrics", flush=True)
-        tune.report(finished)
+        tune.report({**finished, REPLAYED: 1})
         return
     print(f"trial {plan.name}: starting ({', '.join(f'{k}={v}' for k, v in config['axes'].items())})", flush=True)
     tags = {"mlflow.parentRunId": config["parent_run_id"], "sweep": config["sweep"],
@@ -210,6 +292,7 @@ def run_sweep(cfg: SweepConfig) -> int:
     SLURM job was submitted, 1 a trial failed, 2 stopped before anything started)."""
     try:
         grid = trials(cfg.sweep)
+        columns = compared_columns(cfg)
         resolve_index_list(cfg, say=cluster.say)  # once, for every trial
         trial_cfgs = [trial_config(cfg, t) for t in grid]
         # Storage, data and the cluster settings are the same for every trial: prepared once.
@@ -233,10 +316,14 @@ def run_sweep(cfg: SweepConfig) -> int:
     tracker = Tracker(base_plan.tracking_uri, cfg.tracking.experiment, f"sweep-{cfg.sweep.name}",
                       local_artifact_root(base_plan.output_dir, bool(cfg.tracking.uri)))
     parent = tracker.start(params={"sweep": to_dict(cfg.sweep)}, tags={"cgsgan.sweep": cfg.sweep.name})
-    print(f"sweep {cfg.sweep.name}: {len(grid)} trials, MLflow parent run {parent}", flush=True)
-    view = share_view(tracker, cfg.sweep)
+    view = share_view(tracker, cfg.sweep, columns)
 
     cluster.connect_ray(cfg, extra_cpus=1)  # room for the trial drivers (0.01 CPU each) beside the workers
+    concurrent = max_concurrent(cfg)
+    print("\n".join(opening(cfg, grid, columns, concurrent)) + f"\n  MLflow parent run {parent}", flush=True)
+    from sweeps.progress import SweepProgress
+
+    progress = SweepProgress(cfg.sweep.name, len(grid), concurrent, REPLAYED)
     space = [
         {"launch": to_dict(tc), "axes": t, "storage_path": storage, "parent_run_id": parent,
          "sweep": cfg.sweep.name, "data_notices": base_plan.data_notices}  # fmt: skip
@@ -252,10 +339,10 @@ def run_sweep(cfg: SweepConfig) -> int:
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(space)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent(cfg)),
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent),
             # verbose=0: Tune's own tables (a 100-row config dump per trial start, a status table every
-            # 30 s) drown the trials' tick lines; the sweep prints its trials and the comparison itself.
-            run_config=tune.RunConfig(name=tune_name, storage_path=tune_storage, verbose=0),
+            # 30 s) drown the trials' tick lines; the sweep prints its progress and the comparison itself.
+            run_config=tune.RunConfig(name=tune_name, storage_path=tune_storage, verbose=0, callbacks=[progress]),
         )
     results = tuner.fit()
 
@@ -264,13 +351,14 @@ def run_sweep(cfg: SweepConfig) -> int:
         axes = r.config["trial"]["axes"]
         m = r.metrics or {}
         rows.append({**axes, "config": config_key(axes), "trial": trial_key(axes), "kimg": m.get("progress/kimg"),
-                     **{c.key: m.get(c.key) for c in COMPARED}, **{k: m.get(k) for k in EXTRA},
+                     **{k: m.get(k) for k in [*map(reported, columns), *EXTRA]},
+                     **{k: m[k] for k in floors([m])},
                      "error": str(r.error) if r.error else ""})  # fmt: skip
     out = Path(base_plan.output_dir) / "sweeps" / cfg.sweep.name
-    files = write_report(rows, axis_values(cfg.sweep), out)
+    files = write_report(rows, axis_values(cfg.sweep), out, columns)
     for f in files:
         tracker.log_artifact(f, "comparison")
-    log_tables(tracker, rows, axis_values(cfg.sweep))
+    log_tables(tracker, rows, axis_values(cfg.sweep), columns)
     tracker.finish("FINISHED" if all(not r["error"] for r in rows) else "FAILED")
     print((out / "comparison.md").read_text())
     print(f"table: {files[0]}\nplot: {files[2]}")
@@ -282,23 +370,23 @@ def run_sweep(cfg: SweepConfig) -> int:
     return 0 if all(not r["error"] for r in rows) else 1
 
 
-def share_view(tracker, axes: SweepAxes) -> str:
+def share_view(tracker, axes: SweepAxes, columns: list[Column]) -> str:
     """The sweep's view of the experiment's runs page: its trials with every axis, the seed and the
     headline metric as columns (the UI puts metric columns first and draws only the columns in
     sight: more metrics would push the axes out of view), grouped by the axes that vary (so the
     table and the charts show each configuration's mean over its seeds). Returns the page's path."""
     varying = [axis for axis, values in axis_values(axes).items() if len(values) > 1]
     return tracker.share_view(f"sweep-{axes.name}", f"tags.sweep = '{axes.name}'", [*AXES, "seed"],
-                              [COMPARED[0].key], varying)  # fmt: skip
+                              [reported(columns[0])], varying)  # fmt: skip
 
 
-def log_tables(tracker, rows: list[dict], axes: dict[str, list]) -> None:
+def log_tables(tracker, rows: list[dict], axes: dict[str, list], columns: list[Column]) -> None:
     """The parent run's MLflow tables: one row per trial (its axes, metrics and verdict, as
     write_report set it) and the paired differences with their intervals and verdicts."""
-    cols = trial_columns(list(AXES))
+    cols = trial_columns(list(AXES), columns, rows)
     tracker.log_table([{c: r.get(c) for c in cols} for r in sorted(rows, key=lambda r: r["trial"])],
                       "comparison/trials.json")
-    differences = differences_table(paired_differences(rows, axes))
+    differences = differences_table(paired_differences(rows, axes, columns))
     if differences:
         tracker.log_table(differences, "comparison/differences.json")
 

@@ -1,10 +1,12 @@
-"""The sweep's comparison: what is compared (COMPARED, each metric with its direction), the
-per-configuration summary over seeds, the paired differences of every non-reference arm of an
-axis to its reference arm (bootstrap 95% intervals over the shared seeds, with a verdict), and
-the files written from them (CSV, Markdown, PNG).
+"""The sweep's comparison: the per-configuration summary over seeds, the paired differences of
+every non-reference arm of an axis to its reference arm (bootstrap 95% intervals over the shared
+seeds, with a verdict), and the files written from them (CSV, Markdown, PNG).
 
-Rows are plain dicts, one per trial: the axis values, "seed", "config" (the trial's key without
-the seed), "trial", the metrics under their reported names ("metrics/fid_synth") and "error".
+What is compared is a list of the metric registry's columns (`cgsgan.metrics.evaluation.Column`,
+each with which way is better, from `compared_metrics`); the first is the headline (each trial's
+verdict in the table is on it). Rows are plain dicts, one per trial: the axis values, "seed",
+"config" (the trial's key without the seed), "trial", the metrics under their reported names
+(`reported(column)`, "metrics/fid_synth") and "error".
 """
 
 from __future__ import annotations
@@ -18,30 +20,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from cgsgan.metrics.evaluation import Better, Column
 
-@dataclass(frozen=True)
-class Compared:
-    """A metric the sweep compares: its reported name, its column label, and which way is better."""
-
-    key: str
-    label: str
-    lower_is_better: bool
-
-
-# Today's snapshot metrics, in one list (the metric registry of issue 22 can feed it later): the
-# synthetic-heads FID, its multi-view variant, FID as a multiple of the real-vs-held-out floor,
-# and how much the Gaussians depend on the conditioning camera (sensitivity, lower is more
-# 3D-consistent; 0 for a camera-free generator) and its PSNR view (higher is better; 100 dB cap).
-COMPARED = [
-    Compared("metrics/fid_synth", "fid_synth", lower_is_better=True),
-    Compared("metrics/fid3d_synth", "fid3d_synth", lower_is_better=True),
-    Compared("metrics/fid_synth_ratio", "fid_synth / floor", lower_is_better=True),
-    Compared("metrics/sensitivity", "sensitivity", lower_is_better=True),
-    Compared("metrics/psnr_cond", "psnr_cond (dB)", lower_is_better=False),
-]
-METRIC = COMPARED[0].key  # the headline metric (each trial's verdict in the table is on it)
-# Also in the per-trial table and the CSV.
-EXTRA = ["metrics/fid_synth_floor", "loss/G", "loss/D"]
+# Also in the per-trial table and the CSV, beside the compared columns and the floors.
+EXTRA = ["loss/G", "loss/D"]
 
 MIN_PAIRS = 3  # below this a bootstrap interval over pairs is degenerate: no verdict is given
 CONFIDENCE = 0.95
@@ -63,12 +45,23 @@ class Difference:
     axis: str
     arm: str
     reference: str
-    metric: Compared
+    metric: Column
     pairs: int
     mean: float | None
     low: float | None
     high: float | None
     verdict: Verdict
+
+
+def reported(c: Column) -> str:
+    """The name a trial reports a column under (the trainer logs metrics as "metrics/<key>")."""
+    return f"metrics/{c.key}"
+
+
+def floors(rows: list[dict]) -> list[str]:
+    """The floors the trials reported (real-vs-held-out distances, one per FID): shown beside the
+    metrics so a reader sees how far from a perfect generator each value is."""
+    return sorted({k for r in rows for k in r if k.startswith("metrics/") and k.endswith("_floor")})
 
 
 def _number(v) -> float | None:
@@ -79,7 +72,7 @@ def _plain(v):
     return v.value if isinstance(v, StrEnum) else v
 
 
-def summarize(rows: list[dict]) -> list[dict]:
+def summarize(rows: list[dict], columns: list[Column]) -> list[dict]:
     """Per configuration (trials that differ only in the seed): the number of seeds that finished
     and, for each compared metric, (mean, spread, values) over them; the spread is the sample
     standard deviation (None with one value)."""
@@ -90,11 +83,11 @@ def summarize(rows: list[dict]) -> list[dict]:
     for key, group in groups.items():
         done = [r for r in group if not r.get("error")]
         entry = {"config": key, "seeds": len(done), "failed": len(group) - len(done)}
-        for m in COMPARED:
-            values = [v for r in done if (v := _number(r.get(m.key))) is not None]
+        for c in columns:
+            values = [v for r in done if (v := _number(r.get(reported(c)))) is not None]
             mean = statistics.fmean(values) if values else None
             spread = statistics.stdev(values) if len(values) > 1 else None
-            entry[m.key] = (mean, spread, values)
+            entry[reported(c)] = (mean, spread, values)
         out.append(entry)
     return out
 
@@ -115,15 +108,15 @@ def interval(arm: list[float], reference: list[float], seed: int = 0) -> tuple[f
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def verdict(metric: Compared, pairs: int, low: float | None, high: float | None) -> Verdict:
+def verdict(metric: Column, pairs: int, low: float | None, high: float | None) -> Verdict:
     if pairs < MIN_PAIRS or low is None or high is None:
         return Verdict.too_few_seeds
     if low > 0 or high < 0:  # the interval excludes no difference
-        return Verdict.better if (high < 0) == metric.lower_is_better else Verdict.worse
+        return Verdict.better if (high < 0) == (metric.better is Better.lower) else Verdict.worse
     return Verdict.not_separated
 
 
-def paired_differences(rows: list[dict], axes: dict[str, list]) -> list[Difference]:
+def paired_differences(rows: list[dict], axes: dict[str, list], columns: list[Column]) -> list[Difference]:
     """For every axis with more than one value, every non-reference arm (the reference is the
     axis's first listed value) against the reference, on each compared metric: the trials are
     paired by seed and the values of the other axes, so seed-to-seed variation cancels."""
@@ -138,9 +131,10 @@ def paired_differences(rows: list[dict], axes: dict[str, list]) -> list[Differen
         reference = {tuple(r[a] for a in rest): r for r in done if r[axis] == ref}
         for arm in values[1:]:
             matched = [(r, reference[k]) for r in done if r[axis] == arm and (k := tuple(r[a] for a in rest)) in reference]
-            for m in COMPARED:
+            for m in columns:
+                key = reported(m)
                 pairs = [(x, y) for r, q in matched
-                         if (x := _number(r.get(m.key))) is not None and (y := _number(q.get(m.key))) is not None]
+                         if (x := _number(r.get(key))) is not None and (y := _number(q.get(key))) is not None]
                 mean = statistics.fmean(x - y for x, y in pairs) if pairs else None
                 low = high = None
                 if len(pairs) >= MIN_PAIRS:
@@ -150,17 +144,17 @@ def paired_differences(rows: list[dict], axes: dict[str, list]) -> list[Differen
     return out
 
 
-def trial_verdict(row: dict, axes: dict[str, list], differences: list[Difference]) -> str:
+def trial_verdict(row: dict, axes: dict[str, list], differences: list[Difference], headline: Column) -> str:
     """What the comparison says about this trial's arms on the headline metric: "reference" for
     the reference arm of every axis, else e.g. "camera_mode=d_none: worse"."""
-    found = {(d.axis, d.arm): d.verdict for d in differences if d.metric.key == METRIC}
+    found = {(d.axis, d.arm): d.verdict for d in differences if d.metric == headline}
     parts = [f"{axis}={row[axis]}: {found[(axis, str(row[axis]))]}" for axis in axes
              if (axis, str(row[axis])) in found]
     return "; ".join(parts) or Verdict.reference.value
 
 
-def trial_columns(axes: list[str]) -> list[str]:
-    return ["trial", *axes, "seed", "kimg", *(m.key for m in COMPARED), *EXTRA, "verdict", "error"]
+def trial_columns(axes: list[str], columns: list[Column], rows: list[dict] = ()) -> list[str]:
+    return ["trial", *axes, "seed", "kimg", *map(reported, columns), *floors(list(rows)), *EXTRA, "verdict", "error"]
 
 
 def fmt(v) -> str:
@@ -170,20 +164,20 @@ def fmt(v) -> str:
 def differences_table(differences: list[Difference]) -> list[dict]:
     """The differences as plain rows (the Markdown table, the parent run's MLflow table)."""
     return [{"axis": d.axis, "arm": d.arm, "reference": d.reference, "metric": d.metric.label,
-             "better": "lower" if d.metric.lower_is_better else "higher", "pairs": d.pairs, "difference": d.mean,
+             "better": d.metric.better.value, "pairs": d.pairs, "difference": d.mean,
              "ci_low": d.low, "ci_high": d.high, "verdict": d.verdict.value} for d in differences]  # fmt: skip
 
 
-def write_report(rows: list[dict], axes: dict[str, list], out: Path) -> list[Path]:
+def write_report(rows: list[dict], axes: dict[str, list], out: Path, columns: list[Column]) -> list[Path]:
     """comparison.csv (every trial, with its verdict), comparison.md (per configuration: mean ±
     spread over seeds; the paired differences with intervals and verdicts; every trial),
     comparison.png (the same two views) and differences.json. `rows` gain their "verdict"."""
     out.mkdir(parents=True, exist_ok=True)
     rows = sorted(rows, key=lambda r: r["trial"])
-    differences = paired_differences(rows, axes)
+    differences = paired_differences(rows, axes, columns)
     for r in rows:
-        r["verdict"] = trial_verdict(r, axes, differences)
-    cols = trial_columns(list(axes))
+        r["verdict"] = trial_verdict(r, axes, differences, columns[0])
+    cols = trial_columns(list(axes), columns, rows)
     with open(out / "comparison.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
         w.writeheader()
@@ -194,14 +188,15 @@ def write_report(rows: list[dict], axes: dict[str, list], out: Path) -> list[Pat
             return "-"
         return fmt(mean) if spread is None else f"{fmt(mean)} ± {fmt(spread)}"
 
-    summary = summarize(rows)
-    head = ["configuration", "seeds", *(m.label for m in COMPARED)]
-    md = ["Mean ± standard deviation over seeds (lower is better for the FIDs and sensitivity, higher for "
-          "psnr_cond; sensitivity 0 and psnr_cond 100 dB for a camera-free generator).", "",
+    summary = summarize(rows, columns)
+    head = ["configuration", "seeds", *(m.label for m in columns)]
+    directions = "; ".join(f"{m.label}: {m.better.value}" for m in columns)
+    md = [f"Mean ± standard deviation over seeds. Which way is better: {directions} (sensitivity 0 and "
+          "psnr_cond 100 dB for a camera-free generator).", "",
           "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
     for e in summary:
         seeds = str(e["seeds"]) + (f" ({e['failed']} failed)" if e["failed"] else "")
-        md.append("| " + " | ".join([e["config"], seeds, *(mean_spread(*e[m.key]) for m in COMPARED)]) + " |")
+        md.append("| " + " | ".join([e["config"], seeds, *(mean_spread(*e[reported(m)]) for m in columns)]) + " |")
     table = differences_table(differences)
     if table:
         dcols = ["axis", "arm", "reference", "metric", "better", "pairs", "difference", "interval", "verdict"]
@@ -219,13 +214,13 @@ def write_report(rows: list[dict], axes: dict[str, list], out: Path) -> list[Pat
     md += ["", "Every trial:", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     md += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     (out / "comparison.md").write_text("\n".join(md) + "\n")
-    plot(summary, differences, out / "comparison.png")
+    plot(summary, differences, out / "comparison.png", columns)
     (out / "comparison.json").write_text(json.dumps(rows, indent=1, default=str))
     (out / "differences.json").write_text(json.dumps(table, indent=1))
     return [out / "comparison.csv", out / "comparison.md", out / "comparison.png"]
 
 
-def plot(summary: list[dict], differences: list[Difference], path: Path) -> None:
+def plot(summary: list[dict], differences: list[Difference], path: Path, columns: list[Column]) -> None:
     """One column per metric. Top: the configurations, mean ± std over seeds (orange) and the
     seeds (blue). Bottom (when an axis has arms): each arm − reference with its interval, coloured
     by verdict, and the zero line."""
@@ -237,16 +232,16 @@ def plot(summary: list[dict], differences: list[Difference], path: Path) -> None
     arms = list(dict.fromkeys((d.axis, d.arm, d.reference) for d in differences))
     rows = 2 if arms else 1
     heights = [max(2.8, 0.45 * len(summary) + 1.6)] + ([max(2.0, 0.45 * len(arms) + 1.2)] if arms else [])
-    fig, axes = plt.subplots(rows, len(COMPARED), figsize=(3.0 * len(COMPARED), sum(heights)), squeeze=False,
+    fig, axes = plt.subplots(rows, len(columns), figsize=(3.0 * len(columns), sum(heights)), squeeze=False,
                              gridspec_kw={"height_ratios": heights})  # fmt: skip
-    for col, m in enumerate(COMPARED):
+    for col, m in enumerate(columns):
         ax = axes[0][col]
         for i, e in enumerate(summary):
-            mean, spread, values = e[m.key]
+            mean, spread, values = e[reported(m)]
             ax.scatter(values, [i] * len(values), color="C0", alpha=0.45, s=14, zorder=2)
             if mean is not None:
                 ax.errorbar(mean, i, xerr=spread or 0.0, fmt="o", color="C1", capsize=4, zorder=3)
-        ax.set_title(f"{m.label} ({'lower' if m.lower_is_better else 'higher'} is better)", fontsize=9)
+        ax.set_title(f"{m.label} ({m.better.value} is better)", fontsize=9)
         ax.set_yticks(range(len(summary)), [f"{e['config']} (n={e['seeds']})" for e in summary] if col == 0 else [],
                       fontsize=8)  # fmt: skip
         ax.set_ylim(len(summary) - 0.5, -0.5)
@@ -256,7 +251,7 @@ def plot(summary: list[dict], differences: list[Difference], path: Path) -> None
         ax = axes[1][col]
         colours = {Verdict.better: "C2", Verdict.worse: "C3"}
         for i, (axis, arm, ref) in enumerate(arms):
-            d = next(d for d in differences if (d.axis, d.arm, d.metric.key) == (axis, arm, m.key))
+            d = next(d for d in differences if (d.axis, d.arm, d.metric) == (axis, arm, m))
             if d.mean is None:
                 continue
             if d.low is not None:

@@ -37,6 +37,13 @@ def metric_name(base: str, extractor: FeatureExtractor) -> str:
     return f"{base}_{extractor.suffix}" if extractor.suffix else base
 
 
+def extractor_suffix(spec: str | Path) -> str:
+    """The metric-name suffix of the feature network a setting names (what `load_features(spec)`
+    would give): "synth" for "synthetic", "rand" for "random"; a file is opened to tell."""
+    known = {"synthetic": "synth", "random": "rand"}
+    return known[str(spec)] if str(spec) in known else load_features(spec).suffix
+
+
 def in_batches(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch_size: int) -> torch.Tensor:
     """Apply `fn` to [N, ...] in chunks of `batch_size` and concatenate: bounded peak memory."""
     if len(images) == 0:

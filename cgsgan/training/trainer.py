@@ -48,7 +48,7 @@ import torch
 import torch.distributed as dist
 
 from cgsgan import camera
-from cgsgan.config import REFERENCE_BATCH, CGSGANConfig, from_dict, to_dict, validate
+from cgsgan.config import REFERENCE_BATCH, CGSGANConfig, MetricsAt, from_dict, to_dict, validate
 from cgsgan.data.backgrounds import sample_backgrounds
 from cgsgan.data.dataset import ImageDataset
 from cgsgan.data.order import DATA_ORDER, SampleOrder
@@ -309,8 +309,9 @@ class Trainer:
         tick_nimg = max(1, int(t.tick_kimg * 1000))
         steps_done, last = 0, {}
         if self.cur_nimg == 0 and self.rank == 0:
-            # The starting point of the curves: samples and metrics of the untrained generator.
-            self._append_metrics({"progress/kimg": 0.0, "progress/tick": 0, "time/unix": time.time(), **self.snapshot()})
+            # The starting point of the curves: samples (and metrics) of the untrained generator.
+            self._append_metrics({"progress/kimg": 0.0, "progress/tick": 0, "time/unix": time.time(),
+                                  **self.snapshot(with_metrics=t.metrics_at == MetricsAt.every_snapshot)})
         self.clock.start_run(self.cur_nimg)
         while self.cur_nimg < total_nimg and (max_steps is None or steps_done < max_steps):
             self.train_step()
@@ -329,7 +330,7 @@ class Trainer:
         if self.rank == 0:
             print(tick_line(stats, t.total_kimg), flush=True)
         if (done or self.tick % t.snapshot_ticks == 0) and self.rank == 0:
-            stats.update(self.snapshot(final=done))
+            stats.update(self.snapshot(final=done, with_metrics=done or t.metrics_at == MetricsAt.every_snapshot))
         if self.rank == 0:
             self._append_metrics(stats)
         if done or self.tick % t.checkpoint_ticks == 0:
@@ -350,7 +351,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- snapshots
     @torch.no_grad()
-    def snapshot(self, final: bool = False) -> dict:
+    def snapshot(self, final: bool = False, with_metrics: bool = True) -> dict:
         """Fixed-seed sample grid (and a turntable and a .ply at the end) from G_ema, and the snapshot metrics."""
         from cgsgan.training.snapshot_metrics import SnapshotMetrics
 
@@ -359,7 +360,7 @@ class Trainer:
         kimg = self.cur_nimg / 1e3
         grid = save_grid(self.G_ema, self.fixed_z, res, psi, folder / f"grid-{kimg:08.3f}kimg.png")
         out: dict = {"artifacts/grid": str(grid), "progress/kimg": kimg, "progress/step": self.step}
-        if self.cfg.train.snapshot_metrics:
+        if self.cfg.train.snapshot_metrics and with_metrics:
             if self._metrics is None:
                 self._metrics = SnapshotMetrics(self.cfg, self.data_path)
             out.update({f"metrics/{k}": v for k, v in self._metrics(self.G_ema).items()})
