@@ -2,7 +2,9 @@
 [--truncation 0.8] [--ply] [--turntable]`.
 
 CKPT: a checkpoint file, a checkpoint folder (what launch.py prints), or a run folder (its newest
-checkpoint that loads), local or s3://... .
+checkpoint that loads), local or s3://...; or a logged MLflow model, runs:/<run_id>/generator or
+models:/cgsgan-<preset>/<version> (with the orchestration extra installed, which resolves those
+URIs for the core: cgsgan itself does not import MLflow).
 
 Writes grid.png (rows: seeds, columns: yaw -45..45 degrees), turntable-seedN.gif (yaw sweep of
 +-60 degrees) and seedN.ply (standard 3DGS .ply, opens in the usual splat viewers).
@@ -46,7 +48,8 @@ def latents(seeds: list[int], z_dim: int) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
-                   help="checkpoint file, checkpoint folder, or run folder (newest checkpoint); local or s3://")
+                   help="checkpoint file, checkpoint folder, or run folder (newest checkpoint); local or s3://; "
+                        "or an MLflow model URI (runs:/<run_id>/generator, models:/<name>/<version>)")
     p.add_argument("--seeds", default="0-7")
     p.add_argument("--out", required=True)
     p.add_argument("--truncation", type=float, default=0.8)

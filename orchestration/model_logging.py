@@ -10,12 +10,14 @@ gives a model that turns a table of (seed, yaw) into images. Its folder holds th
 (code/cgsgan), so it loads wherever torch and mlflow are installed, and a generator-only cgsgan
 checkpoint (artifacts/checkpoint-<nimg>.pt), so the core reads it without MLflow:
 
+    python -m cgsgan.generate --checkpoint runs:/<run_id>/generator --out samples
+
+The core does not import MLflow for that: this module registers `downloaded` as the resolver of
+runs:/ and models:/ URIs (the entry points "cgsgan.checkpoint_sources" in pyproject.toml), which
+the core's open_checkpoint looks up by the URI's scheme. By hand, the same:
+
     mlflow artifacts download -u runs:/<run_id>/generator -d model
     python -m cgsgan.generate --checkpoint model/generator --out samples   # a folder of checkpoint-*.pt
-
-or in one step (the same download, then cgsgan.generate with the rest of the arguments):
-
-    python -m orchestration.model_logging generate runs:/<run_id>/generator --out samples [--seeds 0-7 ...]
 
 With a tracking server (tracking=server) each run's model is also registered under
 `cgsgan-<preset>` (e.g. cgsgan-tiny), one version per run.
@@ -24,6 +26,7 @@ With a tracking server (tracking=server) each run's model is also registered und
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 import warnings
@@ -132,15 +135,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def generate(model_uri: str, generate_args: list[str]) -> int:
-    """`python -m cgsgan.generate --checkpoint <the downloaded model folder> <generate_args>`."""
+@contextlib.contextmanager
+def downloaded(model_uri: str):
+    """The logged model's folder (its checkpoint-*.pt inside), downloaded for as long as the
+    context lasts: the core's resolver of runs:/ and models:/ URIs (see the module docstring)."""
     import mlflow.artifacts
 
+    with tempfile.TemporaryDirectory(prefix="cgsgan-model-") as tmp:
+        try:
+            folder = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
+        except Exception as e:  # noqa: BLE001  (MLflow raises its own kinds for a missing run or model)
+            raise FileNotFoundError(f"{model_uri}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        yield folder
+
+
+def generate(model_uri: str, generate_args: list[str]) -> int:
+    """`python -m cgsgan.generate --checkpoint <model_uri> <generate_args>` (kept for old scripts)."""
     from cgsgan import generate as core_generate
 
-    with tempfile.TemporaryDirectory(prefix="cgsgan-model-") as tmp:
-        folder = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
-        return core_generate.main(["--checkpoint", folder, *generate_args])
+    return core_generate.main(["--checkpoint", model_uri, *generate_args])
 
 
 if __name__ == "__main__":

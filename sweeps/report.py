@@ -163,7 +163,7 @@ def fmt(v) -> str:
 
 def differences_table(differences: list[Difference]) -> list[dict]:
     """The differences as plain rows (the Markdown table, the parent run's MLflow table)."""
-    return [{"axis": d.axis, "arm": d.arm, "reference": d.reference, "metric": d.metric.label,
+    return [{"axis": d.axis, "arm": d.arm, "reference": d.reference, "metric": d.metric.label, "key": d.metric.key,
              "better": d.metric.better.value, "pairs": d.pairs, "difference": d.mean,
              "ci_low": d.low, "ci_high": d.high, "verdict": d.verdict.value} for d in differences]  # fmt: skip
 

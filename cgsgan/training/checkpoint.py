@@ -207,15 +207,44 @@ def _newest_that_loads(fs: _Files, candidates: list[str], load: Callable[[Path],
     yield None
 
 
+# URI schemes other packages resolve to a local folder (entry points of this group: name = the
+# scheme, value = a function uri -> context manager yielding the folder). The project's
+# orchestration registers MLflow's runs:/ and models:/ there; the core itself knows only folders,
+# files and s3://.
+CHECKPOINT_SOURCES = "cgsgan.checkpoint_sources"
+_SCHEME = re.compile(r"([a-z][a-z0-9+.-]+):/")
+
+
+def checkpoint_source(ref: str) -> Callable[[str], contextlib.AbstractContextManager] | None:
+    """The installed resolver of ref's URI scheme (None for paths, file:/ and s3://); a
+    FileNotFoundError naming the scheme when no installed package resolves it."""
+    m = _SCHEME.match(ref)
+    if not m or m.group(1) in ("s3", "file"):
+        return None
+    from importlib.metadata import entry_points
+
+    found = entry_points(group=CHECKPOINT_SOURCES, name=m.group(1))
+    if not found:
+        raise FileNotFoundError(f"{ref}: no installed package reads '{m.group(1)}:/' URIs (MLflow's runs:/ and "
+                                "models:/ come with the orchestration extra: pip install -e '.[orchestration]')")
+    return next(iter(found)).load()
+
+
 @contextlib.contextmanager
 def open_checkpoint(ref: str | Path, say: Callable[[str], None] = print) -> Iterator[Path]:
     """A local checkpoint file for `ref` (a file, a checkpoint folder or a run folder, local or
-    s3://...), for as long as the context lasts (a remote one is downloaded to a temp folder).
+    s3://..., or a URI an installed checkpoint source resolves, such as an MLflow model's
+    runs:/<run_id>/generator), for as long as the context lasts (a remote one is downloaded to a
+    temp folder).
 
     For a run folder, the newest checkpoint that loads: one that does not (truncated, say) is
     said through `say` and skipped; nothing is deleted. FileNotFoundError when there is none.
     """
     ref = str(ref)
+    if (source := checkpoint_source(ref)) is not None:
+        with source(ref) as folder, open_checkpoint(folder, say) as path:
+            yield path
+        return
     fs = _Files(ref)
     candidates = checkpoint_candidates(ref, fs)
     if not candidates:

@@ -44,12 +44,31 @@ def test_the_generator_is_a_model_loadable_by_its_run_uri_in_a_fresh_process(tmp
     versions = tracker.client.search_model_versions("name='cgsgan-tiny'")
     assert [(v.version, v.run_id, v.source) for v in versions] == [(1, run_id, model_uri)]
 
-    # The core reads the model's folder as a folder of checkpoints, without MLflow.
-    gen = subprocess.run([sys.executable, "-m", "orchestration.model_logging", "generate", model_uri,
-                          "--out", str(tmp_path / "samples"), "--seeds", "0-1"], env=env, capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+    # cgsgan.generate takes the model URI as its checkpoint: the orchestration extra resolves runs:/
+    # for the core (an entry point), and the core reads the downloaded folder as a folder of checkpoints.
+    gen = subprocess.run([sys.executable, "-m", "cgsgan.generate", "--checkpoint", model_uri,
+                          "--out", str(tmp_path / "samples"), "--seeds", "0-1"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
     assert gen.returncode == 0, gen.stderr[-3000:]
     assert (tmp_path / "samples" / "grid.png").stat().st_size > 1000
+    missing = subprocess.run([sys.executable, "-m", "cgsgan.generate", "--checkpoint", f"runs:/{'0' * 32}/generator",
+                              "--out", str(tmp_path / "none")], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300)  # fmt: skip
+    assert missing.returncode == 2 and f"runs:/{'0' * 32}/generator" in missing.stderr, missing.stderr[-2000:]
+
+
+def test_the_core_reads_model_uris_only_through_an_installed_source():
+    import pytest
+
+    from cgsgan.training.checkpoint import checkpoint_source, open_checkpoint
+    from orchestration.model_logging import downloaded
+
+    assert checkpoint_source("runs:/abc/generator") is downloaded  # the orchestration extra's entry point
+    assert checkpoint_source("models:/cgsgan-tiny/1") is downloaded
+    assert checkpoint_source("s3://bucket/run") is None and checkpoint_source("outputs/runs/x") is None
+    with pytest.raises(FileNotFoundError, match=r"no installed package reads 'gs:/' URIs"):
+        with open_checkpoint("gs://bucket/run"):
+            pass
 
 
 def test_models_register_under_their_preset_and_only_with_a_server():

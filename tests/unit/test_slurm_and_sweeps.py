@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 import orchestration.slurm as slurm
 import sweeps.ablate as ablate
+import sweeps.report as report
 from cgsgan.config import ConfigError
 from orchestration import cluster
 from orchestration.config import LaunchConfig, register, resolve, run_name, to_typed, validate_launch
@@ -60,15 +61,61 @@ def load_sweep(*overrides):
         return OmegaConf.to_object(compose("ablate", overrides=list(overrides)))
 
 
-def test_default_sweep_compares_camera_injection_over_two_seeds():
+def test_default_sweep_asks_one_question_over_three_paired_seeds_and_says_so():
     cfg = load_sweep()
     trials = ablate.trials(cfg.sweep)
     assert len(trials) == 6
-    assert {t["views"] for t in trials} == {4}
     assert {(t["camera_mode"], t["seed"]) for t in trials} == {
-        (m, s) for m in ("d_projection", "d_none", "g_conditioned") for s in (0, 1)}
+        (m, s) for m in ("d_projection", "g_conditioned") for s in (0, 1, 2)}
+    assert {(t["views"], t["grad_averaging"], t["background"]) for t in trials} == {(4, True, "random")}
     names = {run_name(ablate.trial_config(cfg, t)) for t in trials}
     assert len(names) == 6  # every trial its own deterministic run
+    lines = ablate.opening(cfg, trials, ablate.compared_columns(cfg), concurrent=1)
+    assert lines[0].startswith("sweep camera: camera_mode=g_conditioned against camera_mode=d_projection (where")
+    assert "6 trials" in lines[1] and "seeds [0, 1, 2]" in lines[1] and "fid_synth_novel" in lines[1]
+    assert f"about {6 * cfg.sweep.minutes_per_trial:.0f} min" in lines[2]
+
+
+def test_paper_sweep_asks_the_four_questions_one_at_a_time_against_the_paper_configuration():
+    cfg = load_sweep("sweep=paper")
+    trials = ablate.trials(cfg.sweep)
+    reference = {"views": 4, "grad_averaging": True, "camera_mode": "d_projection", "background": "random"}
+    configs = {tuple(sorted({k: v for k, v in t.items() if k != "seed"}.items())) for t in trials}
+    arms = [{"views": 1}, {"grad_averaging": False}, {"camera_mode": "d_none"}, {"camera_mode": "g_conditioned"},
+            {"background": "white"}]  # fmt: skip
+    assert configs == {tuple(sorted({**reference, **arm}.items())) for arm in [{}, *arms]}
+    assert len(trials) == 6 * 3 and {t["seed"] for t in trials} == {0, 1, 2}
+    assert [t["seed"] for t in trials[:6]] == [0] * 6  # seed by seed: the first pairs complete early
+    # every arm has a partner of the same seed in the reference, so the report can pair them
+    rows = [{**t, "config": ablate.config_key(t), "trial": ablate.trial_key(t), "metrics/fid_synth": 1.0 + t["seed"],
+             "error": ""} for t in trials]  # fmt: skip
+    columns = ablate.compared_columns(cfg)[:1]
+    assert {(d.axis, d.arm, d.pairs) for d in report.paired_differences(rows, ablate.axis_values(cfg.sweep), columns)} == {
+        ("views", "1", 3), ("grad_averaging", "False", 3), ("camera_mode", "d_none", 3),
+        ("camera_mode", "g_conditioned", 3), ("background", "white", 3)}  # fmt: skip
+    tc = ablate.trial_config(cfg, trials[0])
+    assert (tc.train.total_kimg, tc.train.metric_samples, tc.cluster.cpus_per_worker) == (5.0, 1024, 1)
+
+
+def test_progress_says_n_of_total_and_the_time_left_from_trials_that_trained():
+    from sweeps.progress import Progress
+
+    now = [0.0]
+    p = Progress("s", total=5, concurrent=2, clock=lambda: now[0])
+    assert p.start("a") == "sweep s: trial 1/5 started: a"
+    assert p.start("b") == "sweep s: trial 2/5 started: b"
+    now[0] = 600.0
+    assert p.end("a") == "sweep s: 1/5 done (a finished after 10.0 min); 4 left, about 20.0 min (10.0 min a trial, 2 at a time)"
+    p.start("c")
+    now[0] = 605.0
+    line = p.end("c", replayed=True)  # replaying a finished run takes seconds: not a trial's time
+    assert line.endswith("3 left, about 20.0 min (10.0 min a trial, 2 at a time)"), line
+    now[0] = 1200.0
+    assert "b failed after 20.0 min" in p.end("b", failed=True)
+    assert p.start("d") == "sweep s: trial 4/5 started: d"
+    p.start("e")
+    p.end("d"), p.end("e")
+    assert p.left() == "all trials done"
 
 
 def test_a_trial_writes_where_the_driver_resolved_its_paths(tmp_path, monkeypatch):
@@ -169,8 +216,8 @@ def test_the_sweep_script_stops_on_a_bad_value_before_anything_starts(tmp_path):
 
 
 def test_every_axis_is_a_sweep_list_that_sets_one_config_key():
-    lists = {f.name for f in dataclasses.fields(ablate.SweepAxes) if f.name not in ("seeds", "only", "name",
-                                                                                     "max_concurrent")}  # fmt: skip
+    not_axes = ("seeds", "design", "only", "name", "max_concurrent", "metrics", "minutes_per_trial")
+    lists = {f.name for f in dataclasses.fields(ablate.SweepAxes) if f.name not in not_axes}
     assert lists == set(ablate.AXES)
     cfg = load_sweep()
     for axis, (key, _) in ablate.AXES.items():
@@ -179,7 +226,7 @@ def test_every_axis_is_a_sweep_list_that_sets_one_config_key():
                                    "background": "white", "seed": 7})  # fmt: skip
     assert [OmegaConf.select(OmegaConf.structured(tc), key) for key, _ in ablate.AXES.values()] == [
         2, False, "d_none", "white"]
-    assert tc.train.seed == 7 and tc.name == "ablation-v2-avg0-d_none-bgwhite-s7"
+    assert tc.train.seed == 7 and tc.name == "camera-v2-avg0-d_none-bgwhite-s7"
     with pytest.raises(ConfigError, match="camera_mode"):  # a value is typed as on the command line
         ablate.trial_config(cfg, {"views": 2, "grad_averaging": False, "camera_mode": "sideways",
                                   "background": "white", "seed": 7})  # fmt: skip

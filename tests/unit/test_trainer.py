@@ -229,3 +229,21 @@ def test_snapshot_line_shows_each_distance_with_its_multiple_of_the_floor():
     assert _snapshot_line(stats) == ("snapshot kimg 4.00 | fid_synth 2375 (5.99x floor) | fid3d_synth 2400 (6.05x floor)"
                                      " | sensitivity 0 | kid_synth 0.0123 ± 0.0021")  # fmt: skip
     assert _snapshot_line({"progress/kimg": 1.0, "loss/G": 0.7}) is None  # no metrics: no line
+
+
+@pytest.mark.parametrize("metrics_at", ["every_snapshot", "end"])
+def test_metrics_at_end_computes_them_at_the_last_snapshot_only(synthetic_dataset, tmp_path, metrics_at):
+    # A sweep compares the end of training: with train.metrics_at=end the metrics are computed once,
+    # at the final snapshot, while every snapshot still saves its grid.
+    import json
+
+    cfg = small_config(synthetic_dataset)
+    cfg.train.total_kimg, cfg.train.tick_kimg = 0.012, 0.004  # 3 ticks of one step
+    cfg.train.snapshot_ticks, cfg.train.checkpoint_ticks = 1, 1000
+    cfg.train.snapshot_metrics = ["sensitivity"]
+    cfg.train.metrics_at = metrics_at
+    Trainer(cfg, tmp_path / "t").run()
+    lines = [json.loads(x) for x in (tmp_path / "t" / "metrics.jsonl").read_text().splitlines()]
+    with_metrics = [line["progress/kimg"] for line in lines if "metrics/sensitivity" in line]
+    assert with_metrics == ([0.0, 0.004, 0.008, 0.012] if metrics_at == "every_snapshot" else [0.012])
+    assert len(list((tmp_path / "t" / "samples").glob("grid-*.png"))) == 4

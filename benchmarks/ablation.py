@@ -1,0 +1,262 @@
+"""The paper's four ablation questions on this machine, to a verdict.
+
+Runs `python sweeps/ablate.py sweep=paper output_dir=OUT` (what a user runs; a finished sweep in OUT
+only reports again), then writes benchmarks/results/ablation.md: the machine, its load and the time;
+the sweep's table (mean ± std over seeds) and each arm against the reference with its paired
+bootstrap interval and verdict; for each of the paper's claims, reproduced / not separated /
+contradicted, with the number of seeds that would separate the observed difference where it is
+not; and, per training seed, the final samples of every arm side by side (same latents; yaw -90 to
+90 degrees, the novel views 60-90 included) in benchmarks/results/ablation/.
+
+    python benchmarks/ablation.py [--out runs/ablation-paper] [--no-run] [sweep overrides ...]
+
+The reading of the grids is written by hand below the generated part, after looking at them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks.machine import describe  # noqa: E402
+from sweeps.ablate import axis_values, compared_columns  # noqa: E402
+from sweeps.report import Verdict, differences_table, paired_differences  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+SWEEP = "paper"
+YAWS_DEG = [-90, -75, -60, -30, 0, 30, 60, 75, 90]  # |yaw| >= 60: the novel views of fid_synth_novel
+LATENTS = [0, 1, 2, 3]  # the latent seeds of every grid (rows)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the paper, as a direction of one arm against the paper's configuration."""
+
+    text: str
+    axis: str
+    arm: str
+    metrics: tuple[str, ...]  # the columns that test it (keys as logged, without "metrics/")
+    expected: Verdict  # the arm against the reference, if the claim holds
+
+
+CLAIMS = [
+    Claim("Multi-view regularisation: each head rendered from 4 views per generator step beats 1 view",
+          "views", "1", ("fid_synth", "fid_synth_novel"), Verdict.worse),
+    Claim("Gradient averaging over the views (each view 1/N of the gradient) helps",
+          "grad_averaging", "False", ("fid_synth", "fid_synth_novel"), Verdict.worse),
+    Claim("Without any camera information (d_none) the 3D GAN degrades",
+          "camera_mode", "d_none", ("fid_synth", "fid_synth_novel"), Verdict.worse),
+    Claim("With the camera in the generator (g_conditioned) the head depends on the camera",
+          "camera_mode", "g_conditioned", ("sensitivity", "psnr_cond", "fid3d_synth", "fid_synth_novel"), Verdict.worse),
+    Claim("A plain white background during training produces artefacts (random colours do not)",
+          "background", "white", ("fid_synth_bg", "fid_synth"), Verdict.worse),
+]  # fmt: skip
+
+
+def judge(found: Verdict, expected: Verdict) -> str:
+    if found == expected:
+        return "reproduced"
+    if found in (Verdict.better, Verdict.worse):
+        return "contradicted"
+    return found.value  # not separated / too few seeds
+
+
+def seeds_to_separate(diffs: list[float]) -> int | None:
+    """Pairs needed for a 95% interval of half-width 1.96 s / sqrt(n) to exclude 0 if the observed
+    mean difference held: (1.96 s / |mean|)^2 (None when the mean is 0 or there is no spread)."""
+    if len(diffs) < 2 or statistics.fmean(diffs) == 0:
+        return None
+    s = statistics.stdev(diffs)
+    return max(len(diffs) + 1, math.ceil((1.96 * s / abs(statistics.fmean(diffs))) ** 2)) if s > 0 else None
+
+
+def paired(rows: list[dict], axis: str, arm: str, key: str) -> list[float]:
+    """arm - reference per seed (one-at-a-time design: the other axes at the reference)."""
+    ref = {r["seed"]: r for r in rows if r["config"] == reference_config(rows) and not r.get("error")}
+    out = []
+    for r in rows:
+        if str(r[axis]) == arm and not r.get("error") and r["seed"] in ref and r["config"] != reference_config(rows):
+            a, b = r.get(f"metrics/{key}"), ref[r["seed"]].get(f"metrics/{key}")
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+                out.append(a - b)
+    return out
+
+
+def reference_config(rows: list[dict]) -> str:
+    return next(r["config"] for r in rows if r.get("verdict") == "reference")
+
+
+# ------------------------------------------------------------------------------------------ grids
+def grids(out: Path, rows: list[dict], dest: Path) -> list[Path]:
+    """Per training seed, every configuration's final EMA generator at the same latents and yaws,
+    stacked with a label: dest/grid-seed<s>.png."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw
+
+    from cgsgan import camera
+    from cgsgan.generate import latents
+    from cgsgan.training.checkpoint import load_generator, open_checkpoint
+    from cgsgan.training.samples import render_views, to_uint8
+
+    yaws = torch.tensor([math.radians(y) for y in YAWS_DEG])
+    labels = camera.make_label(camera.pose_from_angles(yaws, torch.zeros_like(yaws)), camera.intrinsics(batch=len(yaws)))
+    dest.mkdir(parents=True, exist_ok=True)
+    order = list(dict.fromkeys(r["config"] for r in rows))
+    written = []
+    for seed in sorted({r["seed"] for r in rows}):
+        panels = []
+        for config in order:
+            row = next((r for r in rows if r["config"] == config and r["seed"] == seed and not r.get("error")), None)
+            if row is None:
+                continue
+            run = next((out / "ray_results" / SWEEP).glob(f"{SWEEP}-{row['trial']}-*"))
+            with open_checkpoint(str(run), say=lambda m: None) as path:
+                G, cfg = load_generator(path)
+            views = render_views(G, latents(LATENTS, cfg.model.generator.z_dim), labels, cfg.model.resolution, 0.8)
+            B, V = views.shape[:2]
+            images = to_uint8(views.flatten(0, 1))  # [B * V, H, W, 3]
+            H, W = images.shape[1:3]
+            images = images.reshape(B, V, H, W, 3)
+            panel = images.transpose(0, 2, 1, 3, 4).reshape(B * H, V * W, 3)
+            strip = Image.new("RGB", (V * W, 14), "white")
+            ImageDraw.Draw(strip).text((2, 1), f"{config}  (trained with seed {seed})", fill="black")
+            panels.append(np.concatenate([np.asarray(strip), panel]))
+        head = Image.new("RGB", (panels[0].shape[1], 14), "white")
+        draw, width = ImageDraw.Draw(head), panels[0].shape[1] // len(YAWS_DEG)
+        for i, y in enumerate(YAWS_DEG):  # each column's yaw; the novel ones (|yaw| >= 60) in red
+            draw.text((i * width + 2, 1), f"{y:+d}", fill="red" if abs(y) >= 60 else "black")
+        path = dest / f"grid-seed{seed}.png"
+        Image.fromarray(np.concatenate([np.asarray(head), *panels])).save(path)
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------- report
+def load_samples(path: Path) -> list[str]:
+    """The load log: one 'HH:MM:SS load1 load5 load15 ...' line a minute."""
+    return path.read_text().splitlines() if path.is_file() else []
+
+
+def sweep_config(overrides: list[str]):
+    """The sweep's config as `sweeps/ablate.py sweep=paper OVERRIDES` builds it."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "sweeps" / "conf"), version_base="1.3"):
+        return OmegaConf.to_object(compose("ablate", overrides=[f"sweep={SWEEP}", *overrides]))
+
+
+def write(out: Path, wall_s: float | None, started: str, extra: list[str]) -> Path:
+    folder = out / "sweeps" / SWEEP
+    rows = json.loads((folder / "comparison.json").read_text())
+    # recomputed from the trials with the sweep's own code (the same numbers as its differences.json)
+    cfg = sweep_config(extra)
+    differences = differences_table(paired_differences(rows, axis_values(cfg.sweep), compared_columns(cfg)))
+    table = (folder / "comparison.md").read_text()
+    times = []
+    for r in rows:
+        run = next((out / "runs").glob(f"{SWEEP}-{r['trial']}-*"), None)
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] if run else []
+        stamps = [x["time/unix"] for x in lines if "time/unix" in x]
+        if stamps:
+            times.append((min(stamps), max(stamps)))
+    trained = (max(e for _, e in times) - min(s for s, _ in times)) / 60 if times else float("nan")
+    loads = [float(x.split()[1]) for x in load_samples(out / "load.log") if len(x.split()) > 1]
+    load = (f"load average (1 min) sampled every minute during the sweep: median {statistics.median(loads):.1f}, "
+            f"range {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores" if loads else "load not sampled")
+    md = [f"# The paper's ablations on the tiny model (CPU): {len(rows)} trials, verdicts with intervals", "",
+          describe(), "",
+          f"`python sweeps/ablate.py sweep=paper` ({extra and ' '.join(extra) or 'no overrides'}), started {started}: "
+          f"the tiny model on the synthetic heads, {len({r['config'] for r in rows})} configurations x seeds "
+          f"{sorted({r['seed'] for r in rows})}, {rows[0].get('kimg')} kimg each, {cfg.sweep.max_concurrent or 'as many'} "
+          f"trial(s) at a time with {cfg.train.num_threads or 'the default number of'} torch thread(s) each. Trials trained from the first start to the last end in {trained:.0f} min"
+          + (f"; the whole command took {wall_s / 60:.0f} min" if wall_s else "") + f"; {load}.", "",
+          f"Metrics at the end of training from {cfg.train.metric_samples} generated images against the seed-independent reference "
+          "half of the heads (floors: held-out reals of other identities); novel views are yaw 60-90 degrees, "
+          "pitch +-25 against ground-truth renders of the synthetic heads at the same poses; the background "
+          "FID composites generated heads and masked reals on the same solid non-white colours.", "",
+          "## The sweep's comparison (sweeps/report.py)", "", table, "", "![comparison](ablation/comparison.png)", "",
+          "## The paper's claims", "",
+          "Each claim as the direction of one arm against the paper's configuration (4 views, gradient averaging, "
+          "d_projection, random backgrounds), on the metrics that test it: *reproduced* where the paired 95% "
+          "interval excludes 0 in the claimed direction, *contradicted* where it excludes 0 the other way, *not "
+          "separated* where it contains 0, with the seeds that would separate the observed mean difference "
+          "(1.96 s / |mean| squared, s the spread of the paired differences) if it held.", "",
+          "| claim | arm | metric | arm − reference (95% interval) | verdict | judgement | seeds to separate |",
+          "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for c in CLAIMS:
+        for key in c.metrics:
+            d = next((d for d in differences if (d["axis"], d["arm"], d["key"]) == (c.axis, c.arm, key)), None)
+            if d is None:
+                continue
+            diffs = paired(rows, c.axis, c.arm, key)
+            iv = "-" if d["ci_low"] is None else f"{d['difference']:.4g} [{d['ci_low']:.4g}, {d['ci_high']:.4g}]"
+            found = Verdict(d["verdict"])
+            need = seeds_to_separate(diffs) if found == Verdict.not_separated else None
+            md.append(f"| {c.text} | {c.axis}={c.arm} | {key} ({d['better']} is better) | {iv} | {found.value} | "
+                      f"{judge(found, c.expected)} | {need if need else '-'} |")  # fmt: skip
+    md += ["", "## Samples, every arm side by side", "",
+           f"Rows: latent seeds {LATENTS} (truncation 0.8) of each configuration's final EMA generator, the same "
+           f"latents in every panel; columns: yaw {YAWS_DEG} degrees at pitch 0 (|yaw| >= 60 lies outside the "
+           "training poses: the novel views). One file per training seed:", ""]  # fmt: skip
+    md += [f"- seed {s}: ![grid seed {s}](ablation/grid-seed{s}.png)" for s in sorted({r["seed"] for r in rows})]
+    path = RESULTS / "ablation.md"
+    path.write_text("\n".join(md) + "\n")
+    return path
+
+
+def sample_load(path: Path, stop: threading.Event) -> None:
+    with open(path, "a") as f:
+        while not stop.is_set():
+            f.write(f"{datetime.now(timezone.utc):%H:%M:%S} {' '.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+            f.flush()
+            stop.wait(60)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(ROOT / "runs" / "ablation-paper"))
+    p.add_argument("--no-run", action="store_true", help="only write the results of the sweep in --out")
+    args, overrides = p.parse_known_args()
+    out = Path(args.out).absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    wall, started = None, f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    if not args.no_run:
+        stop = threading.Event()
+        threading.Thread(target=sample_load, args=(out / "load.log", stop), daemon=True).start()
+        t0 = time.time()
+        rc = subprocess.call([sys.executable, str(ROOT / "sweeps" / "ablate.py"), f"sweep={SWEEP}",
+                              f"output_dir={out}", *overrides], cwd=ROOT)  # fmt: skip
+        wall = time.time() - t0
+        stop.set()
+        if rc != 0:
+            sys.exit(f"the sweep failed (exit {rc}); its trials are in {out}: run again to resume it")
+    else:
+        log = out / "sweep.log"
+        started = (f"{datetime.fromtimestamp(log.stat().st_ctime, timezone.utc):%Y-%m-%d %H:%M} UTC"
+                   if log.is_file() else "earlier")  # fmt: skip
+    folder = out / "sweeps" / SWEEP
+    dest = RESULTS / "ablation"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "comparison.png").write_bytes((folder / "comparison.png").read_bytes())
+    rows = json.loads((folder / "comparison.json").read_text())
+    for g in grids(out, rows, dest):
+        print(f"wrote {g}")
+    print(f"wrote {write(out, wall, started, overrides)}")
+
+
+if __name__ == "__main__":
+    main()
