@@ -323,7 +323,8 @@ def run_sweep(cfg: SweepConfig) -> int:
     print("\n".join(opening(cfg, grid, columns, concurrent)) + f"\n  MLflow parent run {parent}", flush=True)
     from sweeps.progress import SweepProgress
 
-    progress = SweepProgress(cfg.sweep.name, len(grid), concurrent, REPLAYED)
+    progress = SweepProgress(cfg.sweep.name, len(grid), concurrent, REPLAYED,
+                             key=lambda trial: trial_key(trial.config["trial"]["axes"]))
     space = [
         {"launch": to_dict(tc), "axes": t, "storage_path": storage, "parent_run_id": parent,
          "sweep": cfg.sweep.name, "data_notices": base_plan.data_notices}  # fmt: skip

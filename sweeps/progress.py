@@ -52,14 +52,10 @@ class Progress:
 class SweepProgress(tune.Callback):
     """Prints Progress's lines as Tune starts and ends the sweep's trials (in the driver)."""
 
-    def __init__(self, name: str, total: int, concurrent: int, replayed_key: str):
-        self.progress, self.replayed_key = Progress(name, total, concurrent), replayed_key
-
-    @staticmethod
-    def key(trial) -> str:
-        from sweeps.ablate import trial_key
-
-        return trial_key(trial.config["trial"]["axes"])
+    def __init__(self, name: str, total: int, concurrent: int, replayed_key: str, key: Callable[[object], str]):
+        """key: a Tune trial -> the name its lines show; replayed_key: the metric a trial reports
+        when it only replayed a finished run."""
+        self.progress, self.replayed_key, self.key = Progress(name, total, concurrent), replayed_key, key
 
     def on_trial_start(self, iteration, trials, trial, **info):
         print(self.progress.start(self.key(trial)), flush=True)

@@ -120,6 +120,13 @@ def test_trials_log_grids_as_step_images_system_metrics_and_their_generator(fini
     out = subprocess.run([sys.executable, "-c", load, uri], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                          env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri})  # fmt: skip
     assert out.returncode == 0 and out.stdout.strip().endswith("(2, 64, 64, 3)"), out.stderr[-3000:]
+    # and cgsgan.generate takes the same URI (and the registered model's) as its checkpoint
+    for model in (uri, f"models:/cgsgan-tiny/{versions[children[0].info.run_id].version}"):
+        gen = subprocess.run([sys.executable, "-m", "cgsgan.generate", "--checkpoint", model, "--seeds", "0-1",
+                              "--out", str(tmp_path / "gen")], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.tracking_uri})  # fmt: skip
+        assert gen.returncode == 0 and (tmp_path / "gen" / "grid.png").exists(), gen.stderr[-3000:]
+        (tmp_path / "gen" / "grid.png").unlink()
 
 
 def test_mlflow_ui_shows_the_trials_their_params_and_the_sweep_table(finished_sweep, mlflow_server):

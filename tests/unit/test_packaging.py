@@ -161,5 +161,6 @@ def test_the_installed_wheel_launches_from_outside_the_checkout(wheel, tmp_path)
                  "tracking: local, server"):
         assert line in launch, launch[-3000:]
     ablate = run("-m", "sweeps.ablate", "--help")
-    assert "data: custom, ffhqc, synthetic" in ablate and "total_kimg: 4.0" in ablate, ablate[-3000:]
+    # the sweep group is defined by its YAML alone (sweeps/conf/sweep/), and the default question sets 2 kimg
+    assert "sweep: camera, paper" in ablate and "total_kimg: 2.0" in ablate, ablate[-3000:]
     assert "usage:" in run("-m", "cgsgan.generate", "--help")
