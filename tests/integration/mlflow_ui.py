@@ -176,7 +176,9 @@ def screenshots(tracking_uri: str, sweep: str, out: Path) -> list[Path]:
 def run_page_shot(browser: str, pages: SweepPages, run_id: str, out: Path) -> tuple[Path, ImageCard, str]:
     """A trial's run page (model metrics) cropped to its grid image card's rows at
     out/mlflow-run-page.png (the whole page beside it: mlflow-run-page-full.png); the card, the
-    page's HTML."""
+    page's HTML. The card lists the run's params above its image: with a trial's full config
+    (~60 params) they fill the 360 px card, so the screenshot shows the card's key, run, params
+    and step slider while its <img> (in the HTML) lies below the card's fold."""
     full = out / "mlflow-run-page-full.png"
     html = run_page(browser, pages.client, pages.run(run_id), run_id, full, budget_ms=60000)
     card = image_card(html, "grid")
