@@ -132,10 +132,7 @@ def test_trials_log_grids_as_step_images_system_metrics_and_their_generator(fini
 def test_mlflow_ui_shows_the_trials_their_params_and_the_sweep_table(finished_sweep, mlflow_server):
     """In a real browser (headless Chromium): the sweep's view of the experiment page lists every
     child run with its axis params (grouped by the axis that varies), its chart view opens, and
-    the parent's MLflow table shows its rows. The screenshots are kept in test-artifacts/.
-    (A run page's grid image chart is not checked here: with ~30 metric cards the page's charts
-    were still loading when headless Chromium captured it; the images' steps are checked through
-    the API in test_trials_log_grids_as_step_images_system_metrics_and_their_generator.)"""
+    the parent's MLflow table shows its rows. The screenshots are kept in test-artifacts/."""
     browser = mlflow_ui.chromium()
     pages = mlflow_ui.SweepPages(mlflow_server.tracking_uri, "itest")
     assert len(pages.children) == 2
@@ -158,6 +155,25 @@ def test_mlflow_ui_shows_the_trials_their_params_and_the_sweep_table(finished_sw
     text = " ".join(table.split())
     assert "comparison/trials.json" in text and "View as table" in text
     assert "v2-avg1-d_projection-bgrandom-s0" in text  # the parent's MLflow table, row by row
+
+
+def test_mlflow_ui_run_page_shows_the_grid_image_chart_with_its_steps(finished_sweep, mlflow_server):
+    """In a real browser (headless Chromium): a trial's run page (model metrics tab, a card per
+    metric) renders the chart card of its snapshot grids: its image is one of the run's grid step
+    images, its step slider spans the first to the last step logged, with a mark per step. The
+    screenshot (cropped to the card's rows; the whole page beside it) is kept in test-artifacts/."""
+    browser = mlflow_ui.chromium()
+    pages = mlflow_ui.SweepPages(mlflow_server.tracking_uri, "itest")
+    run_id = pages.children[0].info.run_id
+    steps = sorted({int(a.path.split("+step+")[1].split("+")[0]) for a in pages.client.list_artifacts(run_id, "images")
+                    if a.path.startswith("images/grid+")})  # fmt: skip
+    assert len(steps) > 1, f"grid steps {steps}"
+
+    shot, card, html = mlflow_ui.run_page_shot(browser, pages, run_id, ARTIFACTS)  # None card: fails there
+    assert (card.first_step, card.last_step, card.marks) == (steps[0], steps[-1], len(steps)), card
+    assert f"run_uuid={run_id}" in card.src and int(card.src.split("images/grid+step+")[1].split("+")[0]) in steps
+    assert pages.children[0].info.run_name in mlflow_ui.text(html)
+    assert shot.stat().st_size > 10_000
 
 
 def test_a_local_sweep_keeps_every_trial_in_its_own_store(tmp_path):
