@@ -10,7 +10,8 @@ not; and, per training seed, the final samples of every arm side by side (same l
 
     python benchmarks/ablation.py [--out runs/ablation-paper] [--no-run] [sweep overrides ...]
 
-The reading of the grids is written by hand below the generated part, after looking at them.
+The reading (benchmarks/results/ablation/reading.md) is written by hand after looking at the
+numbers and the grids; the file is appended as it is.
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.machine import describe  # noqa: E402
 from sweeps.ablate import axis_values, compared_columns  # noqa: E402
-from sweeps.report import Verdict, differences_table, paired_differences  # noqa: E402
+from sweeps.report import Verdict, differences_table, paired_differences, write_report  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SWEEP = "paper"
 YAWS_DEG = [-90, -75, -60, -30, 0, 30, 60, 75, 90]  # |yaw| >= 60: the novel views of fid_synth_novel
 LATENTS = [0, 1, 2, 3]  # the latent seeds of every grid (rows)
+READING = RESULTS / "ablation" / "reading.md"
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ CLAIMS = [
     Claim("Without any camera information (d_none) the 3D GAN degrades",
           "camera_mode", "d_none", ("fid_synth", "fid_synth_novel"), Verdict.worse),
     Claim("With the camera in the generator (g_conditioned) the head depends on the camera",
-          "camera_mode", "g_conditioned", ("sensitivity", "psnr_cond", "fid3d_synth", "fid_synth_novel"), Verdict.worse),
+          "camera_mode", "g_conditioned", ("sensitivity", "psnr_cond", "fid_synth_novel"), Verdict.worse),
     Claim("A plain white background during training produces artefacts (random colours do not)",
           "background", "white", ("fid_synth_bg", "fid_synth"), Verdict.worse),
 ]  # fmt: skip
@@ -73,13 +75,15 @@ def judge(found: Verdict, expected: Verdict) -> str:
     return found.value  # not separated / too few seeds
 
 
-def seeds_to_separate(diffs: list[float]) -> int | None:
-    """Pairs needed for a 95% interval of half-width 1.96 s / sqrt(n) to exclude 0 if the observed
-    mean difference held: (1.96 s / |mean|)^2 (None when the mean is 0 or there is no spread)."""
-    if len(diffs) < 2 or statistics.fmean(diffs) == 0:
+def seeds_to_separate(diffs: list[float], most: int = 10_000) -> int | None:
+    """The fewest pairs n whose paired t interval (95%, n - 1 degrees of freedom), at the observed
+    mean and spread s, would exclude 0: t(n-1) s / sqrt(n) < |mean| (None without mean or spread)."""
+    from scipy.stats import t
+
+    if len(diffs) < 2 or statistics.fmean(diffs) == 0 or statistics.stdev(diffs) == 0:
         return None
-    s = statistics.stdev(diffs)
-    return max(len(diffs) + 1, math.ceil((1.96 * s / abs(statistics.fmean(diffs))) ** 2)) if s > 0 else None
+    mean, s = abs(statistics.fmean(diffs)), statistics.stdev(diffs)
+    return next((n for n in range(2, most) if t.ppf(0.975, n - 1) * s / math.sqrt(n) < mean), None)
 
 
 def paired(rows: list[dict], axis: str, arm: str, key: str) -> list[float]:
@@ -96,6 +100,29 @@ def paired(rows: list[dict], axis: str, arm: str, key: str) -> list[float]:
 
 def reference_config(rows: list[dict]) -> str:
     return next(r["config"] for r in rows if r.get("verdict") == "reference")
+
+
+def camera_bias(rows: list[dict]) -> list[str]:
+    """The paper's FID3D test within each camera mode's trials: FID3D (conditioned on the frontal
+    camera, rendered from dataset cameras) minus FID, paired by trial; 0 for a camera-free G."""
+    from sweeps.report import interval, t_interval
+
+    out = ["FID3D − FID within each camera mode's trials (the paper's test of camera bias: exactly 0 for a "
+           "camera-free generator, above 0 where the head follows the conditioning camera), paired by trial:", "",
+           "| camera_mode | trials | FID3D − FID per trial | mean [bootstrap] [t] | seeds to separate |", "|---|---|---|---|---|"]
+    for mode in dict.fromkeys(r["camera_mode"] for r in rows):
+        done = [r for r in rows if r["camera_mode"] == mode and not r.get("error") and r["views"] == 4
+                and r["background"] == "random" and r["grad_averaging"] in (True, "True")]  # fmt: skip
+        a = [r["metrics/fid3d_synth"] for r in done]
+        b = [r["metrics/fid_synth"] for r in done]
+        diffs = [x - y for x, y in zip(a, b)]
+        if len(diffs) < 3:
+            continue
+        (lo, hi), (tlo, thi) = interval(a, b), t_interval(a, b)
+        need = seeds_to_separate(diffs) if not (tlo > 0 or thi < 0) else None
+        out.append(f"| {mode} | {len(diffs)} | {', '.join(f'{d:.4g}' for d in diffs)} | {statistics.fmean(diffs):.4g} "
+                   f"[{lo:.4g}, {hi:.4g}] [{tlo:.4g}, {thi:.4g}] | {need or '-'} |")  # fmt: skip
+    return out
 
 
 # ------------------------------------------------------------------------------------------ grids
@@ -159,12 +186,15 @@ def sweep_config(overrides: list[str]):
         return OmegaConf.to_object(compose("ablate", overrides=[f"sweep={SWEEP}", *overrides]))
 
 
-def write(out: Path, wall_s: float | None, started: str, extra: list[str]) -> Path:
+def write(out: Path, wall_s: float | None, extra: list[str]) -> Path:
     folder = out / "sweeps" / SWEEP
     rows = json.loads((folder / "comparison.json").read_text())
-    # recomputed from the trials with the sweep's own code (the same numbers as its differences.json)
+    # The sweep's report made again from its trials with this checkout's sweeps/report.py (the
+    # sweep wrote the same files at its end, with the code it ran).
     cfg = sweep_config(extra)
-    differences = differences_table(paired_differences(rows, axis_values(cfg.sweep), compared_columns(cfg)))
+    axes, columns = axis_values(cfg.sweep), compared_columns(cfg)
+    write_report(rows, axes, folder, columns)
+    differences = differences_table(paired_differences(rows, axes, columns))
     table = (folder / "comparison.md").read_text()
     times = []
     for r in rows:
@@ -174,12 +204,14 @@ def write(out: Path, wall_s: float | None, started: str, extra: list[str]) -> Pa
         if stamps:
             times.append((min(stamps), max(stamps)))
     trained = (max(e for _, e in times) - min(s for s, _ in times)) / 60 if times else float("nan")
+    started = (f"{datetime.fromtimestamp(min(s for s, _ in times), timezone.utc):%Y-%m-%d %H:%M} UTC" if times
+               else "at an unknown time")  # fmt: skip
     loads = [float(x.split()[1]) for x in load_samples(out / "load.log") if len(x.split()) > 1]
     load = (f"load average (1 min) sampled every minute during the sweep: median {statistics.median(loads):.1f}, "
             f"range {min(loads):.1f}-{max(loads):.1f} on {os.cpu_count()} cores" if loads else "load not sampled")
     md = [f"# The paper's ablations on the tiny model (CPU): {len(rows)} trials, verdicts with intervals", "",
           describe(), "",
-          f"`python sweeps/ablate.py sweep=paper` ({extra and ' '.join(extra) or 'no overrides'}), started {started}: "
+          f"`python sweeps/ablate.py sweep=paper` ({extra and ' '.join(extra) or 'no overrides'}), trials from {started}: "
           f"the tiny model on the synthetic heads, {len({r['config'] for r in rows})} configurations x seeds "
           f"{sorted({r['seed'] for r in rows})}, {rows[0].get('kimg')} kimg each, {cfg.sweep.max_concurrent or 'as many'} "
           f"trial(s) at a time with {cfg.train.num_threads or 'the default number of'} torch thread(s) each. Trials trained from the first start to the last end in {trained:.0f} min"
@@ -192,10 +224,11 @@ def write(out: Path, wall_s: float | None, started: str, extra: list[str]) -> Pa
           "## The paper's claims", "",
           "Each claim as the direction of one arm against the paper's configuration (4 views, gradient averaging, "
           "d_projection, random backgrounds), on the metrics that test it: *reproduced* where the paired 95% "
-          "interval excludes 0 in the claimed direction, *contradicted* where it excludes 0 the other way, *not "
-          "separated* where it contains 0, with the seeds that would separate the observed mean difference "
-          "(1.96 s / |mean| squared, s the spread of the paired differences) if it held.", "",
-          "| claim | arm | metric | arm − reference (95% interval) | verdict | judgement | seeds to separate |",
+          "intervals (bootstrap and t, as in the sweep's verdicts) exclude 0 in the claimed direction, "
+          "*contradicted* where they exclude 0 the other way, *not separated* otherwise, with the seeds that "
+          "would separate the observed mean difference (1.96 s / |mean| squared, s the spread of the paired "
+          "differences) if it held.", "",
+          "| claim | arm | metric | arm − reference [bootstrap] [t] | verdict | judgement | seeds to separate |",
           "|---|---|---|---|---|---|---|"]  # fmt: skip
     for c in CLAIMS:
         for key in c.metrics:
@@ -203,16 +236,21 @@ def write(out: Path, wall_s: float | None, started: str, extra: list[str]) -> Pa
             if d is None:
                 continue
             diffs = paired(rows, c.axis, c.arm, key)
-            iv = "-" if d["ci_low"] is None else f"{d['difference']:.4g} [{d['ci_low']:.4g}, {d['ci_high']:.4g}]"
+            iv = ("-" if d["ci_low"] is None else f"{d['difference']:.4g} [{d['ci_low']:.4g}, {d['ci_high']:.4g}] "
+                  f"[{d['t_low']:.4g}, {d['t_high']:.4g}]")  # fmt: skip
             found = Verdict(d["verdict"])
             need = seeds_to_separate(diffs) if found == Verdict.not_separated else None
             md.append(f"| {c.text} | {c.axis}={c.arm} | {key} ({d['better']} is better) | {iv} | {found.value} | "
                       f"{judge(found, c.expected)} | {need if need else '-'} |")  # fmt: skip
+    md += ["", *camera_bias(rows)]
     md += ["", "## Samples, every arm side by side", "",
            f"Rows: latent seeds {LATENTS} (truncation 0.8) of each configuration's final EMA generator, the same "
            f"latents in every panel; columns: yaw {YAWS_DEG} degrees at pitch 0 (|yaw| >= 60 lies outside the "
            "training poses: the novel views). One file per training seed:", ""]  # fmt: skip
     md += [f"- seed {s}: ![grid seed {s}](ablation/grid-seed{s}.png)" for s in sorted({r["seed"] for r in rows})]
+    # The reading, written by hand after looking at the numbers and the grids, kept across reruns.
+    if READING.is_file():
+        md += ["", READING.read_text().rstrip()]
     path = RESULTS / "ablation.md"
     path.write_text("\n".join(md) + "\n")
     return path
@@ -233,7 +271,7 @@ def main() -> None:
     args, overrides = p.parse_known_args()
     out = Path(args.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    wall, started = None, f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    wall = None
     if not args.no_run:
         stop = threading.Event()
         threading.Thread(target=sample_load, args=(out / "load.log", stop), daemon=True).start()
@@ -244,18 +282,14 @@ def main() -> None:
         stop.set()
         if rc != 0:
             sys.exit(f"the sweep failed (exit {rc}); its trials are in {out}: run again to resume it")
-    else:
-        log = out / "sweep.log"
-        started = (f"{datetime.fromtimestamp(log.stat().st_ctime, timezone.utc):%Y-%m-%d %H:%M} UTC"
-                   if log.is_file() else "earlier")  # fmt: skip
     folder = out / "sweeps" / SWEEP
     dest = RESULTS / "ablation"
     dest.mkdir(parents=True, exist_ok=True)
+    print(f"wrote {write(out, wall, overrides)}")  # remakes the sweep's report (comparison.png too)
     (dest / "comparison.png").write_bytes((folder / "comparison.png").read_bytes())
     rows = json.loads((folder / "comparison.json").read_text())
     for g in grids(out, rows, dest):
         print(f"wrote {g}")
-    print(f"wrote {write(out, wall, started, overrides)}")
 
 
 if __name__ == "__main__":

@@ -145,3 +145,30 @@ def test_every_trial_carries_its_verdict_in_the_csv(tmp_path):
     assert verdicts["v4-avg1-d_projection-bgrandom-s0"] == "reference"
     assert verdicts["v4-avg1-d_none-bgrandom-s2"] == "camera_mode=d_none: worse"
     assert verdicts["v4-avg1-g_conditioned-bgrandom-s3"] == "camera_mode=g_conditioned: not separated"
+
+
+def test_three_pairs_of_one_sign_inside_the_noise_are_not_a_result(tmp_path):
+    """With 3 pairs the percentile bootstrap spans the smallest to the largest difference, so three
+    differences of one sign (1 time in 4 from noise alone) would be a verdict; the verdict also needs
+    the paired t interval, which accounts for the few pairs."""
+    def rows_with(diffs):
+        out = []
+        for s, d in enumerate(diffs):
+            out.append(row(s, "d_projection", **{METRIC: 10.0 * (s + 1)}))
+            out.append(row(s, "d_none", **{METRIC: 10.0 * (s + 1) + d}))
+        return out
+
+    axes = {**AXES, "camera_mode": ["d_projection", "d_none"]}
+    noisy = next(d for d in report.paired_differences(rows_with([1.0, 8.0, 15.0]), axes, COLUMNS)
+                 if reported(d.metric) == METRIC)  # fmt: skip
+    assert noisy.low > 0  # the bootstrap alone would call it worse
+    assert noisy.t_low < 0 < noisy.t_high and noisy.verdict == Verdict.not_separated
+    steady = next(d for d in report.paired_differences(rows_with([5.0, 5.2, 4.9]), axes, COLUMNS)
+                  if reported(d.metric) == METRIC)  # fmt: skip
+    assert 0 < steady.t_low and 0 < steady.low and steady.verdict == Verdict.worse
+    from scipy.stats import ttest_rel
+
+    ci = ttest_rel([15.0, 25.2, 34.9], [10.0, 20.0, 30.0]).confidence_interval(0.95)
+    assert (steady.t_low, steady.t_high) == pytest.approx((ci.low, ci.high))
+    table = report.write_report(rows_with([1.0, 8.0, 15.0]), axes, tmp_path, COLUMNS)[1].read_text()
+    assert "| bootstrap interval | t interval | verdict |" in table
