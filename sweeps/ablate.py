@@ -8,7 +8,8 @@ sweep.design=grid (every combination) or one_at_a_time (the reference configurat
 value of every axis, and each other value of one axis with the rest at the reference);
 `sweep.only=[...]` keeps a listed subset of trial keys. Two sweeps come ready: sweep=camera (the
 default: camera in the generator against the camera-free generator, 3 seeds, about 20 minutes on 2
-CPU cores) and sweep=paper (the paper's four questions one at a time, 3 seeds, about 2 hours).
+CPU cores) and sweep=paper (the paper's four questions one at a time, 3 seeds, 70 minutes measured on
+2 shared CPU cores: benchmarks/results/ablation.md).
 The compared metrics are registry names (sweep.metrics, cgsgan.metrics.evaluation.METRICS): the
 trials compute them at the end of training with train.metric_samples generated images.
 
