@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.machine import describe  # noqa: E402
 from sweeps.ablate import axis_values, compared_columns  # noqa: E402
-from sweeps.report import Verdict, differences_table, paired_differences, write_report  # noqa: E402
+from sweeps.report import Verdict, paired_differences, write_report  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SWEEP = "paper"
@@ -84,22 +84,6 @@ def seeds_to_separate(diffs: list[float], most: int = 10_000) -> int | None:
         return None
     mean, s = abs(statistics.fmean(diffs)), statistics.stdev(diffs)
     return next((n for n in range(2, most) if t.ppf(0.975, n - 1) * s / math.sqrt(n) < mean), None)
-
-
-def paired(rows: list[dict], axis: str, arm: str, key: str) -> list[float]:
-    """arm - reference per seed (one-at-a-time design: the other axes at the reference)."""
-    ref = {r["seed"]: r for r in rows if r["config"] == reference_config(rows) and not r.get("error")}
-    out = []
-    for r in rows:
-        if str(r[axis]) == arm and not r.get("error") and r["seed"] in ref and r["config"] != reference_config(rows):
-            a, b = r.get(f"metrics/{key}"), ref[r["seed"]].get(f"metrics/{key}")
-            if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-                out.append(a - b)
-    return out
-
-
-def reference_config(rows: list[dict]) -> str:
-    return next(r["config"] for r in rows if r.get("verdict") == "reference")
 
 
 def camera_bias(rows: list[dict]) -> list[str]:
@@ -194,7 +178,7 @@ def write(out: Path, wall_s: float | None, extra: list[str]) -> Path:
     cfg = sweep_config(extra)
     axes, columns = axis_values(cfg.sweep), compared_columns(cfg)
     write_report(rows, axes, folder, columns)
-    differences = differences_table(paired_differences(rows, axes, columns))
+    differences = paired_differences(rows, axes, columns)
     table = (folder / "comparison.md").read_text()
     times = []
     for r in rows:
@@ -232,16 +216,13 @@ def write(out: Path, wall_s: float | None, extra: list[str]) -> Path:
           "|---|---|---|---|---|---|---|"]  # fmt: skip
     for c in CLAIMS:
         for key in c.metrics:
-            d = next((d for d in differences if (d["axis"], d["arm"], d["key"]) == (c.axis, c.arm, key)), None)
+            d = next((d for d in differences if (d.axis, d.arm, d.metric.key) == (c.axis, c.arm, key)), None)
             if d is None:
                 continue
-            diffs = paired(rows, c.axis, c.arm, key)
-            iv = ("-" if d["ci_low"] is None else f"{d['difference']:.4g} [{d['ci_low']:.4g}, {d['ci_high']:.4g}] "
-                  f"[{d['t_low']:.4g}, {d['t_high']:.4g}]")  # fmt: skip
-            found = Verdict(d["verdict"])
-            need = seeds_to_separate(diffs) if found == Verdict.not_separated else None
-            md.append(f"| {c.text} | {c.axis}={c.arm} | {key} ({d['better']} is better) | {iv} | {found.value} | "
-                      f"{judge(found, c.expected)} | {need if need else '-'} |")  # fmt: skip
+            iv = ("-" if d.low is None else f"{d.mean:.4g} [{d.low:.4g}, {d.high:.4g}] [{d.t_low:.4g}, {d.t_high:.4g}]")
+            need = seeds_to_separate(list(d.values)) if d.verdict == Verdict.not_separated else None
+            md.append(f"| {c.text} | {c.axis}={c.arm} | {key} ({d.metric.better.value} is better) | {iv} | "
+                      f"{d.verdict.value} | {judge(d.verdict, c.expected)} | {need if need else '-'} |")  # fmt: skip
     md += ["", *camera_bias(rows)]
     md += ["", "## Samples, every arm side by side", "",
            f"Rows: latent seeds {LATENTS} (truncation 0.8) of each configuration's final EMA generator, the same "

@@ -108,20 +108,15 @@ def log_trained_generator(tracker, trainer) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="The EMA generator as an MLflow model: log one from a checkpoint, "
-                                "or generate samples from a logged one (MLFLOW_TRACKING_URI names the store).")
+    p = argparse.ArgumentParser(description="The EMA generator as an MLflow model: log one from a checkpoint "
+                                "(MLFLOW_TRACKING_URI names the store). To generate from a logged one: "
+                                "python -m cgsgan.generate --checkpoint runs:/<run_id>/generator.")
     sub = p.add_subparsers(dest="command", required=True)
     log = sub.add_parser("log", help="log a checkpoint's EMA generator as the model of a run")
     log.add_argument("--checkpoint", required=True, help="checkpoint file, checkpoint folder or run folder; local or s3://")
     log.add_argument("--run-id", required=True)
     log.add_argument("--register", action="store_true", help="also register it as a version of cgsgan-<preset>")
-    gen = sub.add_parser("generate", help="download a logged model and run cgsgan.generate on it")
-    gen.add_argument("model_uri", help="runs:/<run_id>/generator or models:/cgsgan-<preset>/<version>")
-    args, rest = p.parse_known_args(argv)
-    if args.command == "generate":
-        return generate(args.model_uri, rest)
-    if rest:
-        p.error(f"unrecognized arguments: {' '.join(rest)}")
+    args = p.parse_args(argv)
     from mlflow.tracking import MlflowClient
 
     try:
@@ -147,13 +142,6 @@ def downloaded(model_uri: str):
         except Exception as e:  # noqa: BLE001  (MLflow raises its own kinds for a missing run or model)
             raise FileNotFoundError(f"{model_uri}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
         yield folder
-
-
-def generate(model_uri: str, generate_args: list[str]) -> int:
-    """`python -m cgsgan.generate --checkpoint <model_uri> <generate_args>` (kept for old scripts)."""
-    from cgsgan import generate as core_generate
-
-    return core_generate.main(["--checkpoint", model_uri, *generate_args])
 
 
 if __name__ == "__main__":

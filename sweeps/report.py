@@ -54,6 +54,7 @@ class Difference:
     verdict: Verdict
     t_low: float | None = None
     t_high: float | None = None
+    values: tuple[float, ...] = ()  # arm - reference of each pair
 
 
 def reported(c: Column) -> str:
@@ -163,7 +164,8 @@ def paired_differences(rows: list[dict], axes: dict[str, list], columns: list[Co
                     xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
                     (low, high), (t_low, t_high) = interval(xs, ys), t_interval(xs, ys)
                 out.append(Difference(axis, str(arm), str(ref), m, len(pairs), mean, low, high,
-                                      verdict(m, len(pairs), (low, high), (t_low, t_high)), t_low, t_high))
+                                      verdict(m, len(pairs), (low, high), (t_low, t_high)), t_low, t_high,
+                                      tuple(x - y for x, y in pairs)))
     return out
 
 

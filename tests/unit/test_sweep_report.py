@@ -120,6 +120,7 @@ def test_arms_are_compared_to_the_reference_paired_over_seeds():
     res = bootstrap((arm, ref), lambda x, y, axis=-1: np.mean(x - y, axis=axis), paired=True, vectorized=True,
                     method="percentile", rng=np.random.default_rng(0))  # fmt: skip
     assert (worse.low, worse.high) == pytest.approx((res.confidence_interval.low, res.confidence_interval.high))
+    assert worse.values == pytest.approx([a - r for a, r in zip(arm, ref)])  # each pair's arm - reference
     assert found[("d_none", "metrics/psnr_cond")].verdict == Verdict.better  # higher is better there
     assert found[("g_conditioned", METRIC)].verdict == Verdict.not_separated
     assert found[("g_conditioned", "metrics/psnr_cond")].verdict == Verdict.not_separated  # no difference at all
