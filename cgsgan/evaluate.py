@@ -37,7 +37,7 @@ from cgsgan.metrics.evaluation import (
     format_table,
     split_reference,
 )
-from cgsgan.metrics.features import load_features
+from cgsgan.metrics.feature_factory import load_features
 from cgsgan.metrics.ground_truth import synthetic_truth
 from cgsgan.metrics.sampling import as_generator
 from cgsgan.training.checkpoint import open_checkpoint

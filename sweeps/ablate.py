@@ -48,7 +48,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from cgsgan.config import Background, CameraMode, ConfigError, DataSource, to_dict  # noqa: E402
 from cgsgan.metrics.evaluation import Column, check_metrics, compared_metrics  # noqa: E402
-from cgsgan.metrics.features import extractor_suffix  # noqa: E402
+from cgsgan.metrics.feature_factory import extractor_suffix  # noqa: E402
 from orchestration import cluster  # noqa: E402
 from orchestration.config import (  # noqa: E402
     LaunchConfig,

@@ -5,7 +5,8 @@
     sampling.py         generated and real images/features, on white or on solid colours
     consistency.py      sensitivity, psnr_cond, depth_consistency (how much G depends on the camera)
     ground_truth.py     synthetic heads re-rendered at any pose, the novel poses, the background palette, yaw bins
-    features.py         the FeatureExtractor interface, metric naming, load_features (the one factory)
+    features.py         the FeatureExtractor interface, metric naming, in_batches
+    feature_factory.py  load_features: the one factory that makes a feature network from a setting
     frechet.py          Frechet distance between Gaussian fits of two feature sets
     kid.py              KID: unbiased polynomial-kernel MMD over subsets, with its spread
     random_features.py  RandomFeatures: a fixed random conv net ("*_rand")

@@ -20,7 +20,7 @@ from cgsgan.config import CGSGANConfig
 from cgsgan.data.dataset import ImageDataset
 from cgsgan.generator import Generator
 from cgsgan.metrics.evaluation import ItemSubset, MetricContext, check_metrics, evaluate, split_reference
-from cgsgan.metrics.features import load_features
+from cgsgan.metrics.feature_factory import load_features
 from cgsgan.metrics.ground_truth import synthetic_truth
 from cgsgan.metrics.sampling import as_generator
 

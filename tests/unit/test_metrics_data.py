@@ -19,7 +19,8 @@ from cgsgan.metrics.consistency import PSNR_CAP
 from cgsgan.metrics.evaluation import MetricContext, evaluate
 from cgsgan.metrics.extractor import SynthFeatures, load_extractor
 from cgsgan.metrics.extractor import main as extractor_main
-from cgsgan.metrics.features import FeatureExtractor, load_features
+from cgsgan.metrics.feature_factory import load_features
+from cgsgan.metrics.features import FeatureExtractor
 from cgsgan.metrics.frechet import fid_from_features
 from cgsgan.metrics.ground_truth import SyntheticTruth
 from cgsgan.metrics.kid import kid

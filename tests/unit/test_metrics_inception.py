@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cgsgan.metrics.features import FeatureExtractor, load_features, metric_name
+from cgsgan.metrics.feature_factory import load_features
+from cgsgan.metrics.features import FeatureExtractor, metric_name
 from cgsgan.metrics.inception import (
     FIDInceptionV3,
     InceptionFeatures,
