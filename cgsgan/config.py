@@ -216,7 +216,7 @@ def ffhq(resolution: int = 512) -> CGSGANConfig:
 def tiny() -> CGSGANConfig:
     """A CPU-sized model from the same code and formulas: 64x64, 128 points, 3 levels (2,688
     Gaussians), batch 8 with 4 views; 6 kimg (its measured duration: README.md, "What the main
-    job leaves behind"), snapshots (grid, fid_synth) every kimg. See
+    job leaves behind"), snapshots (grid, fid_synth, geometry) every kimg. See
     benchmarks/results/convergence.md for longer runs."""
     cfg = CGSGANConfig()
     cfg.model = ModelConfig(
@@ -240,6 +240,8 @@ def tiny() -> CGSGANConfig:
         metric_samples=256,
         num_threads=0,
     )
+    # The synthetic heads have exact geometry: the geometry score joins the snapshot metrics.
+    cfg.train.snapshot_metrics = [*cfg.train.snapshot_metrics, "geometry"]
     return cfg
 
 

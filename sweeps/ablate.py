@@ -111,7 +111,7 @@ class SweepAxes:
     # What the trials are compared on (registry names; each brings its columns with their
     # direction, the first column is the headline); the trials compute them.
     metrics: list[str] = field(
-        default_factory=lambda: ["fid", "fid3d", "fid_novel", "fid_bg", "sensitivity", "psnr_cond"])
+        default_factory=lambda: ["fid", "fid3d", "fid_novel", "fid_bg", "geometry", "sensitivity", "psnr_cond"])
     # Minutes a trial takes where this sweep was measured (0 = unknown): the expected time said up
     # front; the ETA during the sweep follows the trials' own times.
     minutes_per_trial: float = 0.0

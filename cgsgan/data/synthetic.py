@@ -258,18 +258,31 @@ def raycast(heads: Heads, labels: torch.Tensor, resolution: int, supersample: in
     sample hit), and mask [B, 1, H, W] in [0, 1], the fraction of samples that hit the head.
     Compositing on a background colour bg is rgb * mask + bg * (1 - mask).
     """
+    rgb, mask, _ = _raycast_all(heads, labels, resolution, supersample, chunk)
+    return rgb, mask
+
+
+def raycast_depth(heads: Heads, labels: torch.Tensor, resolution: int, supersample: int = SUPERSAMPLE,
+                  chunk: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """As `raycast`, but the geometry: mask [B, 1, H, W] and depth [B, 1, H, W], the camera-space z
+    of the hit surface averaged over the pixel's hit samples (0 where none hit), as the Gaussian
+    renderer's expected depth is."""
+    _, mask, depth = _raycast_all(heads, labels, resolution, supersample, chunk)
+    return mask, depth
+
+
+def _raycast_all(heads: Heads, labels: torch.Tensor, resolution: int, supersample: int,
+                 chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     B = labels.shape[0]
-    rgbs, masks = [], []
+    parts = []
     with single_thread(), torch.no_grad():
         for start in range(0, B, chunk):
             sl = slice(start, min(start + chunk, B))
-            rgb, mask = _raycast_chunk(heads[sl], labels[sl], resolution, supersample)
-            rgbs.append(rgb)
-            masks.append(mask)
-    return torch.cat(rgbs), torch.cat(masks)
+            parts.append(_raycast_chunk(heads[sl], labels[sl], resolution, supersample))
+    return tuple(torch.cat(x) for x in zip(*parts))  # type: ignore[return-value]
 
 
-def _raycast_chunk(heads: Heads, labels: torch.Tensor, res: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _raycast_chunk(heads: Heads, labels: torch.Tensor, res: int, s: int) -> tuple[torch.Tensor, ...]:
     B, K = heads.centre.shape[:2]
     origin, dirs = camera_rays(labels, res, s)  # [B, 3], [B, P, 3]
     # Each ellipsoid's unit-sphere frame: q = M^T (x - c) with M = R diag(1/r). A ray x = o + t d
@@ -322,7 +335,9 @@ def _raycast_chunk(heads: Heads, labels: torch.Tensor, res: int, s: int) -> tupl
     col_sum = colour.reshape(B, res, s, res, s, 3).sum(dim=(2, 4))  # [B, H, W, 3]
     n_hit = cov * (s * s)
     rgb = torch.where(n_hit[..., None] > 0, col_sum / n_hit.clamp_min(1.0)[..., None], torch.ones_like(col_sum))
-    return rgb.permute(0, 3, 1, 2).contiguous(), cov[:, None]
+    # Directions have camera-space z = 1, so the ray parameter t is the camera-space depth.
+    depth = (t_best * fg).reshape(B, res, s, res, s).sum(dim=(2, 4)) / n_hit.clamp_min(1.0)
+    return rgb.permute(0, 3, 1, 2).contiguous(), cov[:, None], depth[:, None]
 
 
 def render_identity(seed: int, identity: int, labels: torch.Tensor, resolution: int,
@@ -353,6 +368,17 @@ def render_heads(seed: int, identities: list[int], labels: torch.Tensor, resolut
         raise ValueError(f"{len(identities)} identities for {len(labels)} cameras")
     heads = {i: sample_head(seed, i)[0] for i in set(identities)}
     return raycast(Heads.stack([heads[i] for i in identities]), labels, resolution, supersample)
+
+
+def render_heads_depth(seed: int, identities: list[int], labels: torch.Tensor, resolution: int,
+                       supersample: int = SUPERSAMPLE) -> tuple[torch.Tensor, torch.Tensor]:
+    """The geometry of one identity per camera: mask [B, 1, H, W] and depth [B, 1, H, W] (see
+    `raycast_depth`), on the CPU."""
+    labels = torch.as_tensor(labels).detach().to("cpu", torch.float32).reshape(-1, camera.LABEL_DIM)
+    if len(identities) != len(labels):
+        raise ValueError(f"{len(identities)} identities for {len(labels)} cameras")
+    heads = {i: sample_head(seed, i)[0] for i in set(identities)}
+    return raycast_depth(Heads.stack([heads[i] for i in identities]), labels, resolution, supersample)
 
 
 def to_uint8_on_white(rgb: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -19,6 +19,10 @@ network's suffix ("_synth", "_rand", or "" for Inception), see metrics/features.
     psnr_cond    psnr_cond                              dB, capped at 100 (= identical renders)
     depth_consistency  depth_consistency[/median, /valid_fraction]
     yaw_bins     yaw_fd{s}/binI, yaw_kid{s}/binI, yaw_bins/binI_lo_deg, yaw_bins/binI_hi_deg
+    geometry     geometry, geometry/silhouette, geometry/depth
+                 silhouettes and depth profiles at yaw -90..90 against the ground truth's, no
+                 feature network: 1 = the ground truth's geometry, 0 = a card (metrics/geometry.py;
+                 synthetic heads only; ctx.heads heads a side)
 
 Floors: where the context has a held-out set of reals (the trainer's: other identities than the
 reference's, see `split_reference`), each FID comes with the distance a perfect generator would
@@ -42,6 +46,7 @@ import torch
 from cgsgan.metrics.consistency import conditioning_psnr, conditioning_sensitivity, depth_consistency
 from cgsgan.metrics.features import FeatureExtractor, metric_name
 from cgsgan.metrics.frechet import fid_from_features
+from cgsgan.metrics.geometry import GeometryScale, generated_descriptors
 from cgsgan.metrics.ground_truth import SyntheticTruth, novel_poses, palette_colours, yaw_bin_distances
 from cgsgan.metrics.kid import kid
 from cgsgan.metrics.sampling import GaussianGenerator, generated_features, real_features
@@ -302,6 +307,20 @@ def yaw_bins(ctx: MetricContext) -> dict[str, float]:
     return out
 
 
+def geometry(ctx: MetricContext) -> dict[str, float]:
+    if ctx.truth is None:
+        raise ValueError("geometry needs the synthetic heads' ground truth (data=synthetic)")
+    if ctx.held_out is None:
+        raise ValueError("geometry needs held-out reals (its floor: ground-truth heads of other identities)")
+    key = ("geometry", ctx.heads, ctx.seed)
+    if key not in ctx.reals:
+        ctx.reals[key] = GeometryScale.build(ctx.truth.seed, _identities(ctx.reference, ctx.heads, ctx.seed),
+                                             _identities(ctx.held_out, ctx.heads, ctx.seed + 1))
+    heads = generated_descriptors(ctx.gen, ctx.heads, seed=ctx.seed + 1, backend=ctx.backend,
+                                  batch_size=min(ctx.batch_size, 16))
+    return ctx.reals[key].score(heads)
+
+
 # ---------------------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class Column:
@@ -349,6 +368,8 @@ METRICS: dict[str, Metric] = {
     "psnr_cond": Metric(psnr_cond, (Compared("psnr_cond", "", "psnr_cond (dB)", Better.higher, False),)),
     "depth_consistency": Metric(depth),
     "yaw_bins": Metric(yaw_bins, needs_truth=True),
+    "geometry": Metric(geometry, (Compared("geometry", "", "geometry (1 = ground truth, 0 = card)", Better.higher,
+                                           False),), needs_truth=True),
 }
 
 
