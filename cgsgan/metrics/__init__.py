@@ -5,6 +5,7 @@
     sampling.py         generated and real images/features, on white or on solid colours
     consistency.py      sensitivity, psnr_cond, depth_consistency (how much G depends on the camera)
     ground_truth.py     synthetic heads re-rendered at any pose, the novel poses, the background palette, yaw bins
+    geometry.py         the geometry score: silhouettes and depth profiles against the ground truth, no features
     features.py         the FeatureExtractor interface, metric naming, in_batches
     feature_factory.py  load_features: the one factory that makes a feature network from a setting
     frechet.py          Frechet distance between Gaussian fits of two feature sets
