@@ -271,7 +271,7 @@ def test_sbatch_starts_ray_through_the_shared_start_up():
 
 
 def test_ray_nodes_job_env_gives_the_job_its_port_block_token_and_niceness(tmp_path):
-    from orchestration.ray_nodes import TRAINING_NODE_ENV, port_block
+    from orchestration.ray_nodes import NO_PRESTART_ENV, TRAINING_NODE_ENV, port_block
 
     for job_id in ("7", "1234", "98765"):
         out = subprocess.run(
@@ -282,7 +282,7 @@ def test_ray_nodes_job_env_gives_the_job_its_port_block_token_and_niceness(tmp_p
         exported = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in out.stdout.splitlines())
         token = tmp_path / f".ray-token-{job_id}"
         assert exported == {"RAY_ADDRESS": f"10.1.2.3:{port_block(job_id, 21000)['gcs']}", "RAY_AUTH_MODE": "token",
-                            "RAY_AUTH_TOKEN_PATH": str(token), **TRAINING_NODE_ENV}  # fmt: skip
+                            "RAY_AUTH_TOKEN_PATH": str(token), **TRAINING_NODE_ENV, **NO_PRESTART_ENV}  # fmt: skip
         assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
 
 
@@ -297,6 +297,42 @@ def test_head_and_worker_commands_share_the_job_flags():
     assert f"--address=10.0.0.1:{ports['gcs']}" in worker and "--node-ip-address=10.0.0.2" in worker
     shared = [a for a in worker if a.startswith("--") and not a.startswith(("--address", "--node-ip"))]
     assert shared and all(a in head for a in shared) and "--block" in shared
+
+
+def test_every_srun_step_of_the_sbatch_script_gets_the_node_cpus():
+    """Since Slurm 22.05 srun does not inherit --cpus-per-task: without it a step is bound to one
+    core where the site binds cores (the local test cluster, TaskPlugin=task/none, cannot show it)."""
+    code = sbatch_code()
+    sruns = re.findall(r"^\s*srun\b.*?(?<!\\)$", code, flags=re.M | re.S)
+    assert len(sruns) == 2, sruns  # the head's step and the worker nodes' step
+    for srun in sruns:
+        assert '--cpus-per-task="${CPUS_PER_NODE}"' in srun, srun
+    assert re.search(r"^CPUS_PER_NODE=\$\{SLURM_CPUS_PER_TASK\}$", code, flags=re.M)
+    assert re.search(r"^export SRUN_CPUS_PER_TASK=\$\{CPUS_PER_NODE\}$", code, flags=re.M)
+
+
+def test_a_ray_node_says_how_many_cpus_its_step_really_has(monkeypatch):
+    from orchestration import ray_nodes
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # a step bound to one core
+    line = ray_nodes.cpus_line("head", 64)
+    assert "1 usable CPUs (nproc), Ray advertises 64" in line and "warning" in line and "--cpus-per-task" in line
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert "warning" not in ray_nodes.cpus_line("worker", 64)
+
+
+def test_the_port_block_holds_the_workers_of_the_readme_node():
+    """The README's SLURM node: 64 CPUs, 8 GPUs, 8 Ray Train workers. Ray's raylet prestarts one idle
+    worker per CPU unless told not to; every worker process takes a port of the job's block."""
+    from orchestration.ray_nodes import node_env, port_block
+
+    env = node_env("/tmp/token")
+    prestart_off = env.get("RAY_enable_worker_prestart") == "0" and env.get("RAY_prestart_worker_first_driver") == "0"
+    prestarted = 0 if prestart_off else 64
+    # the head: 8 training workers, the driver, Ray Train's controller, its placement-group cleaner
+    needed = prestarted + 8 + 3
+    ports = port_block("1234", 20000)
+    assert needed <= ports["max_worker"] - ports["min_worker"] + 1
 
 
 # --- MLflow compose, Docker -------------------------------------------------------------------
