@@ -53,6 +53,8 @@ class SlurmJob:
         # The token lives in the job's submitit folder (shared by all nodes, readable by the user only).
         token = Path(env.paths.folder) / f".ray-token-{env.job_id}"
         os.environ.update(ray_nodes.node_env(token))
+        if s.gpus_per_node:
+            print(ray_nodes.build_gsplat_kernels(dict(os.environ)), flush=True)
         if env.global_rank != 0:
             # A worker node: join the head and stay until it stops.
             ray_nodes.wait_for_head(token, head_ip, ports)

@@ -127,6 +127,8 @@ class Trainer:
         # The reference turns TF32 off for accuracy; these are process-wide, as training is.
         torch.backends.cuda.matmul.allow_tf32 = t.allow_tf32
         torch.backends.cudnn.allow_tf32 = t.allow_tf32
+        # As the reference: cuDNN picks its fastest convolution algorithms for the (fixed) shapes.
+        torch.backends.cudnn.benchmark = True
 
         # Reals are pasted onto the same background scheme as the renders; the dataset un-mixes
         # the colour they were stored on from the soft mask edges first (no tell-tale fringe).
@@ -362,7 +364,7 @@ class Trainer:
         out: dict = {"artifacts/grid": str(grid), "progress/kimg": kimg, "progress/step": self.step}
         if self.cfg.train.snapshot_metrics and with_metrics:
             if self._metrics is None:
-                self._metrics = SnapshotMetrics(self.cfg, self.data_path)
+                self._metrics = SnapshotMetrics(self.cfg, self.data_path, self.device)
             out.update({f"metrics/{k}": v for k, v in self._metrics(self.G_ema).items()})
         if final:
             out["artifacts/turntable"] = str(save_turntable(self.G_ema, self.fixed_z[:1], res, psi, folder / "turntable.gif"))

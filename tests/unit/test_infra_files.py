@@ -10,6 +10,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -271,7 +272,7 @@ def test_sbatch_starts_ray_through_the_shared_start_up():
 
 
 def test_ray_nodes_job_env_gives_the_job_its_port_block_token_and_niceness(tmp_path):
-    from orchestration.ray_nodes import NO_PRESTART_ENV, TRAINING_NODE_ENV, port_block
+    from orchestration.ray_nodes import NO_PRESTART_ENV, TRAINING_NODE_ENV, kernel_cache, port_block
 
     for job_id in ("7", "1234", "98765"):
         out = subprocess.run(
@@ -282,7 +283,8 @@ def test_ray_nodes_job_env_gives_the_job_its_port_block_token_and_niceness(tmp_p
         exported = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in out.stdout.splitlines())
         token = tmp_path / f".ray-token-{job_id}"
         assert exported == {"RAY_ADDRESS": f"10.1.2.3:{port_block(job_id, 21000)['gcs']}", "RAY_AUTH_MODE": "token",
-                            "RAY_AUTH_TOKEN_PATH": str(token), **TRAINING_NODE_ENV, **NO_PRESTART_ENV}  # fmt: skip
+                            "RAY_AUTH_TOKEN_PATH": str(token), "TORCH_EXTENSIONS_DIR": kernel_cache(),
+                            **TRAINING_NODE_ENV, **NO_PRESTART_ENV}  # fmt: skip
         assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
 
 
@@ -319,6 +321,47 @@ def test_a_ray_node_says_how_many_cpus_its_step_really_has(monkeypatch):
     assert "1 usable CPUs (nproc), Ray advertises 64" in line and "warning" in line and "--cpus-per-task" in line
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
     assert "warning" not in ray_nodes.cpus_line("worker", 64)
+
+
+def test_a_gpu_node_builds_gsplat_kernels_once_before_ray_starts_its_workers(tmp_path, monkeypatch):
+    """Where gsplat has no compiled kernels, the first import builds them; 8 workers importing at once
+    would race. `ray_nodes.py start` builds them first, in one process, into a node-local cache."""
+    from orchestration import ray_nodes
+
+    order = []
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("HEAD_IP", "10.0.0.1")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+    monkeypatch.setattr(ray_nodes, "build_gsplat_kernels", lambda env: order.append(("build", env["TORCH_EXTENSIONS_DIR"])) or "built")
+
+    def execvpe(file, args, env):
+        order.append(("ray start", args[1]))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execvpe", execvpe)
+    with pytest.raises(SystemExit):
+        ray_nodes.main(["start", "head", "--cpus=64", "--gpus=8"])
+    assert order == [("build", ray_nodes.kernel_cache()), ("ray start", "start")]
+    assert ray_nodes.kernel_cache().startswith("/tmp/")  # node-local, not the shared home's ~/.cache
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_kernel_build_says_whether_the_node_has_them(tmp_path, compiled):
+    """A real process importing gsplat's backend as the node build does: gsplat installed with
+    kernels (or able to build them), and without (the PyPI wheel on a node without nvcc)."""
+    from orchestration.ray_nodes import build_gsplat_kernels
+
+    backend = tmp_path / "gsplat" / "cuda"
+    backend.mkdir(parents=True)
+    (tmp_path / "gsplat" / "__init__.py").write_text("")
+    (backend / "__init__.py").write_text("")
+    (backend / "_backend.py").write_text("import sys\n_C = object()\n" if compiled else
+                                         "import sys\nprint('gsplat: No CUDA toolkit found.', file=sys.stderr)\n_C = None\n")
+    line = build_gsplat_kernels({"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path), "TORCH_EXTENSIONS_DIR": "/tmp/x"})
+    if compiled:
+        assert line.startswith("gsplat kernels: ready in ") and "/tmp/x" in line
+    else:
+        assert line == "gsplat kernels: not available on this node (gsplat: No CUDA toolkit found.)"
 
 
 def test_the_port_block_holds_the_workers_of_the_readme_node():
@@ -371,6 +414,20 @@ def test_dockerfile_builds_gsplat_for_h100_and_installs_the_project():
     assert "from gsplat import csrc" in text  # the build fails without the compiled extension
     assert re.search(r"pip install .*-e \.", text)
     assert (INFRA / "docker/Dockerfile.dockerignore").read_text().count(".venv") == 1
+
+
+def test_the_image_has_the_torch_the_tests_ran_on_nvml_and_pytest():
+    """The image's torch is the version of this test run (a CUDA build of it), with nvidia-ml-py
+    for the GPU system metrics and pytest for benchmarks/gpu.sh on a machine without network."""
+    from importlib.metadata import version
+
+    text = (INFRA / "docker/Dockerfile").read_text()
+    assert re.search(rf"^ARG TORCH_VERSION={re.escape(version('torch').split('+')[0])}$", text, flags=re.M)
+    assert 'pip install "torch==${TORCH_VERSION}"' in text
+    requirements = re.search(r"RUN python -c \"import tomllib;(.*?)> /tmp/requirements.txt", text, flags=re.S).group(1)
+    assert "x['gpu']" in requirements and "x['dev']" in requirements and "pynvml" in text
+    assert any(d.startswith("nvidia-ml-py") for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+               ["optional-dependencies"]["gpu"])
 
 
 # --- no credentials ---------------------------------------------------------------------------

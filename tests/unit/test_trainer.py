@@ -247,3 +247,30 @@ def test_metrics_at_end_computes_them_at_the_last_snapshot_only(synthetic_datase
     with_metrics = [line["progress/kimg"] for line in lines if "metrics/sensitivity" in line]
     assert with_metrics == ([0.0, 0.004, 0.008, 0.012] if metrics_at == "every_snapshot" else [0.012])
     assert len(list((tmp_path / "t" / "samples").glob("grid-*.png"))) == 4
+
+
+def test_cudnn_picks_its_algorithms_and_the_snapshot_features_run_on_the_trainer_device(synthetic_dataset, tmp_path,
+                                                                                       monkeypatch):
+    # The reference sets cudnn.benchmark (fixed shapes: cuDNN times its algorithms once). The
+    # snapshot metrics' feature network goes where the trainer is, not always onto the CPU.
+    import cgsgan.training.snapshot_metrics as snapshot_metrics
+    import cgsgan.training.trainer as trainer_module
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
+    cfg = small_config(synthetic_dataset)
+    cfg.train.snapshot_metrics = ["fid_synth"]
+    t = Trainer(cfg, tmp_path, device="cpu")
+    assert torch.backends.cudnn.benchmark is True
+    built = []
+
+    class Recorded:
+        def __init__(self, cfg, data_path, device=None):
+            built.append(device)
+
+        def __call__(self, G):
+            return {}
+
+    monkeypatch.setattr(snapshot_metrics, "SnapshotMetrics", Recorded)
+    monkeypatch.setattr(trainer_module, "save_grid", lambda *args: tmp_path / "grid.png")  # not what is tested
+    t.snapshot()
+    assert built == [t.device]
