@@ -378,6 +378,22 @@ def test_the_port_block_holds_the_workers_of_the_readme_node():
     assert needed <= ports["max_worker"] - ports["min_worker"] + 1
 
 
+def test_the_gpu_benchmark_is_one_command_that_fits_a_ten_minute_call():
+    """benchmarks/gpu.sh on a fresh one-GPU machine without network: kernels built for the card
+    (timed), tests/gpu, the 512 timing, each phase under its own limit, all limits inside 10 minutes
+    with room for start-up."""
+    script = (ROOT / "benchmarks" / "gpu.sh").read_text()
+    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
+    limits = {name: int(value) for name, value in re.findall(r"^(\w+_S)=\$\{\w+:-(\d+)\}$", code, flags=re.M)}
+    assert set(limits) == {"BUILD_S", "TESTS_S", "TIMING_S"} and sum(limits.values()) <= 570, limits
+    for name in limits:
+        assert len(re.findall(rf'^timeout "\${name}" ', code, flags=re.M)) == 1, name
+    assert "torch.cuda.get_device_capability()" in code and "export TORCH_CUDA_ARCH_LIST" in code
+    assert "from gsplat.cuda._backend import _C" in code and "pytest tests/gpu" in code
+    assert "CGSGAN_REQUIRE_CUDA=1" in code and "benchmarks/gpu.py" in code
+    assert not re.search(r"pip install|curl |wget ", code)  # no network
+
+
 # --- MLflow compose, Docker -------------------------------------------------------------------
 
 

@@ -195,3 +195,17 @@ def test_a_local_launch_on_a_gpu_machine_with_use_gpu_false_says_so(monkeypatch,
     assert rc is None and lines == [
         "note: this machine has 2 CUDA GPU(s) but cluster.use_gpu=false: training on the CPU "
         "(cluster.use_gpu=true trains on the GPUs)"], err
+
+
+def test_the_documented_two_gpu_smoke_composes_and_validates():
+    """docs/gpu.md's first multi-GPU run: two workers, one GPU each, a few steps of the tiny model."""
+    import shlex
+
+    text = (ROOT / "docs" / "gpu.md").read_text()
+    command = re.search(r"# two-GPU smoke\n\s*(python orchestration/launch\.py .*)", text).group(1)
+    overrides = shlex.split(command)[2:]
+    assert {"cluster=local", "cluster.use_gpu=true", "cluster.num_workers=2"} <= set(overrides)
+    cfg = validate_launch(load(*overrides))
+    assert cfg.cluster.gpus_per_worker == 1 and cfg.cluster.num_workers * cfg.cluster.gpus_per_worker == 2
+    steps = cfg.train.total_kimg * 1000 / cfg.train.batch_size
+    assert 2 <= steps <= 8, steps  # a few steps, several ticks
