@@ -193,7 +193,6 @@ def test_cuda_out_of_memory_and_a_backend_that_cannot_run_stop_the_run_instead_o
     storage cluster.max_failures times. A flaky failure is still retried."""
     import torch
 
-    from cgsgan.render.backends import BackendUnavailable
     from orchestration.config import resolve, to_typed
     from orchestration.ray_trainer import build_trainer
 
@@ -202,6 +201,8 @@ def test_cuda_out_of_memory_and_a_backend_that_cannot_run_stop_the_run_instead_o
     oom = stops(callbacks, torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert len(oom) == 1 and "rank 0: CUDA out of memory. Tried to allocate 2.00 GiB" in oom[0]
     assert "train.batch_gpu" in oom[0]
+    from cgsgan.render.backends import BackendUnavailable
+
     kernels = stops(callbacks, BackendUnavailable("render backend 'gsplat' cannot run: gsplat is installed without "
                                                   "its compiled CUDA kernels"))
     assert len(kernels) == 1 and "compiled CUDA kernels" in kernels[0]
