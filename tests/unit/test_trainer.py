@@ -215,7 +215,7 @@ def test_batches_from_a_dataset_read_on_demand_match_the_cached_ones(synthetic_d
     for _ in range(3):
         (a, la), (b, lb) = cached._real_batch(), lazy._real_batch()
         assert torch.equal(a, b) and torch.equal(la, lb)
-        assert lazy.dataset._pending  # the next batch is already on its way
+        assert lazy.loader.reading_ahead  # the next batch is already on its way
     assert (lazy.order.epoch, lazy.order.pos) == (cached.order.epoch, cached.order.pos)
 
 
@@ -274,3 +274,34 @@ def test_cudnn_picks_its_algorithms_and_the_snapshot_features_run_on_the_trainer
     monkeypatch.setattr(trainer_module, "save_grid", lambda *args: tmp_path / "grid.png")  # not what is tested
     t.snapshot()
     assert built == [t.device]
+
+
+def test_reals_cross_to_the_device_as_stored_and_are_the_items_bit_for_bit(synthetic_dataset, tmp_path):
+    # uint8 to the device (a quarter of float32's bytes; pinned on CUDA), converted, flipped and
+    # pasted onto their backgrounds there: the same values as the dataset's items.
+    from torch.overrides import TorchFunctionMode
+
+    cfg = small_config(synthetic_dataset)
+    cfg.data.xflip, cfg.loss.background = True, "random"
+    t = Trainer(cfg, tmp_path)
+    moved = []
+
+    class Moves(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.Tensor.to and ("device" in kwargs or any(isinstance(a, (torch.device, str)) for a in args[1:])):
+                moved.append((args[0].dtype, args[0].dim()))
+            return func(*args, **kwargs)
+
+    seen = []
+    for _ in range(3):
+        indices = t.order.peek()
+        seen += indices.tolist()
+        with Moves():
+            reals, labels = t._real_batch()
+        items = [t.dataset[int(i)] for i in indices]
+        assert torch.equal(reals, torch.stack([it["image"] for it in items]))
+        assert torch.equal(labels, torch.stack([it["label"] for it in items]))
+    images = [dtype for dtype, dim in moved if dim == 4]
+    assert images and set(images) == {torch.uint8}, moved
+    assert any(i >= len(t.dataset) // 2 for i in seen) and any(i < len(t.dataset) // 2 for i in seen)  # both halves
