@@ -213,6 +213,14 @@ def validate_launch(cfg: LaunchConfig) -> LaunchConfig:
                 f"cluster.num_workers={c.num_workers} x cluster.gpus_per_worker={c.gpus_per_worker} GPUs do not fit "
                 f"in slurm.nodes={s.nodes} x slurm.gpus_per_node={s.gpus_per_node}"
             )
+        from orchestration.ray_nodes import port_block, worker_ports, worker_ports_needed
+
+        per_node, ports = math.ceil(c.num_workers / s.nodes), worker_ports(port_block("0", s.port_base))
+        if worker_ports_needed(per_node) > ports:
+            raise ConfigError(
+                f"cluster.num_workers={c.num_workers} on slurm.nodes={s.nodes}: {per_node} workers a node need "
+                f"{worker_ports_needed(per_node)} Ray worker ports, a job's port block has {ports}; use more nodes"
+            )
         if c.num_workers * c.cpus_per_worker > s.nodes * s.cpus_per_task:
             raise ConfigError(
                 f"cluster.num_workers={c.num_workers} x cluster.cpus_per_worker={c.cpus_per_worker} CPUs do not fit "
@@ -264,6 +272,9 @@ def check_ranges(cfg: LaunchConfig) -> None:
     at_least("cluster.gpus_per_worker", c.gpus_per_worker, 0)
     if c.use_gpu:
         need(c.gpus_per_worker > 0, "cluster.gpus_per_worker", c.gpus_per_worker, "must be > 0 with cluster.use_gpu=true")
+        # A worker trains on whole GPUs: two ranks sharing one would each need it all.
+        need(float(c.gpus_per_worker).is_integer(), "cluster.gpus_per_worker", c.gpus_per_worker,
+             "must be a whole number of GPUs with cluster.use_gpu=true (a worker trains on whole GPUs)")
     at_least("cluster.max_failures", c.max_failures, 0)
     at_least("storage.num_to_keep", cfg.storage.num_to_keep, 1)
     at_least("tracking.system_metrics_interval_s", cfg.tracking.system_metrics_interval_s, 0)

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from cgsgan import config
 from cgsgan.config import to_dict
 from orchestration.config import LaunchConfig, core_config, presets, register, resolve, run_name, validate_launch
+from tests.unit.test_render_backends import gsplat_without_kernels
 
 CONF = str(Path(__file__).resolve().parents[2] / "orchestration" / "conf")
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,6 +105,8 @@ def test_a_longer_budget_continues_the_same_run():
         (["loss.num_views=0"], "loss.num_views"),
         (["data=ffhqc", "data.path=/nonexistent/ffhqc"], "data.path"),
         (["data=ffhqc"], "data.path"),
+        # a worker trains on whole GPUs: a fraction would put two ranks on one GPU (or an invalid ordinal)
+        (["cluster.use_gpu=true", "cluster.gpus_per_worker=0.5"], "cluster.gpus_per_worker"),
     ],
 )
 def test_bad_values_name_the_key(overrides, key):
@@ -150,3 +153,59 @@ def test_ground_truth_metrics_need_the_synthetic_heads(tmp_path, metric):
     with pytest.raises(config.ConfigError, match=rf"train\.snapshot_metrics=.*{metric}.*ground truth"):
         validate_launch(load("data=ffhqc", f"data.path={tmp_path}", f"train.snapshot_metrics=[fid,{metric}]"))
     validate_launch(load(f"train.snapshot_metrics=[fid,{metric}]"))  # data=synthetic: accepted
+
+
+def launch_until_ray(monkeypatch, capsys, *overrides: str) -> tuple[int | None, str]:
+    """`cluster.launch` of these overrides up to the point where it would start Ray: its exit code
+    (None where it got there) and what it said on stderr."""
+    from orchestration import cluster
+
+    class ReachedRay(Exception):
+        pass
+
+    def connect_ray(*args, **kwargs):
+        raise ReachedRay
+
+    monkeypatch.setattr(cluster, "connect_ray", connect_ray)
+    monkeypatch.setattr(cluster, "make_local_data", lambda cfg: None)  # the synthetic heads: not what is tested
+    try:
+        rc = cluster.launch(load(*overrides))
+    except ReachedRay:
+        rc = None
+    return rc, capsys.readouterr().err
+
+
+def test_a_gpu_launch_without_gsplat_kernels_stops_before_ray_in_one_line(monkeypatch, capsys, tmp_path):
+    gsplat_without_kernels(monkeypatch)
+    rc, err = launch_until_ray(monkeypatch, capsys, "cluster.use_gpu=true", f"output_dir={tmp_path}")
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("error: cluster.use_gpu=true renders with gsplat"), err
+    assert "nvcc" in err and "infra/docker/Dockerfile" in err
+    # The CPU path never needs gsplat.
+    rc, err = launch_until_ray(monkeypatch, capsys, f"output_dir={tmp_path}")
+    assert rc is None, err
+
+
+def test_a_local_launch_on_a_gpu_machine_with_use_gpu_false_says_so(monkeypatch, capsys, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    rc, err = launch_until_ray(monkeypatch, capsys, f"output_dir={tmp_path}")
+    lines = [line for line in err.splitlines() if "cluster.use_gpu" in line]
+    assert rc is None and lines == [
+        "note: this machine has 2 CUDA GPU(s) but cluster.use_gpu=false: training on the CPU "
+        "(cluster.use_gpu=true trains on the GPUs)"], err
+
+
+def test_the_documented_two_gpu_smoke_composes_and_validates():
+    """docs/gpu.md's first multi-GPU run: two workers, one GPU each, a few steps of the tiny model."""
+    import shlex
+
+    text = (ROOT / "docs" / "gpu.md").read_text()
+    command = re.search(r"# two-GPU smoke\n\s*(python orchestration/launch\.py .*)", text).group(1)
+    overrides = shlex.split(command)[2:]
+    assert {"cluster=local", "cluster.use_gpu=true", "cluster.num_workers=2"} <= set(overrides)
+    cfg = validate_launch(load(*overrides))
+    assert cfg.cluster.gpus_per_worker == 1 and cfg.cluster.num_workers * cfg.cluster.gpus_per_worker == 2
+    steps = cfg.train.total_kimg * 1000 / cfg.train.batch_size
+    assert 2 <= steps <= 8, steps  # a few steps, several ticks

@@ -1,4 +1,5 @@
 import dataclasses
+import os
 import pickle
 from pathlib import Path
 
@@ -54,6 +55,28 @@ def test_slurm_resources_must_fit_the_workers():
                      "slurm.gpus_per_node=4", "slurm.nodes=2", "slurm.cpus_per_task=8", "train.batch_size=32")
     validate_launch(cfg)
     assert run_name(cfg) == run_name(load_slurm("train.batch_size=32"))  # the cluster does not change the run
+
+
+def test_the_submitit_job_asks_srun_for_the_node_cpus(tmp_path, monkeypatch):
+    """Since Slurm 22.05 srun does not inherit --cpus-per-task from sbatch: the line submitit writes
+    must ask for it, or the Ray node and all its workers share one core where cores are bound."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\n")  # submitit only checks that srun is on PATH
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    cfg = load_slurm("slurm.nodes=4", "slurm.gpus_per_node=8", "slurm.cpus_per_task=64")
+    executor = slurm.make_executor(cfg.slurm, tmp_path / "jobs", "cgsgan", cluster="slurm")
+    script = executor._executor._make_submission_file_text("python -u -m submitit.core._submit", "uid")
+    assert "#SBATCH --cpus-per-task=64" in script
+    sruns = [line for line in script.splitlines() if line.startswith("srun ")]
+    assert len(sruns) == 1 and "--cpus-per-task=64" in sruns[0].split(), sruns
+
+
+def test_a_slurm_node_cannot_hold_more_workers_than_its_ports():
+    with pytest.raises(ConfigError, match=r"cluster.num_workers=64 on slurm.nodes=1: .*worker ports"):
+        validate_launch(load_slurm("cluster.num_workers=64", "slurm.nodes=1", "slurm.cpus_per_task=128",
+                                   "cluster.cpus_per_worker=1", "train.batch_size=64", "train.batch_gpu=1"))
 
 
 def load_sweep(*overrides):
