@@ -239,15 +239,15 @@ def test_the_sweep_script_stops_on_a_bad_value_before_anything_starts(tmp_path):
 
 
 def test_every_axis_is_a_sweep_list_that_sets_one_config_key():
-    not_axes = ("seeds", "design", "only", "name", "max_concurrent", "metrics", "minutes_per_trial")
-    lists = {f.name for f in dataclasses.fields(ablate.SweepAxes) if f.name not in not_axes}
+    settings = {f.name for f in dataclasses.fields(ablate.SweepSettings)}
+    lists = {f.name for f in dataclasses.fields(ablate.SweepAxes) if f.name not in settings}
     assert lists == set(ablate.AXES)
     cfg = load_sweep()
-    for axis, (key, _) in ablate.AXES.items():
-        assert OmegaConf.select(OmegaConf.structured(cfg), key) is not None, (axis, key)
+    for axis in ablate.AXIS_TABLE:
+        assert OmegaConf.select(OmegaConf.structured(cfg), axis.key) is not None, axis
     tc = ablate.trial_config(cfg, {"views": 2, "grad_averaging": False, "camera_mode": "d_none",
                                    "background": "white", "seed": 7})  # fmt: skip
-    assert [OmegaConf.select(OmegaConf.structured(tc), key) for key, _ in ablate.AXES.values()] == [
+    assert [OmegaConf.select(OmegaConf.structured(tc), axis.key) for axis in ablate.AXIS_TABLE] == [
         2, False, "d_none", "white"]
     assert tc.train.seed == 7 and tc.name == "camera-v2-avg0-d_none-bgwhite-s7"
     with pytest.raises(ConfigError, match="camera_mode"):  # a value is typed as on the command line
