@@ -52,12 +52,15 @@ from cgsgan.metrics.features import extractor_suffix  # noqa: E402
 from orchestration import cluster  # noqa: E402
 from orchestration.config import (  # noqa: E402
     LaunchConfig,
+    presets,
     register,
     resolve,
     resolve_index_list,
+    resolve_paths,
     to_typed,
     validate_launch,
 )
+from sweeps.question import check_question, record_question  # noqa: E402
 from sweeps.report import (  # noqa: E402  (the paired statistics and the files)
     EXTRA,
     differences_table,
@@ -112,8 +115,9 @@ class SweepAxes:
     # direction, the first column is the headline); the trials compute them.
     metrics: list[str] = field(
         default_factory=lambda: ["fid", "fid3d", "fid_novel", "fid_bg", "sensitivity", "psnr_cond"])
-    # Minutes a trial takes where this sweep was measured (0 = unknown): the expected time said up
-    # front; the ETA during the sweep follows the trials' own times.
+    # Minutes a trial takes where this sweep was measured, with model=tiny (0 = unknown): the
+    # expected time said up front (unknown for another model); the ETA during the sweep follows
+    # the trials' own times.
     minutes_per_trial: float = 0.0
 
 
@@ -177,9 +181,8 @@ def trial_config(base: SweepConfig, t: dict) -> LaunchConfig:
     node.train.snapshot_metrics = list(dict.fromkeys([*base.train.snapshot_metrics, *base.sweep.metrics]))
     node.name = f"{base.sweep.name}-{trial_key(t)}"
     # The trial runs in Ray Tune's working directory for it: a relative output_dir would put its
-    # MLflow store, metrics and samples there.
-    node.output_dir = str(Path(base.output_dir).absolute())
-    return validate_launch(to_typed(node))
+    # MLflow store, metrics and samples there, a relative data.path would not be found.
+    return validate_launch(resolve_paths(to_typed(node)))
 
 
 def compared_columns(cfg: SweepConfig) -> list[Column]:
@@ -211,7 +214,10 @@ def opening(cfg: SweepConfig, grid: list[dict], columns: list[Column], concurren
     if cfg.train.metric_samples < 1024:
         lines.append(f"  note: train.metric_samples={cfg.train.metric_samples} is below 1024: the metrics are "
                      "noisier than a comparison should rely on")
-    if cfg.sweep.minutes_per_trial > 0:
+    if cfg.sweep.minutes_per_trial > 0 and not measured_model(cfg):
+        lines.append(f"  expected time: unknown for this model (sweep.minutes_per_trial was measured with model=tiny); "
+                     f"known after the first trial ({concurrent} at a time)")
+    elif cfg.sweep.minutes_per_trial > 0:
         total = cfg.sweep.minutes_per_trial * math.ceil(len(grid) / concurrent)
         lines.append(f"  expected time: about {total:.0f} min ({len(grid)} trials of about "
                      f"{cfg.sweep.minutes_per_trial:g} min, {concurrent} at a time; sweep.minutes_per_trial was "
@@ -219,6 +225,15 @@ def opening(cfg: SweepConfig, grid: list[dict], columns: list[Column], concurren
     else:
         lines.append(f"  expected time: known after the first trial ({concurrent} at a time)")
     return lines
+
+
+def measured_model(cfg: SweepConfig) -> bool:
+    """Whether the trials train the model the sweeps' minutes were measured with (the tiny preset;
+    the camera mode, an axis, aside)."""
+    def shape(model) -> dict:
+        return {k: v for k, v in to_dict(model).items() if k != "camera_mode"}
+
+    return shape(cfg.model) == shape(presets()["tiny"].model)
 
 
 def axis_values(axes: SweepAxes) -> dict[str, list]:
@@ -292,7 +307,8 @@ def run_sweep(cfg: SweepConfig) -> int:
     try:
         grid = trials(cfg.sweep)
         columns = compared_columns(cfg)
-        resolve_index_list(cfg, say=cluster.say)  # once, for every trial
+        resolve_index_list(resolve_paths(cfg), say=cluster.say)  # once, for every trial
+        check_question(cfg, Path(cfg.output_dir) / "sweeps" / cfg.sweep.name)  # a new grid is not this sweep
         trial_cfgs = [trial_config(cfg, t) for t in grid]
         # Storage, data and the cluster settings are the same for every trial: prepared once.
         base_plan = cluster.prepare(trial_cfgs[0])
@@ -336,6 +352,7 @@ def run_sweep(cfg: SweepConfig) -> int:
         print(f"resuming sweep from {path} (finished trials are kept)", flush=True)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
+        record_question(cfg, Path(base_plan.output_dir) / "sweeps" / cfg.sweep.name)
         tuner = tune.Tuner(
             trainable,
             param_space={"trial": tune.grid_search(space)},
