@@ -6,7 +6,7 @@ One run, relaunched with a growing train.total_kimg after damage a user or a cra
 
   launch 1 (0.032)                                 -> checkpoints 16, 32
   truncate 32, corrupt Ray's run snapshot; 0.048   -> resumes from 16, writes 32 again (same name), 48
-  delete the folder 48; 0.064                      -> resumes from 32, writes 48, 64
+  delete the folder 48; 0.064, train.batch_gpu=4  -> resumes from 32 (same name), writes 48, 64
   delete Ray's run snapshot, truncate 64; 0.080    -> resumes from 48, writes 64, 80
 
 Every launch exits 0 with its newest checkpoint at its total_kimg (strictly increasing), a
@@ -127,13 +127,15 @@ def relaunch_after_damage(args: list[str], env: dict) -> str:
     try:
         kimg = [32]
         damage = [
-            (lambda: (storage.truncate(32), storage.corrupt_snapshot()), 0.048, 16),
-            (lambda: storage.delete_folder(48), 0.064, 32),
-            (lambda: (storage.delete_snapshot(), storage.truncate(64)), 0.080, 48),
+            (lambda: (storage.truncate(32), storage.corrupt_snapshot()), 0.048, 16, []),
+            # another layout (chunks of 4 rather than the whole batch) is the same run: it resumes
+            (lambda: storage.delete_folder(48), 0.064, 32, ["train.batch_gpu=4"]),
+            (lambda: (storage.delete_snapshot(), storage.truncate(64)), 0.080, 48, []),
         ]
-        for do_damage, total, resumed_at in damage:
+        for do_damage, total, resumed_at, layout in damage:
             do_damage()
-            console = launch(args, env, total)
+            console = launch([*args, *layout], env, total)
+            assert f"run {name}\n" in console, console[-3000:]
             assert re.search(rf"resumed from \S+checkpoint-{resumed_at:010d} at {resumed_at / 1000:g} kimg", console), \
                 console[-3000:]
             kimg.append(storage.newest_loadable_nimg())
