@@ -144,11 +144,14 @@ def core_config(cfg: LaunchConfig) -> CGSGANConfig:
 # train) less these train keys, each with why it does not change what is trained. A relaunch
 # that changes only these (or the cluster, storage, tracking and SLURM settings, which never enter
 # it) finds the same run and resumes it. Paths enter resolved (`resolve_paths`).
+LAYOUT = {  # how the same training is computed, like cluster.num_workers
+    "batch_gpu": "a layout: the same global batch, split into other chunks",
+    "num_threads": "a layout: CPU threads per worker",
+    "render_backend": "a layout: the same rasterisation, another implementation",
+}
 NOT_IN_RUN_NAME = {
     "total_kimg": "the budget: raising it extends the run",
-    "batch_gpu": "a layout, like cluster.num_workers: the same global batch, split into other chunks",
-    "num_threads": "a layout: CPU threads per worker",
-    "render_backend": "the same rasterisation, another implementation",
+    **LAYOUT,
     **dict.fromkeys(("tick_kimg", "snapshot_ticks", "checkpoint_ticks", "truncation_psi", "metric_samples",
                      "snapshot_metrics", "metrics_at", "feature_extractor", "snapshot_metric_heads"),
                     "reporting: when and what is measured or saved, not what is trained"),

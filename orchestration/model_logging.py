@@ -6,7 +6,8 @@ checkpoint (the store: $MLFLOW_TRACKING_URI, else the launcher's default ./outpu
     python -m orchestration.model_logging log --checkpoint CKPT --run-id RUN [--register]
 
 It lands at runs:/<run_id>/generator: `mlflow.pyfunc.load_model("runs:/<run_id>/generator")`
-(after `mlflow.set_tracking_uri("sqlite:///outputs/mlflow.db")` under local tracking) gives a model that turns a table of (seed, yaw) into images. Its folder holds the core's code
+(after `mlflow.set_tracking_uri("sqlite:///outputs/mlflow.db")` under local tracking) gives a
+model that turns a table of (seed, yaw) into images. Its folder holds the core's code
 (code/cgsgan), so it loads wherever torch and mlflow are installed, and a generator-only cgsgan
 checkpoint (artifacts/checkpoint-<nimg>.pt), so the core reads it without MLflow:
 

@@ -23,7 +23,8 @@ MLflow parent run per sweep, one child run per trial (each axis and the seed as 
 same name in every trial: `params.camera_mode = 'd_none'` in the UI's search). Every path a trial
 writes is the driver's, made absolute before Ray starts (a trial runs in a working directory Ray
 Tune makes under its temp dir). An interrupted sweep resumes by running the same command
-(Tuner.restore; finished trials are not re-run). At the end (sweeps/report.py): a comparison table
+(Tuner.restore; finished trials are not re-run); another question under its name is refused
+(sweeps/question.py). At the end (sweeps/report.py): a comparison table
 (Markdown: mean +- spread over seeds per configuration; each non-reference arm of an axis against
 the reference arm, paired over seeds, with a bootstrap 95% interval and a verdict; every trial;
 CSV: every trial) and a plot (PNG), logged to the parent run, the trials and the differences also

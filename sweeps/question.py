@@ -18,17 +18,18 @@ from typing import Any
 from cgsgan.config import ConfigError, to_dict
 
 QUESTION_FILE = "question.json"
-# How a sweep runs, not what it asks: changing these resumes the same sweep.
+# How a sweep runs, not what it asks: changing these (or the layout, orchestration.config.LAYOUT,
+# or the cluster) resumes the same sweep, whose trials keep the settings they started with.
 NOT_IN_QUESTION = ("name", "max_concurrent", "minutes_per_trial")
 
 
 def question(cfg) -> dict[str, Any]:
     """The sweep's question as flat keys (sweep.views, train.total_kimg, ...) and plain values.
     `cfg` is a SweepConfig with its paths resolved."""
-    from orchestration.config import core_config
+    from orchestration.config import LAYOUT, core_config
 
     asked = {f"sweep.{k}": v for k, v in to_dict(cfg.sweep).items() if k not in NOT_IN_QUESTION}
-    asked.update(_flat(to_dict(core_config(cfg))))
+    asked.update({k: v for k, v in _flat(to_dict(core_config(cfg))).items() if k.removeprefix("train.") not in LAYOUT})
     return json.loads(json.dumps(asked))  # as it reads back from the file
 
 

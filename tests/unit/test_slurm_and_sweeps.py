@@ -86,7 +86,7 @@ def test_a_sweep_name_holding_another_question_is_refused_in_one_line_naming_the
     folder = tmp_path / "sweeps" / "camera"
     first = load_sweep(f"output_dir={tmp_path}")
     record_question(first, folder)
-    check_question(load_sweep(f"output_dir={tmp_path}", "sweep.max_concurrent=3"), folder)  # how it runs: resumes
+    check_question(load_sweep(f"output_dir={tmp_path}", "sweep.max_concurrent=3", "train.batch_gpu=4"), folder)  # how it runs
     other = load_sweep(f"output_dir={tmp_path}", "sweep.views=[4,1,2]", "sweep.grad_averaging=[true,false]")
     with pytest.raises(ConfigError) as e:
         check_question(other, folder)
