@@ -163,8 +163,7 @@ def test_resume_is_never_stuck_on_local_storage_on_a_shared_host(tmp_path):
     (home / "heads.json").write_text(str(list(range(32))))
     other = ray_tmpdir()  # an unrelated Ray on this host (a colleague's, a login node's)
     ray_tmp = ray_tmpdir()
-    # The commands run in other folders import this checkout (as they would the installed one).
-    env = {**launch_env(ray_tmp, tmp_path, {}), "PYTHONPATH": str(ROOT)}
+    env = launch_env(ray_tmp, tmp_path, {})
     env.pop("MLFLOW_TRACKING_URI", None)
     ray_cli = str(Path(sys.executable).parent / "ray")
     try:
@@ -183,7 +182,8 @@ def test_resume_is_never_stuck_on_local_storage_on_a_shared_host(tmp_path):
         assert "train.total_kimg=<more than 0.08>" in console and "name=<a new run name>" in console
         assert not re.search(r"\btick \d+ \|", console) and "resumed from" not in console
         assert all(alive(p) for p in others), "the unrelated Ray lost processes"
-        check_model_uri_commands(home, tmp_path / "elsewhere", env, trained)
+        # The commands run in other folders import this checkout (as they would the installed one).
+        check_model_uri_commands(home, tmp_path / "elsewhere", {**env, "PYTHONPATH": str(ROOT)}, trained)
     finally:
         stop_ray(ray_tmp)
         stop_ray(other)
