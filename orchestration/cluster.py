@@ -30,6 +30,7 @@ from orchestration.config import (
     core_config,
     resolve,
     resolve_index_list,
+    resolve_paths,
     validate_launch,
 )
 from orchestration.console import LOCAL_RAY_ENV, quiet_console
@@ -54,8 +55,9 @@ def say(line: str) -> None:
 
 def prepare(cfg: LaunchConfig) -> Plan:
     """Validate, resolve names and paths, check storage, check (or make) the data: no cluster
-    resources yet. data.index_list=auto is resolved in `cfg` (the list's path, or "")."""
-    validate_launch(cfg)
+    resources yet. Its paths are made absolute and data.index_list=auto is resolved in `cfg` (the
+    list's path, or "")."""
+    validate_launch(resolve_paths(cfg))
     ray_address(cfg)
     check_gpu(cfg)
     resolve_index_list(cfg, say=say)
@@ -222,6 +224,13 @@ def train_on_ray(cfg: LaunchConfig, plan: Plan) -> int:
         print(f"  look:        mlflow ui --backend-store-uri {plan.tracking_uri}")
     if checkpoint:
         print(f"  generate:    python -m cgsgan.generate --checkpoint {checkpoint} --out samples --turntable --ply")
+    from orchestration.model_logging import logged_model_uri
+
+    model = logged_model_uri(plan.tracking_uri, cfg.tracking.experiment, plan.name)
+    if model:  # the command with its store, so it works from any folder
+        print(f"  model:       {model} (MLflow model)")
+        print(f"  from model:  MLFLOW_TRACKING_URI={redact(plan.tracking_uri)} python -m cgsgan.generate "
+              f"--checkpoint {model} --out samples")
     if result.error:
         print(f"error: training failed: {root_cause(result.error)}", file=sys.stderr)
         return 1

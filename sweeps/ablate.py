@@ -26,7 +26,8 @@ MLflow parent run per sweep, one child run per trial (each axis and the seed as 
 same name in every trial: `params.camera_mode = 'd_none'` in the UI's search). Every path a trial
 writes is the driver's, made absolute before Ray starts (a trial runs in a working directory Ray
 Tune makes under its temp dir). An interrupted sweep resumes by running the same command
-(Tuner.restore; finished trials are not re-run). At the end (sweeps/report.py): a comparison table
+(Tuner.restore; finished trials are not re-run); another question under its name is refused
+(sweeps/question.py). At the end (sweeps/report.py): a comparison table
 (Markdown: mean +- spread over seeds per configuration; each non-reference arm of an axis against
 the reference arm, paired over seeds, with a bootstrap 95% interval and a verdict; every trial;
 CSV: every trial) and a plot (PNG), logged to the parent run, the trials and the differences also
@@ -59,13 +60,16 @@ from cgsgan.metrics.features import extractor_suffix  # noqa: E402
 from orchestration import cluster  # noqa: E402
 from orchestration.config import (  # noqa: E402
     LaunchConfig,
+    presets,
     register,
     resolve,
     resolve_index_list,
+    resolve_paths,
     to_typed,
     validate_launch,
 )
 from sweeps import significance  # noqa: E402
+from sweeps.question import check_question, record_question  # noqa: E402
 from sweeps.report import (  # noqa: E402  (the paired statistics and the files)
     EXTRA,
     Difference,
@@ -139,8 +143,9 @@ class SweepSettings:
     # direction, the first column is the headline); the trials compute them.
     metrics: list[str] = field(
         default_factory=lambda: ["fid", "fid3d", "fid_novel", "fid_bg", "sensitivity", "psnr_cond"])
-    # Minutes a trial takes where this sweep was measured (0 = unknown): the expected time said up
-    # front; the ETA during the sweep follows the trials' own times.
+    # Minutes a trial takes where this sweep was measured, with model=tiny (0 = unknown): the
+    # expected time said up front (unknown for another model); the ETA during the sweep follows
+    # the trials' own times.
     minutes_per_trial: float = 0.0
 
 
@@ -251,9 +256,8 @@ def trial_config(base: SweepConfig, t: dict) -> LaunchConfig:
     node.train.snapshot_metrics = list(dict.fromkeys([*base.train.snapshot_metrics, *base.sweep.metrics]))
     node.name = f"{base.sweep.name}-{trial_key(t)}"
     # The trial runs in Ray Tune's working directory for it: a relative output_dir would put its
-    # MLflow store, metrics and samples there.
-    node.output_dir = str(Path(base.output_dir).absolute())
-    return validate_launch(to_typed(node))
+    # MLflow store, metrics and samples there, a relative data.path would not be found.
+    return validate_launch(resolve_paths(to_typed(node)))
 
 
 def compared_columns(cfg: SweepConfig) -> list[Column]:
@@ -343,7 +347,10 @@ def opening(cfg: SweepConfig, grid: list[dict], columns: list[Column], concurren
     if cfg.train.metric_samples < 1024:
         lines.append(f"  note: train.metric_samples={cfg.train.metric_samples} is below 1024: the metrics are "
                      "noisier than a comparison should rely on")
-    if cfg.sweep.minutes_per_trial > 0:
+    if cfg.sweep.minutes_per_trial > 0 and not measured_model(cfg):
+        lines.append(f"  expected time: unknown for this model (sweep.minutes_per_trial was measured with model=tiny); "
+                     f"known after the first trial ({concurrent} at a time)")
+    elif cfg.sweep.minutes_per_trial > 0:
         total = cfg.sweep.minutes_per_trial * math.ceil(len(grid) / concurrent)
         lines.append(f"  expected time: about {total:.0f} min ({len(grid)} trials of about "
                      f"{cfg.sweep.minutes_per_trial:g} min, {concurrent} at a time; sweep.minutes_per_trial was "
@@ -359,6 +366,15 @@ def seeds_said(axes: SweepAxes) -> str:
     budget = f", within {axes.budget_minutes:g} min" if axes.budget_minutes else ""
     return (f"{round_seeds(axes, 1)} in round 1, then {axes.seeds_per_round} new seeds a round for the comparisons "
             f"still open, at most {axes.max_rounds} rounds{budget}")
+
+
+def measured_model(cfg: SweepConfig) -> bool:
+    """Whether the trials train the model the sweeps' minutes were measured with (the tiny preset;
+    the camera mode, an axis, aside)."""
+    def shape(model) -> dict:
+        return {k: v for k, v in to_dict(model).items() if k != "camera_mode"}
+
+    return shape(cfg.model) == shape(presets()["tiny"].model)
 
 
 def axis_values(axes: SweepAxes) -> dict[str, list]:
@@ -432,7 +448,8 @@ def run_sweep(cfg: SweepConfig) -> int:
     try:
         grid = trials(cfg.sweep)
         columns = compared_columns(cfg)
-        resolve_index_list(cfg, say=cluster.say)  # once, for every trial
+        resolve_index_list(resolve_paths(cfg), say=cluster.say)  # once, for every trial
+        check_question(cfg, Path(cfg.output_dir) / "sweeps" / cfg.sweep.name)  # a new grid is not this sweep
         trial_cfgs = [trial_config(cfg, t) for t in grid]
         # Storage, data and the cluster settings are the same for every trial: prepared once.
         base_plan = cluster.prepare(trial_cfgs[0])
@@ -461,6 +478,11 @@ def run_sweep(cfg: SweepConfig) -> int:
     print("\n".join(opening(cfg, grid, columns, concurrent)) + f"\n  MLflow parent run {parent}", flush=True)
     common = {"storage_path": storage, "parent_run_id": parent, "sweep": cfg.sweep.name,
               "data_notices": base_plan.data_notices}  # fmt: skip
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(Path(base_plan.output_dir) / "tune" / cfg.sweep.name)):
+        # A new sweep records its question; one started before questions were recorded resumes as it was.
+        record_question(cfg, Path(base_plan.output_dir) / "sweeps" / cfg.sweep.name)
     axes, margin = axis_values(cfg.sweep), margins(cfg.sweep)
     if not sequential(cfg.sweep):
         rows = tune_round(cfg, grid, trial_cfgs, common, base_plan.output_dir, cfg.sweep.name, concurrent, columns)[0]

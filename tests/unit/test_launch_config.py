@@ -9,7 +9,17 @@ from omegaconf import OmegaConf
 
 from cgsgan import config
 from cgsgan.config import to_dict
-from orchestration.config import LaunchConfig, core_config, presets, register, resolve, run_name, validate_launch
+from orchestration.config import (
+    NOT_IN_RUN_NAME,
+    LaunchConfig,
+    core_config,
+    presets,
+    register,
+    resolve,
+    resolve_paths,
+    run_name,
+    validate_launch,
+)
 from tests.unit.test_render_backends import gsplat_without_kernels
 
 CONF = str(Path(__file__).resolve().parents[2] / "orchestration" / "conf")
@@ -95,6 +105,27 @@ def test_a_longer_budget_continues_the_same_run():
     assert run_name(load("train.seed=1")) != run_name(a)
     plan = resolve(a)
     assert plan.tracking_uri.startswith("sqlite:///") and plan.storage_path.endswith("ray_results")
+
+
+def test_a_layout_or_reporting_setting_keeps_the_run_and_every_exception_is_a_train_key():
+    a = load()
+    assert run_name(load("train.batch_gpu=4", "train.num_threads=1")) == run_name(a)  # layouts, like num_workers
+    assert run_name(load("train.metrics_at=end", "train.metric_samples=64", "train.snapshot_metrics=[fid]")) == run_name(a)
+    assert set(NOT_IN_RUN_NAME) <= set(to_dict(a.train)) and all(NOT_IN_RUN_NAME.values())
+
+
+def test_a_dataset_named_relatively_or_absolutely_is_one_run_with_absolute_paths(tmp_path, monkeypatch):
+    (tmp_path / "heads").mkdir()
+    (tmp_path / "list.json").write_text("[0]")
+    monkeypatch.chdir(tmp_path)
+    relative = resolve_paths(load("data=custom", "data.path=heads", "data.index_list=list.json", "output_dir=out"))
+    absolute = resolve_paths(load("data=custom", f"data.path={tmp_path / 'heads'}",
+                                  f"data.index_list={tmp_path / 'list.json'}", f"output_dir={tmp_path / 'out'}"))
+    assert (relative.data.path, relative.data.index_list) == (str(tmp_path / "heads"), str(tmp_path / "list.json"))
+    assert relative.output_dir == str(tmp_path / "out")
+    assert run_name(relative) == run_name(absolute)
+    monkeypatch.chdir(ROOT)  # elsewhere, as a Ray worker is: the resolved config still names the same files
+    assert resolve(relative).name == run_name(absolute) and resolve(relative).output_dir == str(tmp_path / "out")
 
 
 @pytest.mark.parametrize(
