@@ -28,7 +28,8 @@ writes is the driver's, made absolute before Ray starts (a trial runs in a worki
 Tune makes under its temp dir). An interrupted sweep resumes by running the same command
 (Tuner.restore; finished trials are not re-run). At the end (sweeps/report.py): a comparison table
 (Markdown: mean +- spread over seeds per configuration; each non-reference arm of an axis against
-the reference arm, paired over seeds, with a bootstrap 95% interval and a verdict; every trial;
+the reference arm, paired over seeds, with bootstrap and t 95% intervals, Holm's adjusted p and a
+verdict; every trial;
 CSV: every trial) and a plot (PNG), logged to the parent run, the trials and the differences also
 as MLflow tables.
 """
