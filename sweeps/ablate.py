@@ -29,7 +29,8 @@ Tune makes under its temp dir). An interrupted sweep resumes by running the same
 (Tuner.restore; finished trials are not re-run); another question under its name is refused
 (sweeps/question.py). At the end (sweeps/report.py): a comparison table
 (Markdown: mean +- spread over seeds per configuration; each non-reference arm of an axis against
-the reference arm, paired over seeds, with a bootstrap 95% interval and a verdict; every trial;
+the reference arm, paired over seeds, with bootstrap and t 95% intervals, Holm's adjusted p and a
+verdict; every trial;
 CSV: every trial) and a plot (PNG), logged to the parent run, the trials and the differences also
 as MLflow tables.
 """
