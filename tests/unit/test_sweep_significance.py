@@ -216,3 +216,47 @@ def test_every_axis_is_one_row_of_the_table_with_its_question():
     first = ablate.opening(cfg, ablate.trials(cfg.sweep), ablate.compared_columns(cfg), 1)[0]
     for a in ablate.AXIS_TABLE:
         assert a.question in first, a.name
+
+
+class Tracked:
+    def __init__(self):
+        self.metrics = []
+
+    def log_metrics(self, metrics, step, timestamp_ms):
+        self.metrics.append((step, metrics))
+
+
+def test_seeds_auto_adds_rounds_until_answered_within_its_budget(monkeypatch):
+    """The rounds without Ray: each round's trials come from a stand-in for the Tune experiment;
+    views=1 is 50 worse in every seed (answered in round 1), d_none only noise (open to the end)."""
+    rounds = []
+
+    def tune_round(cfg, grid, trial_cfgs, common, output_dir, name, concurrent, columns):
+        rounds.append((name, grid))
+        rows = [{**t, "config": ablate.config_key(t), "trial": ablate.trial_key(t), "error": "",
+                 "metrics/fid_synth": 100.0 * t["seed"] + (50.0 if t["views"] == 1 else 0.0)
+                 + ((-1) ** t["seed"] * (5 + t["seed"]) if t["camera_mode"] == "d_none" else 0.0)}
+                for t in grid]  # fmt: skip
+        return rows, [2.0] * len(grid)
+
+    monkeypatch.setattr(ablate, "tune_round", tune_round)
+    cfg = sweep_config("sweep=paper", "sweep.views=[4,1]", "sweep.grad_averaging=[true]", "sweep.background=[random]",
+                       "sweep.camera_mode=[d_projection,d_none]", "sweep.metrics=[fid]", "sweep.seeds=auto",
+                       "sweep.max_rounds=3")  # fmt: skip
+    columns, tracker = ablate.compared_columns(cfg), Tracked()
+    grid = ablate.trials(cfg.sweep)
+    rows, differences, said = ablate.run_rounds(cfg, grid, [], {}, "out", 2, columns, tracker)
+    assert [name for name, _ in rounds] == ["paper", "paper-round2", "paper-round3"]
+    assert {ablate.config_key(t) for t in rounds[1][1]} == {"v4-avg1-d_projection-bgrandom", "v4-avg1-d_none-bgrandom"}
+    assert {t["seed"] for t in rounds[2][1]} == {6, 7, 8} and len(rows) == 9 + 6 + 6
+    found = {d.arm: d for d in differences}
+    assert found["1"].verdict == Verdict.worse and found["1"].look == 1 and found["1"].pairs == 3
+    assert found["d_none"].look == 3 and found["d_none"].pairs == 9 and found["d_none"].family == 1
+    assert found["d_none"].level == pytest.approx(significance.look_level(3, 3))
+    assert [step for step, _ in tracker.metrics] == [1, 2, 3] and tracker.metrics[0][1]["sweep/answered"] == 1
+    assert "3 round(s)" in said and "round 1: level" in said
+    # a budget that one more round would overrun stops the sweep before it
+    rounds.clear()
+    cfg.sweep.budget_minutes = 5.0
+    rows, differences, said = ablate.run_rounds(cfg, grid, [], {}, "out", 2, columns, Tracked())
+    assert len(rounds) == 1 and "would overrun sweep.budget_minutes=5" in said
