@@ -3,15 +3,16 @@
 Runs `python sweeps/ablate.py sweep=paper output_dir=OUT` (what a user runs; a finished sweep in OUT
 only reports again), then writes benchmarks/results/ablation.md: the machine, its load and the time;
 the sweep's table (mean ± std over seeds) and each arm against the reference with its paired
-bootstrap interval and verdict; for each of the paper's claims, reproduced / not separated /
-contradicted, with the number of seeds that would separate the observed difference where it is
-not; and, per training seed, the final samples of every arm side by side (same latents; yaw -90 to
+bootstrap and t intervals, Holm's adjusted p and verdict; for each of the paper's claims,
+reproduced / not separated / contradicted, with the seeds a paired t test would need for 80% power
+at the observed difference where it is not; and, per training seed, the final samples of every arm side by side (same latents; yaw -90 to
 90 degrees, the novel views 60-90 included) in benchmarks/results/ablation/.
 
     python benchmarks/ablation.py [--out runs/ablation-paper] [--no-run] [sweep overrides ...]
 
 The reading (benchmarks/results/ablation/reading.md) is written by hand after looking at the
-numbers and the grids; the file is appended as it is.
+numbers and the grids; the file is appended as it is. The spreads of the paired differences go to
+sweeps/spreads.json (preset "paper"), which the sweep reads to state its power before training.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from benchmarks.machine import describe  # noqa: E402
-from sweeps.ablate import axis_values, compared_columns  # noqa: E402
-from sweeps.report import Verdict, paired_differences, write_report  # noqa: E402
+from sweeps import significance  # noqa: E402
+from sweeps.ablate import SPREADS, axis_values, compared_columns, margins  # noqa: E402
+from sweeps.report import Difference, Verdict, paired_differences, write_report  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SWEEP = "paper"
@@ -75,15 +77,49 @@ def judge(found: Verdict, expected: Verdict) -> str:
     return found.value  # not separated / too few seeds
 
 
-def seeds_to_separate(diffs: list[float], most: int = 10_000) -> int | None:
-    """The fewest pairs n whose paired t interval (95%, n - 1 degrees of freedom), at the observed
-    mean and spread s, would exclude 0: t(n-1) s / sqrt(n) < |mean| (None without mean or spread)."""
-    from scipy.stats import t
+def spreads(differences: list[Difference]) -> dict[str, float]:
+    """Per compared column, the pooled standard deviation of the paired differences of every arm
+    whose differences are not all 0 (a metric equal by construction in some arms, sensitivity in
+    the camera-free ones, says nothing about the spread where it varies)."""
+    out = {}
+    for key in dict.fromkeys(d.metric.key for d in differences):
+        groups = [d.values for d in differences if d.metric.key == key and any(v != 0 for v in d.values)]
+        sd = significance.pooled_sd(groups)
+        if sd:
+            out[key] = float(f"{sd:.4g}")
+    return out
 
-    if len(diffs) < 2 or statistics.fmean(diffs) == 0 or statistics.stdev(diffs) == 0:
-        return None
-    mean, s = abs(statistics.fmean(diffs)), statistics.stdev(diffs)
-    return next((n for n in range(2, most) if t.ppf(0.975, n - 1) * s / math.sqrt(n) < mean), None)
+
+def refresh_spreads(differences: list[Difference], measured: str, path: Path = SPREADS) -> None:
+    """sweeps/spreads.json's entry for this preset: the spreads the sweep plans its power with."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[SWEEP] = {"measured": measured, "sd": spreads(differences)}
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def claims_table(differences: list[Difference]) -> list[str]:
+    md = ["Each claim as the direction of one arm against the paper's configuration (4 views, gradient averaging, "
+          "d_projection, random backgrounds), on the metrics that test it, with the sweep's verdict (Holm's adjusted "
+          "p at most 0.05 over the sweep's distinct comparisons and both paired 95% intervals, bootstrap and t, "
+          "excluding 0): *reproduced* where it is the claimed direction, *contradicted* where it is the other, *not "
+          "separated* otherwise, with the seeds a paired t test at 0.05 / (the comparisons) would need to detect "
+          "the observed difference with 80% power if it were the true one (noncentral t: "
+          "sweeps/significance.py, seeds_needed). psnr_cond is exactly 100 dB for a camera-free generator by "
+          "construction (its renders do not depend on the conditioning camera), so its verdict for g_conditioned "
+          "says that the heads depend on the camera at all, which that arm is built to allow; the number (dB) says "
+          "how much.", "",
+          "| claim | arm | metric | arm − reference [bootstrap] [t] | p (Holm) | verdict | judgement | seeds for 80% power |",
+          "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for c in CLAIMS:
+        for key in c.metrics:
+            d = next((d for d in differences if (d.axis, d.arm, d.metric.key) == (c.axis, c.arm, key)), None)
+            if d is None:
+                continue
+            iv = ("-" if d.low is None else f"{d.mean:.4g} [{d.low:.4g}, {d.high:.4g}] [{d.t_low:.4g}, {d.t_high:.4g}]")
+            p = "-" if d.p is None else f"{d.p:.2g} ({d.p_adjusted:.2g})"
+            md.append(f"| {c.text} | {c.axis}={c.arm} | {key} ({d.metric.better.value} is better) | {iv} | {p} | "
+                      f"{d.verdict.value} | {judge(d.verdict, c.expected)} | {d.seeds_needed or '-'} |")  # fmt: skip
+    return md
 
 
 def camera_bias(rows: list[dict]) -> list[str]:
@@ -93,7 +129,7 @@ def camera_bias(rows: list[dict]) -> list[str]:
 
     out = ["FID3D − FID within each camera mode's trials (the paper's test of camera bias: exactly 0 for a "
            "camera-free generator, above 0 where the head follows the conditioning camera), paired by trial:", "",
-           "| camera_mode | trials | FID3D − FID per trial | mean [bootstrap] [t] | seeds to separate |", "|---|---|---|---|---|"]
+           "| camera_mode | trials | FID3D − FID per trial | mean [bootstrap] [t] | seeds for 80% power |", "|---|---|---|---|---|"]
     for mode in dict.fromkeys(r["camera_mode"] for r in rows):
         done = [r for r in rows if r["camera_mode"] == mode and not r.get("error") and r["views"] == 4
                 and r["background"] == "random" and r["grad_averaging"] in (True, "True")]  # fmt: skip
@@ -103,7 +139,9 @@ def camera_bias(rows: list[dict]) -> list[str]:
         if len(diffs) < 3:
             continue
         (lo, hi), (tlo, thi) = interval(a, b), t_interval(a, b)
-        need = seeds_to_separate(diffs) if not (tlo > 0 or thi < 0) else None
+        sd = statistics.stdev(diffs)
+        need = (significance.seeds_needed(abs(statistics.fmean(diffs)) / sd, significance.ALPHA)
+                if sd > 0 and not (tlo > 0 or thi < 0) else None)  # fmt: skip
         out.append(f"| {mode} | {len(diffs)} | {', '.join(f'{d:.4g}' for d in diffs)} | {statistics.fmean(diffs):.4g} "
                    f"[{lo:.4g}, {hi:.4g}] [{tlo:.4g}, {thi:.4g}] | {need or '-'} |")  # fmt: skip
     return out
@@ -177,8 +215,8 @@ def write(out: Path, wall_s: float | None, extra: list[str]) -> Path:
     # sweep wrote the same files at its end, with the code it ran).
     cfg = sweep_config(extra)
     axes, columns = axis_values(cfg.sweep), compared_columns(cfg)
-    write_report(rows, axes, folder, columns)
-    differences = paired_differences(rows, axes, columns)
+    write_report(rows, axes, folder, columns, margins(cfg.sweep))
+    differences = paired_differences(rows, axes, columns, margins(cfg.sweep))
     table = (folder / "comparison.md").read_text()
     times = []
     for r in rows:
@@ -205,24 +243,7 @@ def write(out: Path, wall_s: float | None, extra: list[str]) -> Path:
           "pitch +-25 against ground-truth renders of the synthetic heads at the same poses; the background "
           "FID composites generated heads and masked reals on the same solid non-white colours.", "",
           "## The sweep's comparison (sweeps/report.py)", "", table, "", "![comparison](ablation/comparison.png)", "",
-          "## The paper's claims", "",
-          "Each claim as the direction of one arm against the paper's configuration (4 views, gradient averaging, "
-          "d_projection, random backgrounds), on the metrics that test it: *reproduced* where the paired 95% "
-          "intervals (bootstrap and t, as in the sweep's verdicts) exclude 0 in the claimed direction, "
-          "*contradicted* where they exclude 0 the other way, *not separated* otherwise, with the seeds that "
-          "would separate the observed mean difference (1.96 s / |mean| squared, s the spread of the paired "
-          "differences) if it held.", "",
-          "| claim | arm | metric | arm − reference [bootstrap] [t] | verdict | judgement | seeds to separate |",
-          "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for c in CLAIMS:
-        for key in c.metrics:
-            d = next((d for d in differences if (d.axis, d.arm, d.metric.key) == (c.axis, c.arm, key)), None)
-            if d is None:
-                continue
-            iv = ("-" if d.low is None else f"{d.mean:.4g} [{d.low:.4g}, {d.high:.4g}] [{d.t_low:.4g}, {d.t_high:.4g}]")
-            need = seeds_to_separate(list(d.values)) if d.verdict == Verdict.not_separated else None
-            md.append(f"| {c.text} | {c.axis}={c.arm} | {key} ({d.metric.better.value} is better) | {iv} | "
-                      f"{d.verdict.value} | {judge(d.verdict, c.expected)} | {need if need else '-'} |")  # fmt: skip
+          "## The paper's claims", "", *claims_table(differences)]  # fmt: skip
     md += ["", *camera_bias(rows)]
     md += ["", "## Samples, every arm side by side", "",
            f"Rows: latent seeds {LATENTS} (truncation 0.8) of each configuration's final EMA generator, the same "
@@ -234,6 +255,8 @@ def write(out: Path, wall_s: float | None, extra: list[str]) -> Path:
         md += ["", READING.read_text().rstrip()]
     path = RESULTS / "ablation.md"
     path.write_text("\n".join(md) + "\n")
+    refresh_spreads(differences, f"by benchmarks/ablation.py from sweep=paper ({len(rows)} trials, "
+                    f"{rows[0].get('kimg')} kimg, seeds {sorted({r['seed'] for r in rows})}; trials from {started})")
     return path
 
 

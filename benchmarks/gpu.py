@@ -4,7 +4,10 @@ R1 every 16 steps, gsplat), as it trains, with TF32 matmuls, and with bf16 autoc
 benchmarks/results/gpu.md with the machine, the CUDA tests' outcomes and measured tolerances
 (from their JUnit XML), and these figures.
 
-    python benchmarks/gpu.py --junit gpu-tests.xml [--steps 32] [--data DIR]
+    python benchmarks/gpu.py --junit gpu-tests.xml [--steps 32] [--data DIR] [--phase "what took how long" ...]
+
+The report is rewritten after each variant, so a run stopped by benchmarks/gpu.sh's time limit
+still leaves what it measured.
 
 Reference pace: about 15M images in about 3 days on 4 H100s, i.e. about 14.5 images/s per GPU;
 the target is at least 1.5 times that per GPU.
@@ -111,6 +114,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=32)
     p.add_argument("--data", type=Path, help="synthetic heads at 512 (made there if missing)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu.md")
+    p.add_argument("--phase", action="append", default=[], help="a line on an earlier phase (kernel build, tests)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("benchmarks/gpu.py needs a CUDA GPU")
@@ -119,13 +123,21 @@ def main() -> None:
         data = generate_synthetic(args.data or Path(tmp) / "heads", identities=4, views=2, resolution=512, seed=0)
         variants = {"float32 (as trained)": (False, False), "float32, TF32 matmuls": (False, True),
                     "bf16 autocast of G's blocks": (True, False)}
-        results = {}
+        results: dict = {}
+        write_report(args, results, start, len(variants))  # the tests' outcomes, even if no timing finishes
         for name, (ac, tf32) in variants.items():
             results[name] = r = time_variant(data, args.steps, ac, tf32)
             print(f"{name}: {r['img_per_sec']:.1f} img/s, {r['sec_per_step']:.3f} s/step, peak {r['peak_gib']:.1f} GiB",
                   flush=True)
+            write_report(args, results, start, len(variants))
+    print((args.out).read_text())
+
+
+def write_report(args: argparse.Namespace, results: dict, start: float, variants: int) -> None:
     lines = ["# The GPU path: CUDA tests and the 512 config on one GPU", "", machine(), "",
-             "Made by `bash benchmarks/gpu.sh`.", "", "## CUDA tests", ""] + test_report(args.junit)
+             "Made by `bash benchmarks/gpu.sh`.", ""]
+    lines += [f"- {phase}" for phase in args.phase] + ([""] if args.phase else [])
+    lines += ["## CUDA tests", ""] + test_report(args.junit)
     lines += ["## Training throughput, 512 config, one GPU", "",
               f"Batch 8 per GPU, N = 4 views, full G and D steps, R1 every 16 steps, gsplat; {args.steps} timed steps "
               f"after {WARMUP} warm-up steps. Reference pace {REFERENCE_IMG_PER_SEC:.1f} images/s per H100 "
@@ -136,10 +148,10 @@ def main() -> None:
         lines.append(f"| {name} | {r['sec_per_step']:.3f} | {r['img_per_sec']:.1f} | "
                      f"{r['img_per_sec'] / REFERENCE_IMG_PER_SEC:.2f} | {r['peak_gib']:.1f} | "
                      f"{r['loss_G']:.3f} / {r['loss_D']:.3f} |")
-    lines += ["", f"Timing wall time {time.time() - start:.0f} s."]
+    done = "" if len(results) == variants else f" ({len(results)} of {variants} variants timed so far)"
+    lines += ["", f"Timing wall time {time.time() - start:.0f} s{done}."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

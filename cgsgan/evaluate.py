@@ -40,15 +40,14 @@ from cgsgan.metrics.evaluation import (
 from cgsgan.metrics.feature_factory import load_features
 from cgsgan.metrics.ground_truth import synthetic_truth
 from cgsgan.metrics.sampling import as_generator
-from cgsgan.training.checkpoint import open_checkpoint
+from cgsgan.training.checkpoint import CHECKPOINT_HELP, open_checkpoint
 
 DEFAULT_METRICS = "fid,kid,fid3d,sensitivity,psnr_cond,depth_consistency"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoint file, checkpoint folder, or run folder (newest checkpoint); local or s3://")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--data", required=True, help="dataset folder the generator is compared with")
     p.add_argument("--index-list", default=None,
                    help="index list of the reals (image file numbers); default: the training run's "

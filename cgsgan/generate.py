@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from cgsgan import camera
-from cgsgan.training.checkpoint import open_checkpoint
+from cgsgan.training.checkpoint import CHECKPOINT_HELP, open_checkpoint
 from cgsgan.training.samples import save_grid, save_turntable
 from cgsgan.training.checkpoint import load_generator
 
@@ -47,9 +47,7 @@ def latents(seeds: list[int], z_dim: int) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True,
-                   help="checkpoint file, checkpoint folder, or run folder (newest checkpoint); local or s3://; "
-                        "or an MLflow model URI (runs:/<run_id>/generator, models:/<name>/<version>)")
+    p.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     p.add_argument("--seeds", default="0-7")
     p.add_argument("--out", required=True)
     p.add_argument("--truncation", type=float, default=0.8)

@@ -2,7 +2,8 @@
 (a training run), sweeps/ablate.py (every trial of a sweep) and a SLURM job (orchestration/slurm.py,
 running whichever of the two submitted it) take.
 
-    prepare(cfg)             validate, resolve names and paths, check storage, check (or make) the data
+    prepare(cfg)             validate, check the GPU set-up, resolve names and paths, check storage, check (or make)
+                             the data
     connect_ray(cfg)         the configured Ray (cluster.kind=ray), or a local one (cluster.kind=local)
     run_as_job(...)          cluster.kind=slurm: the entry runs as a SLURM job, on a Ray it starts there
     train_on_ray(cfg, plan)  build the TorchTrainer, fit it, say where everything is
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from cgsgan.config import ConfigError, DataSource
+from cgsgan.config import ConfigError, DataSource, RenderBackend
 from cgsgan.data.dataset import DataError
 from orchestration.config import (
     ClusterKind,
@@ -29,6 +30,7 @@ from orchestration.config import (
     core_config,
     resolve,
     resolve_index_list,
+    resolve_paths,
     validate_launch,
 )
 from orchestration.console import LOCAL_RAY_ENV, quiet_console
@@ -53,15 +55,40 @@ def say(line: str) -> None:
 
 def prepare(cfg: LaunchConfig) -> Plan:
     """Validate, resolve names and paths, check storage, check (or make) the data: no cluster
-    resources yet. data.index_list=auto is resolved in `cfg` (the list's path, or "")."""
-    validate_launch(cfg)
+    resources yet. Its paths are made absolute and data.index_list=auto is resolved in `cfg` (the
+    list's path, or "")."""
+    validate_launch(resolve_paths(cfg))
     ray_address(cfg)
+    check_gpu(cfg)
     resolve_index_list(cfg, say=say)
     plan = resolve(cfg)
     check_storage(plan.storage_path, cfg.storage.endpoint_url, cfg.storage.create_bucket)
     plan.data_notices = check_data(cfg)
     make_local_data(cfg)
     return plan
+
+
+def check_gpu(cfg: LaunchConfig) -> None:
+    """A GPU run renders with gsplat: its compiled kernels must load here (ConfigError, one line
+    saying what to install) rather than fail in every worker on every retry. A local launch told
+    not to use the GPUs this machine has says so. (cluster.kind=slurm: checked in the job.)"""
+    c, backend = cfg.cluster, cfg.train.render_backend
+    if c.kind == ClusterKind.slurm:
+        return
+    if c.use_gpu and backend in (RenderBackend.auto, RenderBackend.gsplat):
+        from cgsgan.render.backends import gsplat_kernels
+
+        if why := gsplat_kernels():
+            raise ConfigError(f"cluster.use_gpu=true renders with gsplat (train.render_backend={backend.value}): {why}")
+    elif c.use_gpu and backend == RenderBackend.native:
+        raise ConfigError("train.render_backend=native runs on the CPU only; with cluster.use_gpu=true use gsplat "
+                          "(auto) or torch")
+    elif not c.use_gpu and c.kind == ClusterKind.local:
+        import torch
+
+        if torch.cuda.is_available():
+            say(f"note: this machine has {torch.cuda.device_count()} CUDA GPU(s) but cluster.use_gpu=false: training "
+                "on the CPU (cluster.use_gpu=true trains on the GPUs)")
 
 
 def check_data(cfg: LaunchConfig) -> list[str]:
@@ -197,6 +224,13 @@ def train_on_ray(cfg: LaunchConfig, plan: Plan) -> int:
         print(f"  look:        mlflow ui --backend-store-uri {plan.tracking_uri}")
     if checkpoint:
         print(f"  generate:    python -m cgsgan.generate --checkpoint {checkpoint} --out samples --turntable --ply")
+    from orchestration.model_logging import logged_model_uri
+
+    model = logged_model_uri(plan.tracking_uri, cfg.tracking.experiment, plan.name)
+    if model:  # the command with its store, so it works from any folder
+        print(f"  model:       {model} (MLflow model)")
+        print(f"  from model:  MLFLOW_TRACKING_URI={redact(plan.tracking_uri)} python -m cgsgan.generate "
+              f"--checkpoint {model} --out samples")
     if result.error:
         print(f"error: training failed: {root_cause(result.error)}", file=sys.stderr)
         return 1

@@ -140,22 +140,58 @@ def core_config(cfg: LaunchConfig) -> CGSGANConfig:
     return CGSGANConfig(model=cfg.model, data=cfg.data, loss=cfg.loss, train=cfg.train)
 
 
-# How long and how often to report, not what is trained: a command that only raises the budget
-# or changes the reporting continues the same run.
-SCHEDULE_FIELDS = ("total_kimg", "tick_kimg", "snapshot_ticks", "checkpoint_ticks", "truncation_psi",
-                   "metric_samples", "snapshot_metrics", "feature_extractor", "snapshot_metric_heads", "render_backend",
-                   "num_threads")  # fmt: skip
+# What a run is, decided here: the run name is a digest of the core config (model, data, loss,
+# train) less these train keys, each with why it does not change what is trained. A relaunch
+# that changes only these (or the cluster, storage, tracking and SLURM settings, which never enter
+# it) finds the same run and resumes it. Paths enter resolved (`resolve_paths`).
+LAYOUT = {  # how the same training is computed, like cluster.num_workers
+    "batch_gpu": "a layout: the same global batch, split into other chunks",
+    "num_threads": "a layout: CPU threads per worker",
+    "render_backend": "a layout: the same rasterisation, another implementation",
+}
+NOT_IN_RUN_NAME = {
+    "total_kimg": "the budget: raising it extends the run",
+    **LAYOUT,
+    **dict.fromkeys(("tick_kimg", "snapshot_ticks", "checkpoint_ticks", "truncation_psi", "metric_samples",
+                     "snapshot_metrics", "metrics_at", "feature_extractor", "snapshot_metric_heads"),
+                    "reporting: when and what is measured or saved, not what is trained"),
+}  # fmt: skip
 
 
 def run_name(cfg: LaunchConfig) -> str:
     """Deterministic: the same config (and tag) always names the same run, so resubmitting the
-    same command resumes it. Cluster, storage and tracking settings and the training schedule
-    (SCHEDULE_FIELDS) do not enter the hash."""
+    same command resumes it (what enters it: NOT_IN_RUN_NAME)."""
     values = to_dict(core_config(cfg))
-    values["train"] = {k: v for k, v in values["train"].items() if k not in SCHEDULE_FIELDS}
+    values["train"] = {k: v for k, v in values["train"].items() if k not in NOT_IN_RUN_NAME}
     digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
     base = f"cgsgan-{cfg.model.resolution}px-{cfg.model.camera_mode}-v{cfg.loss.num_views}"
     return f"{cfg.name}-{digest}" if cfg.name else f"{base}-{digest}"
+
+
+def absolute_path(path: str) -> str:
+    """A local path against this process's folder (~ expanded, .. folded); "" and URIs as given."""
+    return path if not path or "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def resolve_paths(cfg: LaunchConfig) -> LaunchConfig:
+    """Every path of the config made absolute on the driver, once, before it is checked or named:
+    Ray's workers and Tune's trials run in other folders, and the run name then says the dataset
+    the same way however it was written. Returns cfg, changed in place."""
+    cfg.output_dir = absolute_path(cfg.output_dir)
+    cfg.data.path = absolute_path(cfg.data.path)
+    if cfg.data.index_list != "auto":
+        cfg.data.index_list = absolute_path(cfg.data.index_list)
+    if cfg.train.feature_extractor not in ("synthetic", "random"):  # else a file of weights
+        cfg.train.feature_extractor = absolute_path(cfg.train.feature_extractor)
+    if cfg.storage.kind == StorageKind.local:
+        cfg.storage.path = absolute_path(cfg.storage.path)
+    cfg.slurm.folder = absolute_path(cfg.slurm.folder)
+    return cfg
+
+
+def local_store(output_dir: str | Path) -> str:
+    """The MLflow store of tracking=local: a SQLite file under output_dir."""
+    return f"sqlite:///{Path(absolute_path(str(output_dir))) / 'mlflow.db'}"
 
 
 @dataclass
@@ -171,11 +207,11 @@ class Plan:
 
 
 def resolve(cfg: LaunchConfig) -> Plan:
-    out = Path(cfg.output_dir).absolute()
+    out = Path(absolute_path(cfg.output_dir))
     storage = cfg.storage.path
     if cfg.storage.kind == StorageKind.local:
-        storage = str(Path(storage or out / "ray_results").absolute())
-    tracking = cfg.tracking.uri or f"sqlite:///{out / 'mlflow.db'}"
+        storage = absolute_path(storage or str(out / "ray_results"))
+    tracking = cfg.tracking.uri or local_store(out)
     return Plan(run_name(cfg), storage, tracking, str(out), to_dict(core_config(cfg)))
 
 
@@ -212,6 +248,14 @@ def validate_launch(cfg: LaunchConfig) -> LaunchConfig:
             raise ConfigError(
                 f"cluster.num_workers={c.num_workers} x cluster.gpus_per_worker={c.gpus_per_worker} GPUs do not fit "
                 f"in slurm.nodes={s.nodes} x slurm.gpus_per_node={s.gpus_per_node}"
+            )
+        from orchestration.ray_nodes import port_block, worker_ports, worker_ports_needed
+
+        per_node, ports = math.ceil(c.num_workers / s.nodes), worker_ports(port_block("0", s.port_base))
+        if worker_ports_needed(per_node) > ports:
+            raise ConfigError(
+                f"cluster.num_workers={c.num_workers} on slurm.nodes={s.nodes}: {per_node} workers a node need "
+                f"{worker_ports_needed(per_node)} Ray worker ports, a job's port block has {ports}; use more nodes"
             )
         if c.num_workers * c.cpus_per_worker > s.nodes * s.cpus_per_task:
             raise ConfigError(
@@ -264,6 +308,9 @@ def check_ranges(cfg: LaunchConfig) -> None:
     at_least("cluster.gpus_per_worker", c.gpus_per_worker, 0)
     if c.use_gpu:
         need(c.gpus_per_worker > 0, "cluster.gpus_per_worker", c.gpus_per_worker, "must be > 0 with cluster.use_gpu=true")
+        # A worker trains on whole GPUs: two ranks sharing one would each need it all.
+        need(float(c.gpus_per_worker).is_integer(), "cluster.gpus_per_worker", c.gpus_per_worker,
+             "must be a whole number of GPUs with cluster.use_gpu=true (a worker trains on whole GPUs)")
     at_least("cluster.max_failures", c.max_failures, 0)
     at_least("storage.num_to_keep", cfg.storage.num_to_keep, 1)
     at_least("tracking.system_metrics_interval_s", cfg.tracking.system_metrics_interval_s, 0)

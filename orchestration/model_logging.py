@@ -1,12 +1,13 @@
 """The EMA generator as a logged MLflow model (orchestration/generator_model.py is its code).
 
 At the end of a run the worker logs it to the run (`log_trained_generator`); on demand, from any
-checkpoint (MLFLOW_TRACKING_URI names the store):
+checkpoint (the store: $MLFLOW_TRACKING_URI, else the launcher's default ./outputs/mlflow.db):
 
     python -m orchestration.model_logging log --checkpoint CKPT --run-id RUN [--register]
 
 It lands at runs:/<run_id>/generator: `mlflow.pyfunc.load_model("runs:/<run_id>/generator")`
-gives a model that turns a table of (seed, yaw) into images. Its folder holds the core's code
+(after `mlflow.set_tracking_uri("sqlite:///outputs/mlflow.db")` under local tracking) gives a
+model that turns a table of (seed, yaw) into images. Its folder holds the core's code
 (code/cgsgan), so it loads wherever torch and mlflow are installed, and a generator-only cgsgan
 checkpoint (artifacts/checkpoint-<nimg>.pt), so the core reads it without MLflow:
 
@@ -34,6 +35,7 @@ from pathlib import Path
 
 from cgsgan.config import CGSGANConfig, from_dict, to_dict
 from cgsgan.training.checkpoint import load_checkpoint, open_checkpoint, save_checkpoint
+from orchestration.tracking import redact
 
 MODEL_PATH = "generator"  # the model's artifact path in its run: runs:/<run_id>/generator
 CORE = Path(__file__).resolve().parents[1] / "cgsgan"
@@ -50,6 +52,25 @@ def registered_name(cfg: CGSGANConfig) -> str:
 
     match = [name for name, preset in presets().items() if shape(preset) == shape(cfg)]
     return f"cgsgan-{match[0] if match else f'{cfg.model.resolution}px'}"
+
+
+def cli_tracking_uri() -> str:
+    """The store a command given a model URI reads: $MLFLOW_TRACKING_URI, else the launcher's
+    default local store (tracking=local, output_dir=outputs) under this folder. Never MLflow's own
+    default, ./mlflow.db, which it would create empty wherever the command runs. FileNotFoundError
+    (one line: where it looked, how to name another) when there is none."""
+    import os
+
+    from orchestration.config import LaunchConfig, local_store
+
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    store = local_store(LaunchConfig().output_dir)
+    if not Path(store.removeprefix("sqlite:///")).exists():
+        raise FileNotFoundError(f"no MLflow store here: looked for {store} (the default local store, under the "
+                                "folder the launch ran in); name another with MLFLOW_TRACKING_URI=sqlite:///<output_dir>"
+                                "/mlflow.db or the server's http:// address")
+    return store
 
 
 def is_server(tracking_uri: str) -> bool:
@@ -109,7 +130,8 @@ def log_trained_generator(tracker, trainer) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="The EMA generator as an MLflow model: log one from a checkpoint "
-                                "(MLFLOW_TRACKING_URI names the store). To generate from a logged one: "
+                                "($MLFLOW_TRACKING_URI names the store; unset: ./outputs/mlflow.db, the launcher's "
+                                "default). To generate from a logged one: "
                                 "python -m cgsgan.generate --checkpoint runs:/<run_id>/generator.")
     sub = p.add_subparsers(dest="command", required=True)
     log = sub.add_parser("log", help="log a checkpoint's EMA generator as the model of a run")
@@ -120,13 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow.tracking import MlflowClient
 
     try:
+        store = cli_tracking_uri()
+        client = MlflowClient(store)
+        try:
+            client.get_run(args.run_id)
+        except Exception as e:  # noqa: BLE001  (MLflow's own kinds for a missing run)
+            raise FileNotFoundError(f"--run-id {args.run_id}: no such run in {redact(store)} ({type(e).__name__}); "
+                                    "name another store with MLFLOW_TRACKING_URI") from None
         with open_checkpoint(args.checkpoint, say=lambda msg: print(msg, file=sys.stderr)) as path:
             state = load_checkpoint(path)
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     nimg = int(state.get("counters", {}).get("cur_nimg", 0))
-    print(log_generator(MlflowClient(), args.run_id, state["config"], state["G_ema"], nimg, register=args.register))
+    print(log_generator(client, args.run_id, state["config"], state["G_ema"], nimg, register=args.register))
     return 0
 
 
@@ -134,14 +163,35 @@ def main(argv: list[str] | None = None) -> int:
 def downloaded(model_uri: str):
     """The logged model's folder (its checkpoint-*.pt inside), downloaded for as long as the
     context lasts: the core's resolver of runs:/ and models:/ URIs (see the module docstring)."""
+    import mlflow
     import mlflow.artifacts
 
+    store = cli_tracking_uri()
+    mlflow.set_tracking_uri(store)  # models:/ resolves through the registry, which follows it
     with tempfile.TemporaryDirectory(prefix="cgsgan-model-") as tmp:
         try:
             folder = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
         except Exception as e:  # noqa: BLE001  (MLflow raises its own kinds for a missing run or model)
-            raise FileNotFoundError(f"{model_uri}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+            raise FileNotFoundError(f"{model_uri} in {redact(store)}: {type(e).__name__}: {str(e).splitlines()[0]} "
+                                    "(name another store with MLFLOW_TRACKING_URI)") from None
         yield folder
+
+
+def logged_model_uri(tracking_uri: str, experiment: str, run_name: str) -> str | None:
+    """runs:/<run_id>/generator of the run named `run_name` when its generator was logged, else None."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestration.tracking import RUN_NAME_TAG
+
+    try:
+        client = MlflowClient(tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+        runs = exp and client.search_runs([exp.experiment_id], f"tags.`{RUN_NAME_TAG}` = '{run_name}'", max_results=1)
+        if not runs or not client.list_artifacts(runs[0].info.run_id, MODEL_PATH):
+            return None
+    except Exception:  # noqa: BLE001  (a summary line, not worth failing a finished run for)
+        return None
+    return f"runs:/{runs[0].info.run_id}/{MODEL_PATH}"
 
 
 if __name__ == "__main__":

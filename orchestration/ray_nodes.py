@@ -23,6 +23,7 @@ import os
 import secrets
 import shlex
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,22 @@ from pathlib import Path
 # `ray start` (infra/ray and infra/k8s set the same variable; tests/unit/test_infra_files.py checks).
 WORKER_NICENESS = 0
 TRAINING_NODE_ENV = {"RAY_worker_niceness": str(WORKER_NICENESS)}
+
+# Ray's raylet starts one idle worker per CPU when the first driver connects (and more as
+# configured), each taking a worker port: 64 of them on a 64-CPU node against the job's 30 worker
+# ports, and 64 Python processes importing Ray beside the training. The nodes this project starts
+# for a SLURM job start workers only when something runs on them.
+NO_PRESTART_ENV = {"RAY_enable_worker_prestart": "0", "RAY_prestart_worker_first_driver": "0"}
+# Worker ports a node needs beyond its Ray Train workers: on the head the driver, Ray Train's
+# controller and its placement-group cleaner, Tune's trial drivers; a few for restarts.
+WORKER_PORT_SPARE = 8
+
+# gsplat's CUDA kernels, where the install has none compiled (a venv rather than the training
+# image): built once per node by one process before Ray starts any worker -- 8 workers importing
+# gsplat at once would each compile them and delete each other's lock and build folder. The cache
+# is on node-local disk and kept for the user's next jobs.
+GSPLAT_BUILD = "import sys; from gsplat.cuda._backend import _C; sys.exit(0 if _C is not None else 3)"
+GSPLAT_BUILD_TIMEOUT_S = 1800
 
 PORTS_PER_JOB = 40
 JOB_BLOCKS = 500  # jobs whose ids differ by a multiple of this share a port block
@@ -54,6 +71,51 @@ def port_block(job_id: str, base: int = DEFAULT_PORT_BASE) -> dict[str, int]:
     ports = {n: start + i for i, n in enumerate(names)}
     ports["min_worker"], ports["max_worker"] = start + 10, start + PORTS_PER_JOB - 1
     return ports
+
+
+def worker_ports(ports: dict[str, int]) -> int:
+    """How many worker processes (tasks, actors, drivers) a node of the job can hold at once."""
+    return ports["max_worker"] - ports["min_worker"] + 1
+
+
+def worker_ports_needed(train_workers_on_node: int, prestarted: int = 0) -> int:
+    """Worker ports a node takes: its Ray Train workers, `prestarted` idle workers, the spare."""
+    return train_workers_on_node + prestarted + WORKER_PORT_SPARE
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (what `nproc` says): a SLURM step's binding, not the node's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpus_line(role: str, cpus: int) -> str:
+    """One line for the job log: the CPUs this step really has against the CPUs Ray advertises."""
+    have = usable_cpus()
+    line = f"ray {role} on {socket.gethostname()}: {have} usable CPUs (nproc), Ray advertises {cpus}"
+    if have < cpus:
+        line += (f"; warning: the step is bound to {have} CPUs, so {cpus} CPUs of work share them "
+                 "(srun needs --cpus-per-task or SRUN_CPUS_PER_TASK since Slurm 22.05)")
+    return line
+
+
+def kernel_cache() -> str:
+    """torch's extension cache (where gsplat builds its kernels) on node-local disk, per user."""
+    return f"/tmp/torch-extensions-{os.getuid()}"
+
+
+def build_gsplat_kernels(env: dict[str, str]) -> str:
+    """Build gsplat's kernels on this node (a no-op where they are compiled or cached); one line
+    for the job log. A node where they cannot be built says so; the launch stops on it."""
+    start = time.time()
+    try:
+        done = subprocess.run([sys.executable, "-c", GSPLAT_BUILD], env=env, capture_output=True, text=True,
+                              timeout=GSPLAT_BUILD_TIMEOUT_S)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"gsplat kernels: not built in {GSPLAT_BUILD_TIMEOUT_S} s"
+    if done.returncode == 0:
+        return f"gsplat kernels: ready in {time.time() - start:.0f} s (cache {env.get('TORCH_EXTENSIONS_DIR', '')})"
+    last = (done.stderr.strip().splitlines() or ["no CUDA toolkit (nvcc) to build them"])[-1]
+    return f"gsplat kernels: not available on this node ({last})"
 
 
 def temp_dir(job_id: str) -> str:
@@ -95,8 +157,10 @@ def ray_bin() -> str:
 
 
 def node_env(token_path: str | Path) -> dict[str, str]:
-    """The environment every process of the job runs Ray with: token auth and workers at nice 0."""
-    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), **TRAINING_NODE_ENV}
+    """The environment every process of the job runs Ray with: token auth, workers at nice 0, no
+    prestarted workers (NO_PRESTART_ENV), torch's extension cache on node-local disk."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), "TORCH_EXTENSIONS_DIR": kernel_cache(),
+            **TRAINING_NODE_ENV, **NO_PRESTART_ENV}
 
 
 def write_token(path: str | Path) -> None:
@@ -186,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             wait_for_head(token, head_ip, ports)
             cmd = worker_command(head_ip, my_ip(), ports, args.cpus, args.gpus, temp_dir(job_id))
+        print(cpus_line(args.role, args.cpus))
+        if args.gpus:
+            print(build_gsplat_kernels(env), flush=True)
         sys.stdout.flush()
         os.execvpe(cmd[0], cmd, env)  # SLURM's SIGTERM then reaches `ray start --block` itself
     import ray

@@ -7,12 +7,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
 
 from cgsgan.config import from_dict, to_dict
 from cgsgan.data.dataset import DataError
+from cgsgan.render.backends import BackendUnavailable
 from cgsgan.training.checkpoint import RunCheckpoints
 from orchestration.config import LaunchConfig, Plan
 from orchestration.console import QUIET_ENV
@@ -63,6 +65,27 @@ class StopOnDataError(UserCallback):
             cause = getattr(error, "_base_exc", error)  # Ray wraps it with its traceback text
             if isinstance(cause, DataError):
                 raise DataErrorStop(f"rank {rank}: {cause}")
+
+
+class GpuFailureStop(RuntimeError):
+    """A worker failed in a way no retry changes (CUDA out of memory, a render backend that cannot run)."""
+
+
+class StopOnDeterministicGpuFailure(UserCallback):
+    """CUDA running out of memory at the configured batch and a render backend that cannot run on
+    the node (gsplat without its compiled kernels) fail the same way on every retry; Ray Train
+    would repeat the start and the resume from storage `max_failures` times. Stopped like a data
+    error (see StopOnDataError), by the exception's type."""
+
+    def after_exception(self, run_context, worker_exceptions: dict) -> None:
+        for rank, error in sorted(worker_exceptions.items()):
+            cause = getattr(error, "_base_exc", error)
+            if isinstance(cause, torch.cuda.OutOfMemoryError):
+                first = str(cause).strip().splitlines()[0] if str(cause).strip() else "CUDA out of memory"
+                raise GpuFailureStop(f"rank {rank}: {first} (not retried: the same batch fails the same way; "
+                                     "lower train.batch_gpu)")
+            if isinstance(cause, BackendUnavailable):
+                raise GpuFailureStop(f"rank {rank}: {cause} (not retried)")
 
 
 def worker_spec(cfg: LaunchConfig, plan: Plan, tags: dict | None = None) -> WorkerSpec:
@@ -123,7 +146,7 @@ def build_trainer(
             # twice, and evicting the stale entry deletes the folder -- the fresh checkpoint --
             # while its snapshot still lists it; it also never checks that what it keeps loads.
             checkpoint_config=CheckpointConfig(num_to_keep=None),
-            callbacks=[StopOnDataError(), *(extra_callbacks or [])],
+            callbacks=[StopOnDataError(), StopOnDeterministicGpuFailure(), *(extra_callbacks or [])],
             worker_runtime_env={"env_vars": worker_env(plan)},
         ),
     )

@@ -53,10 +53,13 @@ class SlurmJob:
         # The token lives in the job's submitit folder (shared by all nodes, readable by the user only).
         token = Path(env.paths.folder) / f".ray-token-{env.job_id}"
         os.environ.update(ray_nodes.node_env(token))
+        if s.gpus_per_node:
+            print(ray_nodes.build_gsplat_kernels(dict(os.environ)), flush=True)
         if env.global_rank != 0:
             # A worker node: join the head and stay until it stops.
             ray_nodes.wait_for_head(token, head_ip, ports)
             my_ip = socket.gethostbyname(env.hostname)
+            print(ray_nodes.cpus_line("worker", s.cpus_per_task), flush=True)
             return subprocess.call(ray_nodes.worker_command(head_ip, my_ip, ports, s.cpus_per_task, s.gpus_per_node, tmp))
 
         ray_nodes.write_token(token)
@@ -68,6 +71,7 @@ class SlurmJob:
         address = ray_nodes.head_address(head_ip, ports)
         print(f"slurm job {env.job_id}: Ray at {address}, {s.nodes} node(s), "
               f"{self.requeues_left} requeue(s) left", flush=True)  # fmt: skip
+        print(ray_nodes.cpus_line("head", s.cpus_per_task), flush=True)
         # The Ray driver runs in a child process. A process connected to Ray has Ray's signal
         # handlers and a core worker that exits the process as soon as the head it talks to dies;
         # on preemption SLURM signals every process of the step, so the head dies at once and the
@@ -154,6 +158,9 @@ def make_executor(s: SlurmConfig, folder: Path, job_name: str, cluster: str | No
         "timeout_min": s.time_min,
         "slurm_signal_delay_s": s.signal_delay_s,
         "slurm_additional_parameters": {"requeue": True},
+        # Since Slurm 22.05 srun no longer inherits --cpus-per-task from the allocation: without it
+        # the step (Ray, its workers, the driver) is bound to one core where core binding is on.
+        "slurm_srun_args": [f"--cpus-per-task={s.cpus_per_task}"],
     }
     if s.gpus_per_node:
         params["gpus_per_node"] = s.gpus_per_node

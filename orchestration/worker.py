@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 import ray.train
+import ray.train.torch
 import torch
 
 from cgsgan.data.dataset import DataError, mark_shown
@@ -77,7 +78,9 @@ def train_loop_per_worker(config: dict) -> dict | None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     cfg = spec.core
-    device = torch.device(f"cuda:{ctx.get_local_rank()}") if spec.use_gpu else torch.device("cpu")
+    # Ray's device for this worker: the GPU Ray assigned it, whatever CUDA_VISIBLE_DEVICES holds
+    # (not cuda:<local rank>, which is another worker's GPU when a worker holds several).
+    device = ray.train.torch.get_device() if spec.use_gpu else torch.device("cpu")
     if spec.use_gpu:
         torch.cuda.set_device(device)
     run_dir = Path(spec.local_dir) / spec.name

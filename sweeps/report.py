@@ -1,6 +1,8 @@
 """The sweep's comparison: the per-configuration summary over seeds, the paired differences of
-every non-reference arm of an axis to its reference arm (bootstrap 95% intervals over the shared
-seeds, with a verdict), and the files written from them (CSV, Markdown, PNG).
+every non-reference arm of an axis to its reference arm (bootstrap and t 95% intervals over the
+shared seeds, the t test's p value corrected for the sweep's comparisons, a verdict and the seeds an
+unanswered comparison would need), and the files written from them (CSV, Markdown, PNG). The
+statistics themselves are in sweeps/significance.py.
 
 What is compared is a list of the metric registry's columns (`cgsgan.metrics.evaluation.Column`,
 each with which way is better, from `compared_metrics`); the first is the headline (each trial's
@@ -21,6 +23,8 @@ from enum import StrEnum
 from pathlib import Path
 
 from cgsgan.metrics.evaluation import Better, Column
+from sweeps import significance
+from sweeps.significance import ALPHA, POWER
 
 # Also in the per-trial table and the CSV, beside the compared columns and the floors.
 EXTRA = ["loss/G", "loss/D"]
@@ -33,6 +37,7 @@ class Verdict(StrEnum):
     better = "better"
     worse = "worse"
     not_separated = "not separated"
+    equivalent = "equivalent within margin"
     too_few_seeds = "too few seeds"
     reference = "reference"
 
@@ -55,6 +60,19 @@ class Difference:
     t_low: float | None = None
     t_high: float | None = None
     values: tuple[float, ...] = ()  # arm - reference of each pair
+    p: float | None = None  # the paired t test's two-sided p value
+    p_adjusted: float | None = None  # Holm's, over the comparisons judged at the same look
+    level: float = ALPHA  # what p_adjusted is held against (the look's share of ALPHA)
+    look: int = 1  # the round of seeds whose look gave the verdict
+    margin: float | None = None  # sweep.margin for this metric: the equivalence test's bounds
+    tost_p: float | None = None
+    tost_adjusted: float | None = None
+    seeds_needed: int | None = None  # unanswered: pairs for 80% power at the observed difference
+    family: int = 0  # the distinct tests Holm corrected over at its look
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return self.axis, self.arm, self.metric.key
 
 
 def reported(c: Column) -> str:
@@ -139,10 +157,13 @@ def verdict(metric: Column, pairs: int, *intervals: tuple[float | None, float | 
     return Verdict.not_separated
 
 
-def paired_differences(rows: list[dict], axes: dict[str, list], columns: list[Column]) -> list[Difference]:
+def paired_differences(rows: list[dict], axes: dict[str, list], columns: list[Column],
+                       margins: dict[str, float] | None = None, level: float = ALPHA, look: int = 1,
+                       answered: dict[tuple, Difference] | None = None) -> list[Difference]:
     """For every axis with more than one value, every non-reference arm (the reference is the
     axis's first listed value) against the reference, on each compared metric: the trials are
-    paired by seed and the values of the other axes, so seed-to-seed variation cancels."""
+    paired by seed and the values of the other axes, so seed-to-seed variation cancels. Judged
+    together (`judge`) at `level`; `margins` by column key or registry name."""
     done = [r for r in rows if not r.get("error")]
     out = []
     for axis, listed in axes.items():
@@ -163,10 +184,62 @@ def paired_differences(rows: list[dict], axes: dict[str, list], columns: list[Co
                 if len(pairs) >= MIN_PAIRS:
                     xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
                     (low, high), (t_low, t_high) = interval(xs, ys), t_interval(xs, ys)
+                margin = (margins or {}).get(m.key, (margins or {}).get(m.request))
                 out.append(Difference(axis, str(arm), str(ref), m, len(pairs), mean, low, high,
                                       verdict(m, len(pairs), (low, high), (t_low, t_high)), t_low, t_high,
-                                      tuple(x - y for x, y in pairs)))
-    return out
+                                      tuple(x - y for x, y in pairs), margin=margin))
+    return judge(out, level, look, answered)
+
+
+def _same(d: Difference) -> tuple:
+    """Comparisons with the same arm and the same paired differences are one test (FID3D is FID
+    for a camera-free generator): counted once in the family."""
+    return d.axis, d.arm, tuple(round(v, 9) for v in d.values)
+
+
+def judge(differences: list[Difference], level: float = ALPHA, look: int = 1,
+          answered: dict[tuple, Difference] | None = None) -> list[Difference]:
+    """The verdicts of one look. Those in `answered` (by Difference.key, from an earlier look)
+    keep their verdict; the rest are open: Holm over their distinct paired t tests at `level`
+    (differences all exactly 0 are no test: a metric equal by construction), better or worse
+    where the adjusted p is at most `level` and the bootstrap interval excludes 0 on the same
+    side; equivalent within margin where both intervals lie inside +-margin and Holm's adjusted
+    equivalence p is at most `level`; an open one left unanswered gets the seeds a paired t test
+    at ALPHA / (the family's size) would need to detect its observed difference with 80% power."""
+    answered = answered or {}
+    open_ = [d for d in differences if d.key not in answered and d.pairs >= MIN_PAIRS and d.low is not None]
+    judged = {id(d) for d in open_}
+    tests = {_same(d): significance.t_p(d.values) for d in open_ if any(v != 0 for v in d.values)}
+    equiv = {_same(d): significance.tost_p(d.values, d.margin) for d in open_ if d.margin}
+    decisions = significance.decide(tests, level, equiv)
+    family = max(len(tests), 1)
+    for d in differences:
+        if d.key in answered:
+            was = answered[d.key]
+            d.verdict, d.p_adjusted, d.level, d.look = was.verdict, was.p_adjusted, was.level, was.look
+            d.p, d.tost_p, d.tost_adjusted, d.family = was.p, was.tost_p, was.tost_adjusted, was.family
+            continue
+        if id(d) not in judged:
+            continue
+        d.look, d.level, d.family = look, level, family
+        found = decisions.get(_same(d))
+        d.p = tests.get(_same(d))  # None: differences all 0, no test
+        d.p_adjusted = found.p_adjusted if found else None
+        if d.margin:
+            d.tost_p = equiv[_same(d)]
+            d.tost_adjusted = found.tost_adjusted if found else significance.holm_by_key(equiv)[_same(d)]
+        separated = d.p_adjusted is not None and d.p_adjusted <= level and d.verdict in (Verdict.better, Verdict.worse)
+        inside = d.margin is not None and all(-d.margin < x < d.margin for x in (d.low, d.high, d.t_low, d.t_high))
+        if separated:
+            continue  # the intervals' verdict stands
+        if inside and d.tost_adjusted is not None and d.tost_adjusted <= level:
+            d.verdict = Verdict.equivalent
+        else:
+            d.verdict = Verdict.not_separated
+            sd = statistics.stdev(d.values)
+            if sd > 0 and d.mean:
+                d.seeds_needed = significance.seeds_needed(abs(d.mean) / sd, ALPHA / family)
+    return differences
 
 
 def trial_verdict(row: dict, axes: dict[str, list], differences: list[Difference], headline: Column) -> str:
@@ -190,17 +263,23 @@ def differences_table(differences: list[Difference]) -> list[dict]:
     """The differences as plain rows (the Markdown table, the parent run's MLflow table)."""
     return [{"axis": d.axis, "arm": d.arm, "reference": d.reference, "metric": d.metric.label, "key": d.metric.key,
              "better": d.metric.better.value, "pairs": d.pairs, "difference": d.mean,
-             "ci_low": d.low, "ci_high": d.high, "t_low": d.t_low, "t_high": d.t_high,
-             "verdict": d.verdict.value} for d in differences]  # fmt: skip
+             "ci_low": d.low, "ci_high": d.high, "t_low": d.t_low, "t_high": d.t_high, "p": d.p,
+             "p_holm": d.p_adjusted, "level": d.level, "look": d.look, "margin": d.margin, "tost_p_holm": d.tost_adjusted,
+             "verdict": d.verdict.value, "seeds_needed": d.seeds_needed} for d in differences]  # fmt: skip
 
 
-def write_report(rows: list[dict], axes: dict[str, list], out: Path, columns: list[Column]) -> list[Path]:
+def write_report(rows: list[dict], axes: dict[str, list], out: Path, columns: list[Column],
+                 margins: dict[str, float] | None = None, differences: list[Difference] | None = None,
+                 rounds: str = "") -> list[Path]:
     """comparison.csv (every trial, with its verdict), comparison.md (per configuration: mean ±
-    spread over seeds; the paired differences with intervals and verdicts; every trial),
-    comparison.png (the same two views) and differences.json. `rows` gain their "verdict"."""
+    spread over seeds; the paired differences with intervals, Holm's p and verdicts; every trial),
+    comparison.png (the same two views) and differences.json. `rows` gain their "verdict".
+    `differences`: as judged by a sequential sweep over its rounds (`rounds` says how), else
+    judged here at one look."""
     out.mkdir(parents=True, exist_ok=True)
     rows = sorted(rows, key=lambda r: r["trial"])
-    differences = paired_differences(rows, axes, columns)
+    if differences is None:
+        differences = paired_differences(rows, axes, columns, margins)
     for r in rows:
         r["verdict"] = trial_verdict(r, axes, differences, columns[0])
     cols = trial_columns(list(axes), columns, rows)
@@ -226,22 +305,38 @@ def write_report(rows: list[dict], axes: dict[str, list], out: Path, columns: li
     table = differences_table(differences)
     if table:
         dcols = ["axis", "arm", "reference", "metric", "better", "pairs", "difference", "bootstrap interval",
-                 "t interval", "verdict"]  # fmt: skip
+                 "t interval", "p (Holm)", "verdict", f"seeds for {POWER:.0%} power"]  # fmt: skip
+        family = max(d.family for d in differences)
+        margins_used = sorted({f"{d.metric.key} ±{fmt(d.margin)}" for d in differences if d.margin})
         md += ["", f"Each arm against its axis's reference arm (the first value listed): the mean of arm − reference "
                f"over pairs of trials with the same seed and other axes, its paired bootstrap {CONFIDENCE:.0%} "
-               f"interval (scipy.stats.bootstrap, paired, percentile), its paired t interval (scipy.stats.ttest_rel) "
-               "and the verdict: better or worse where both intervals exclude 0 (with few pairs the bootstrap "
-               "alone is too narrow), else not separated; below "
-               f"{MIN_PAIRS} pairs no interval and no verdict (too few seeds).", "",
+               f"interval (scipy.stats.bootstrap, paired, percentile), its paired t interval (scipy.stats.ttest_rel), "
+               "the paired t test's p and, in brackets, Holm's adjusted p over the sweep's distinct comparisons "
+               "(an arm's metrics with identical differences count once; differences all exactly 0 are no test), "
+               f"and the verdict: better or worse where Holm's p is at most {ALPHA:g} and both intervals exclude 0 "
+               "(so the chance of any false verdict in the table stays under 5%), "
+               + (f"equivalent within margin where both intervals lie inside ±margin and Holm's p of the two "
+                  f"one-sided tests is at most {ALPHA:g} (margins: {', '.join(margins_used)}), " if margins_used else "")
+               + f"else not separated; below {MIN_PAIRS} pairs no interval and no verdict (too few seeds). "
+               f"Where not separated: the pairs a paired t test at {ALPHA:g}/{family} (Holm's strictest step) "
+               f"would need to detect the observed difference with {POWER:.0%} power, if it were the true one."
+               + (f" {rounds}" if rounds else ""), "",
                "| " + " | ".join(dcols) + " |", "|" + "---|" * len(dcols)]  # fmt: skip
 
         def span(low, high):
             return "-" if low is None else f"[{fmt(low)}, {fmt(high)}]"
 
+        def pvalue(d):
+            if d["p"] is None:
+                return "-"
+            at = f", round {d['look']} at {fmt(d['level'])}" if d["level"] != ALPHA else ""
+            return f"{d['p']:.2g} ({d['p_holm']:.2g}{at})"
+
         for d in table:
             md.append("| " + " | ".join([d["axis"], d["arm"], d["reference"], d["metric"], d["better"], str(d["pairs"]),
                                          fmt(d["difference"]), span(d["ci_low"], d["ci_high"]),
-                                         span(d["t_low"], d["t_high"]), d["verdict"]]) + " |")  # fmt: skip
+                                         span(d["t_low"], d["t_high"]), pvalue(d), d["verdict"],
+                                         fmt(d["seeds_needed"])]) + " |")  # fmt: skip
     else:
         md += ["", "No axis has more than one value: no arm to compare."]
     md += ["", "Every trial:", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -282,7 +377,7 @@ def plot(summary: list[dict], differences: list[Difference], path: Path, columns
         if not arms:
             continue
         ax = axes[1][col]
-        colours = {Verdict.better: "C2", Verdict.worse: "C3"}
+        colours = {Verdict.better: "C2", Verdict.worse: "C3", Verdict.equivalent: "C0"}
         for i, (axis, arm, ref) in enumerate(arms):
             d = next(d for d in differences if (d.axis, d.arm, d.metric) == (axis, arm, m))
             if d.mean is None:
@@ -301,7 +396,7 @@ def plot(summary: list[dict], differences: list[Difference], path: Path, columns
         ax.set_title(f"difference, {CONFIDENCE:.0%}: bootstrap (bars), t (shaded)", fontsize=8)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle("Ablation at the end of training: configurations over seeds; arms against the reference "
-                 "(green better, red worse, grey not separated / too few seeds)", fontsize=10)  # fmt: skip
+                 "(green better, red worse, blue equivalent, grey not separated / too few seeds)", fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -392,6 +392,60 @@ def unmix(image01: torch.Tensor, mask: torch.Tensor, color: torch.Tensor) -> tor
     return torch.where(mask > 0, fg.clamp(0, 1), image01)
 
 
+@dataclass
+class RawBatch:
+    """Items as stored: uint8 images [b, 3, H, W] and masks [b, 1, H, W] (None without masks), and
+    which items are the mirrored copies [b]. A quarter of float32's bytes to copy to a GPU."""
+
+    images: torch.Tensor
+    masks: torch.Tensor | None
+    flipped: torch.Tensor
+
+    def pin(self) -> RawBatch:
+        """In page-locked memory, so that the copy to a GPU is one DMA transfer (needs CUDA)."""
+        return RawBatch(self.images.pin_memory(), self.masks.pin_memory() if self.masks is not None else None,
+                        self.flipped)
+
+    def to(self, device: torch.device) -> RawBatch:
+        return RawBatch(self.images.to(device, non_blocking=True),
+                        self.masks.to(device, non_blocking=True) if self.masks is not None else None, self.flipped)
+
+
+class BatchLoader:
+    """A dataset's batches, the next one read (from memory, or decoded from its files) and pinned in
+    a background thread while the current step trains (PIL and torch's copies release the GIL)."""
+
+    def __init__(self, dataset: ImageDataset, pin: bool = False) -> None:
+        self.dataset, self.pin = dataset, pin
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cgsgan-batches")
+        self._next: tuple[tuple[int, ...], Future] | None = None
+
+    def _read(self, key: tuple[int, ...]) -> RawBatch:
+        raw = self.dataset.raw_batch(key)
+        return raw.pin() if self.pin else raw
+
+    def get(self, indices: Iterable[int]) -> RawBatch:
+        """The batch of these items: the one read ahead if it is this one, else read now."""
+        key = tuple(int(i) for i in indices)
+        ahead, self._next = self._next, None
+        if ahead is not None and ahead[0] == key:
+            return ahead[1].result()
+        if ahead is not None:
+            ahead[1].cancel()
+        return self._read(key)
+
+    def read_ahead(self, indices: Iterable[int]) -> None:
+        key = tuple(int(i) for i in indices)
+        self._next = (key, self._pool.submit(self._read, key))
+
+    @property
+    def reading_ahead(self) -> bool:
+        return self._next is not None
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """FFHQC/EG3D-layout images with camera labels, optional masks, index list and x-flips.
 
@@ -633,6 +687,37 @@ class ImageDataset(torch.utils.data.Dataset):
             "identity": self._identities[index].clone(),
             "index": index,
         }
+
+    def raw_batch(self, indices: Sequence[int]) -> RawBatch:
+        """Items `indices` as stored (uint8): what crosses to the training device; `finish` makes
+        them what `__getitem__` gives. Decodes the files of items not held in memory."""
+        raws = [self._raw_of(int(i)) for i in indices]
+        rows = self._slot[raws]
+        if bool((rows >= 0).all()):
+            images = self._images.index_select(0, rows)
+            masks = self._masks.index_select(0, rows) if self._masks is not None else None
+        else:
+            loaded = [(self._images[r], self._masks[r] if self._masks is not None else None) if r >= 0
+                      else (self._pending.pop(raw).result() if raw in self._pending else self._load(raw))
+                      for raw, r in zip(raws, rows.tolist())]  # fmt: skip
+            images = torch.stack([img for img, _ in loaded])
+            masks = torch.stack([m for _, m in loaded]) if self._mask_files is not None else None
+        flipped = torch.tensor([int(i) >= len(self._raw) for i in indices])
+        return RawBatch(images, masks, flipped)
+
+    def finish(self, raw: RawBatch, indices: Sequence[int]) -> torch.Tensor:
+        """The images [b, 3, H, W] in [-1, 1] of items `indices` from their RawBatch, on its device:
+        the same values as `__getitem__`'s (the same operations, batched)."""
+        image = raw.images.float() / 255
+        mask = (raw.masks.float() / 255 if raw.masks is not None
+                else torch.ones(len(image), 1, self._res, self._res, device=image.device))
+        flipped = raw.flipped.to(image.device)[:, None, None, None]
+        image, mask = torch.where(flipped, image.flip(-1), image), torch.where(flipped, mask.flip(-1), mask)
+        if self.background != "off":
+            if self.stored_background is not None:
+                image = unmix(image, mask, self.stored_background)
+            image = composite(image, mask, torch.stack([self.background_color(int(i)) for i in indices]))
+        return image * 2 - 1
 
     def __getstate__(self) -> dict:
         return dict(self.__dict__, _pending={}, _pool=None)  # threads do not travel

@@ -17,6 +17,7 @@ Adding a backend: a RenderBackend value, a function with this signature, an entr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -77,16 +78,42 @@ def render_gsplat(g: Gaussians, views: Views) -> Images:
     return renders[..., :3], alphas[..., 0], renders[..., 3]
 
 
+class BackendUnavailable(RuntimeError):
+    """A render backend cannot run here (no CUDA, gsplat without its kernels): the same on every
+    try, so an orchestrator should stop rather than retry."""
+
+
+GSPLAT_INSTALL = ("use the training image (infra/docker/Dockerfile builds gsplat's kernels), or install the CUDA "
+                  "toolkit (nvcc) so that gsplat can build them: docs/gpu.md")
+
+
+@functools.cache
+def gsplat_kernels() -> str:
+    """Why gsplat's compiled CUDA extension cannot be loaded ("" where it can; needs no GPU).
+
+    The gsplat wheel is pure Python with CUDA sources: `gsplat.csrc` exists only where gsplat was
+    built from source (the training image); otherwise importing gsplat.cuda._backend compiles the
+    kernels into torch's extension cache when nvcc is found and leaves `_C = None` when it is not,
+    and the first render then fails on None. A plain `import gsplat` succeeds either way."""
+    try:
+        import gsplat  # noqa: F401
+    except ImportError as e:
+        return f"gsplat is not importable ({e}): pip install 'cgsgan[gpu]', then {GSPLAT_INSTALL}"
+    try:
+        from gsplat.cuda._backend import _C
+    except Exception as e:  # a failed build raises (nvcc errors, a wrong TORCH_CUDA_ARCH_LIST)
+        return f"gsplat's CUDA kernels failed to build or load ({type(e).__name__}: {e}); {GSPLAT_INSTALL}"
+    if _C is None:
+        return f"gsplat is installed without its compiled CUDA kernels (gsplat.csrc) and no nvcc to build them; {GSPLAT_INSTALL}"
+    return ""
+
+
 def gsplat_unavailable(device: torch.device) -> str:
     if not torch.cuda.is_available():
         return "no CUDA device is available (torch.cuda.is_available() is False)"
     if device.type != "cuda":
         return f"the Gaussians are on {device}, gsplat needs CUDA tensors"
-    try:
-        import gsplat  # noqa: F401
-    except ImportError as e:
-        return f"gsplat is not importable: {e} (pip install 'cgsgan[gpu]')"
-    return ""
+    return gsplat_kernels()
 
 
 def render_native(g: Gaussians, views: Views) -> Images:
@@ -120,7 +147,7 @@ NAMES = [RenderBackend.auto.value, *(b.value for b in BACKENDS)]  # what `render
 
 def resolve_backend(name: RenderBackend | Oracle | str, device: torch.device) -> RenderBackend | Oracle:
     """The backend `name` asks for on tensors of `device`, auto resolved; raises ValueError for a
-    name that is none, RuntimeError (saying why) for one that cannot run here."""
+    name that is none, BackendUnavailable (saying why) for one that cannot run here."""
     if name == RenderBackend.auto:
         return next(b for b, spec in BACKENDS.items() if isinstance(b, RenderBackend) and not spec.unavailable(device))
     which = next((b for b in BACKENDS if b == name), None)
@@ -129,5 +156,5 @@ def resolve_backend(name: RenderBackend | Oracle | str, device: torch.device) ->
     why = BACKENDS[which].unavailable(device)
     if why:
         instead = resolve_backend(RenderBackend.auto, device)
-        raise RuntimeError(f"render backend {which.value!r} cannot run: {why}. Use backend={instead.value!r}.")
+        raise BackendUnavailable(f"render backend {which.value!r} cannot run: {why}. Use backend={instead.value!r}.")
     return which

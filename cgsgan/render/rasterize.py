@@ -77,7 +77,7 @@ def candidate_pairs(p: Projected, width: int, height: int) -> _Pairs:
     y1 = torch.floor(m[:, 1] + ry - 0.5).clamp(-1, height - 1) + 1
     ny = (y1 - y0).clamp(min=0).int()
     row_g = torch.repeat_interleave(ny).int()  # [R] Gaussian of each pixel row
-    y = y0.index_select(0, row_g) + (torch.arange(len(row_g), dtype=torch.int32)
+    y = y0.index_select(0, row_g) + (torch.arange(len(row_g), dtype=torch.int32, device=row_g.device)
                                      - (torch.cumsum(ny, 0) - ny).int().index_select(0, row_g))
     # sigma(dx) = a dx^2 / 2 + b dy dx + c dy^2 / 2 <= level  <=>  dx in [(-b dy -+ sqrt(disc)) / a]
     ag, bg, cg = a.index_select(0, row_g), b.index_select(0, row_g), c.index_select(0, row_g)
@@ -89,7 +89,7 @@ def candidate_pairs(p: Projected, width: int, height: int) -> _Pairs:
     nx = (x1 - x0).clamp(min=0).int()
     g = torch.repeat_interleave(row_g, nx)  # [Q] Gaussian of each pair
     pair_row = torch.repeat_interleave(nx)
-    lx = torch.arange(len(g), dtype=torch.int32) - (torch.cumsum(nx, 0) - nx).int().index_select(0, pair_row)
+    lx = torch.arange(len(g), dtype=torch.int32, device=g.device) - (torch.cumsum(nx, 0) - nx).int().index_select(0, pair_row)
     x = x0.int().index_select(0, pair_row) + lx
     yq = y.index_select(0, pair_row)
     pixel = cam.int().index_select(0, g) * (width * height) + yq.int() * width + x

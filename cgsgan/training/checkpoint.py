@@ -212,6 +212,10 @@ def _newest_that_loads(fs: _Files, candidates: list[str], load: Callable[[Path],
 # orchestration registers MLflow's runs:/ and models:/ there; the core itself knows only folders,
 # files and s3://.
 CHECKPOINT_SOURCES = "cgsgan.checkpoint_sources"
+# What the command lines' --checkpoint takes (cgsgan.generate, cgsgan.evaluate): open_checkpoint's refs.
+CHECKPOINT_HELP = ("checkpoint file, checkpoint folder, or run folder (newest checkpoint); local or s3://; or an "
+                   "MLflow model URI (runs:/<run_id>/generator, models:/<name>/<version>; the store: "
+                   "$MLFLOW_TRACKING_URI, else ./outputs/mlflow.db)")
 _SCHEME = re.compile(r"([a-z][a-z0-9+.-]+):/")
 
 

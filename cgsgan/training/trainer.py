@@ -50,7 +50,7 @@ import torch.distributed as dist
 from cgsgan import camera
 from cgsgan.config import REFERENCE_BATCH, CGSGANConfig, MetricsAt, from_dict, to_dict, validate
 from cgsgan.data.backgrounds import sample_backgrounds
-from cgsgan.data.dataset import ImageDataset
+from cgsgan.data.dataset import BatchLoader, ImageDataset
 from cgsgan.data.order import DATA_ORDER, SampleOrder
 from cgsgan.data.prepare import prepare_data
 from cgsgan.layout import check_batch, scaled_lr
@@ -127,12 +127,15 @@ class Trainer:
         # The reference turns TF32 off for accuracy; these are process-wide, as training is.
         torch.backends.cuda.matmul.allow_tf32 = t.allow_tf32
         torch.backends.cudnn.allow_tf32 = t.allow_tf32
+        # As the reference: cuDNN picks its fastest convolution algorithms for the (fixed) shapes.
+        torch.backends.cudnn.benchmark = True
 
         # Reals are pasted onto the same background scheme as the renders; the dataset un-mixes
         # the colour they were stored on from the soft mask edges first (no tell-tale fringe).
         self.data_path = prepare_data(cfg)
         self.dataset = ImageDataset(self.data_path, resolution=m.resolution, index_list=cfg.data.index_list or None,
                                     xflip=cfg.data.xflip, background=lc.background, seed=t.seed)
+        self.loader = BatchLoader(self.dataset, pin=self.device.type == "cuda")
         self.all_labels = self.dataset.labels.to(self.device)  # the pose distribution of generated views
         self.order = SampleOrder(len(self.dataset), t.seed, rank, world_size, self.layout.per_worker)
 
@@ -183,13 +186,12 @@ class Trainer:
         """This worker's reals [b, 3, H, W] on the background scheme (colours fixed per epoch and image), labels [b, 25]."""
         indices = self.order.next()
         self.dataset.set_epoch(self.order.epoch)
-        items = [self.dataset[int(i)] for i in indices]
-        if self.dataset.reads_on_demand:
-            # Decode the next batch's files in the background while this step trains.
-            self.dataset.prefetch(self.order.peek().tolist())
-        reals = torch.stack([it["image"] for it in items])
-        labels = torch.stack([it["label"] for it in items])
-        return reals.to(self.device), labels.to(self.device)
+        raw = self.loader.get(indices)
+        # The next batch is read (decoded where not in memory) and pinned while this step trains;
+        # the images cross to the device as stored (uint8) and are finished there.
+        self.loader.read_ahead(self.order.peek())
+        reals = self.dataset.finish(raw.to(self.device), indices.tolist())
+        return reals, self.dataset.labels[indices].to(self.device)
 
     def _gen_labels(self, n: int) -> torch.Tensor:
         return self.all_labels[torch.randint(len(self.all_labels), (n,), generator=self.rng).to(self.device)]
@@ -362,7 +364,7 @@ class Trainer:
         out: dict = {"artifacts/grid": str(grid), "progress/kimg": kimg, "progress/step": self.step}
         if self.cfg.train.snapshot_metrics and with_metrics:
             if self._metrics is None:
-                self._metrics = SnapshotMetrics(self.cfg, self.data_path)
+                self._metrics = SnapshotMetrics(self.cfg, self.data_path, self.device)
             out.update({f"metrics/{k}": v for k, v in self._metrics(self.G_ema).items()})
         if final:
             out["artifacts/turntable"] = str(save_turntable(self.G_ema, self.fixed_z[:1], res, psi, folder / "turntable.gif"))

@@ -6,7 +6,7 @@ One run, relaunched with a growing train.total_kimg after damage a user or a cra
 
   launch 1 (0.032)                                 -> checkpoints 16, 32
   truncate 32, corrupt Ray's run snapshot; 0.048   -> resumes from 16, writes 32 again (same name), 48
-  delete the folder 48; 0.064                      -> resumes from 32, writes 48, 64
+  delete the folder 48; 0.064, train.batch_gpu=4  -> resumes from 32 (same name), writes 48, 64
   delete Ray's run snapshot, truncate 64; 0.080    -> resumes from 48, writes 64, 80
 
 Every launch exits 0 with its newest checkpoint at its total_kimg (strictly increasing), a
@@ -17,7 +17,9 @@ and a replayed checkpoint was deleted by Ray's retention (point 1).
 Locally, an unrelated Ray (its own temp dir) runs on the host the whole time: no launch prints a
 traceback, and that Ray is untouched afterwards (point 2); no launch prints Ray's token-auth warning,
 the PreemptionWatcher error line or MLflow's database-creation lines (point 6); and a last launch of
-the finished run with another layout says it is complete and how to go on (point 3).
+the finished run with another layout says it is complete and how to go on (point 3). The local
+launches run as a user's do: from their own folder, with the defaults (./outputs) and the dataset
+named by relative paths; the documented model-URI commands then run as written.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import pytest
 
 from cgsgan.training.checkpoint import RunCheckpoints, checkpoint_filesystem, load_checkpoint
 from orchestration.cluster import free_port
+from tests.integration.model_uris import check_model_uri_commands
 from tests.integration.procs import alive, processes_of_ray, ray_tmpdir, stop_ray
 from tests.integration.test_reliability import ATTEMPT, launch_env
 
@@ -105,8 +108,8 @@ class Watcher(threading.Thread):
             self.stop.wait(1.0)
 
 
-def launch(args: list[str], env: dict, total_kimg: float) -> str:
-    out = subprocess.run([*args, f"train.total_kimg={total_kimg}"], cwd=ROOT, env=env, capture_output=True,
+def launch(args: list[str], env: dict, total_kimg: float, cwd: Path = ROOT) -> str:
+    out = subprocess.run([*args, f"train.total_kimg={total_kimg}"], cwd=cwd, env=env, capture_output=True,
                          text=True, timeout=900)  # fmt: skip
     console = out.stdout + out.stderr
     assert out.returncode == 0, console[-5000:]
@@ -116,9 +119,9 @@ def launch(args: list[str], env: dict, total_kimg: float) -> str:
     return console
 
 
-def relaunch_after_damage(args: list[str], env: dict) -> str:
-    """The launches of the module docstring; returns the run's name."""
-    console = launch(args, env, 0.032)
+def relaunch_after_damage(args: list[str], env: dict, cwd: Path = ROOT) -> tuple[str, str]:
+    """The launches of the module docstring, in `cwd`; returns the run's name and what its last launch printed."""
+    console = launch(args, env, 0.032, cwd)
     name, run_uri = re.search(r"^run (\S+)\n  checkpoints: (\S+)$", console, re.M).groups()
     storage = Storage(run_uri)
     assert storage.newest_loadable_nimg() == 32
@@ -127,13 +130,15 @@ def relaunch_after_damage(args: list[str], env: dict) -> str:
     try:
         kimg = [32]
         damage = [
-            (lambda: (storage.truncate(32), storage.corrupt_snapshot()), 0.048, 16),
-            (lambda: storage.delete_folder(48), 0.064, 32),
-            (lambda: (storage.delete_snapshot(), storage.truncate(64)), 0.080, 48),
+            (lambda: (storage.truncate(32), storage.corrupt_snapshot()), 0.048, 16, []),
+            # another layout (chunks of 4 rather than the whole batch) is the same run: it resumes
+            (lambda: storage.delete_folder(48), 0.064, 32, ["train.batch_gpu=4"]),
+            (lambda: (storage.delete_snapshot(), storage.truncate(64)), 0.080, 48, []),
         ]
-        for do_damage, total, resumed_at in damage:
+        for do_damage, total, resumed_at, layout in damage:
             do_damage()
-            console = launch(args, env, total)
+            console = launch([*args, *layout], env, total, cwd)
+            assert f"run {name}\n" in console, console[-3000:]
             assert re.search(rf"resumed from \S+checkpoint-{resumed_at:010d} at {resumed_at / 1000:g} kimg", console), \
                 console[-3000:]
             kimg.append(storage.newest_loadable_nimg())
@@ -144,30 +149,41 @@ def relaunch_after_damage(args: list[str], env: dict) -> str:
         watcher.stop.set()
         watcher.join()
     assert watcher.checks > 10 and watcher.gaps == [], (watcher.checks, watcher.gaps)
-    return name
+    return name, console
 
 
 def test_resume_is_never_stuck_on_local_storage_on_a_shared_host(tmp_path):
+    """Launched as a user does, from their own folder with the defaults (local storage, SQLite
+    tracking under ./outputs) and the dataset named by relative paths, which the driver resolves
+    (the workers run in Ray's folder); after the run the documented model-URI commands work."""
+    from cgsgan.data.synthetic import generate_synthetic
+
+    home = tmp_path / "user"
+    generate_synthetic(home / "heads", identities=16, views=2, resolution=64, seed=3)
+    (home / "heads.json").write_text(str(list(range(32))))
     other = ray_tmpdir()  # an unrelated Ray on this host (a colleague's, a login node's)
     ray_tmp = ray_tmpdir()
     env = launch_env(ray_tmp, tmp_path, {})
+    env.pop("MLFLOW_TRACKING_URI", None)
     ray_cli = str(Path(sys.executable).parent / "ray")
-    started = subprocess.run([ray_cli, "start", "--head", f"--temp-dir={other}", f"--port={free_port()}", "--num-cpus=0",
-                              "--include-dashboard=false"], env={**env, "RAY_TMPDIR": str(other)},
-                             capture_output=True, text=True, timeout=120)  # fmt: skip
     try:
+        started = subprocess.run([ray_cli, "start", "--head", f"--temp-dir={other}", f"--port={free_port()}",
+                                  "--num-cpus=0", "--include-dashboard=false"], env={**env, "RAY_TMPDIR": str(other)},
+                                 capture_output=True, text=True, timeout=120)  # fmt: skip
         assert started.returncode == 0, started.stderr[-3000:]
         others = processes_of_ray(other)
         assert others
-        args = [sys.executable, "orchestration/launch.py", *SHORT, "storage=local", f"output_dir={tmp_path / 'out'}",
-                "name=never-stuck"]  # fmt: skip
-        name = relaunch_after_damage(args, env)
+        args = [sys.executable, str(ROOT / "orchestration" / "launch.py"), *SHORT, "data=custom", "data.path=heads",
+                "data.index_list=heads.json", "storage=local", "name=never-stuck"]  # fmt: skip
+        name, trained = relaunch_after_damage(args, env, home)
         # The finished run, relaunched with another layout: said plainly, nothing trained.
-        console = launch([*args, "cluster.num_workers=2", "cluster.cpus_per_worker=1"], env, 0.080)
+        console = launch([*args, "cluster.num_workers=2", "cluster.cpus_per_worker=1"], env, 0.080, home)
         assert f"run {name} is complete at 0.08 kimg" in console, console[-3000:]
         assert "train.total_kimg=<more than 0.08>" in console and "name=<a new run name>" in console
         assert not re.search(r"\btick \d+ \|", console) and "resumed from" not in console
         assert all(alive(p) for p in others), "the unrelated Ray lost processes"
+        # The commands run in other folders import this checkout (as they would the installed one).
+        check_model_uri_commands(home, tmp_path / "elsewhere", {**env, "PYTHONPATH": str(ROOT)}, trained)
     finally:
         stop_ray(ray_tmp)
         stop_ray(other)

@@ -177,27 +177,44 @@ def test_mlflow_ui_run_page_shows_the_grid_image_chart_with_its_steps(finished_s
 
 
 def test_a_local_sweep_keeps_every_trial_in_its_own_store(tmp_path):
-    """The defaults (tracking=local, storage=local) with a relative output_dir, run from another
-    folder: every child run is in the sweep's own SQLite store under its parent, with its metrics
-    and its grids (as step images and as files), and nothing the project writes lies under Ray's
-    temp dir (where Tune gives each trial its working directory)."""
+    """The defaults (tracking=local, storage=local, the default sweep name) with a relative
+    output_dir, run from another folder: every child run is in the sweep's own SQLite store under
+    its parent, with its metrics and its grids (as step images and as files), and nothing the
+    project writes lies under Ray's temp dir (where Tune gives each trial its working directory).
+    Then another grid under the same name is refused before anything starts, the first sweep's
+    files and MLflow runs untouched."""
     ray_tmp = ray_tmpdir()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_TMPDIR": str(ray_tmp),
            "CGSGAN_DATA_CACHE": os.environ.get("CGSGAN_DATA_CACHE", str(tmp_path / "cache"))}  # fmt: skip
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     try:
-        out = subprocess.run([sys.executable, str(ROOT / "sweeps" / "ablate.py"), *SHORT, "output_dir=outputs",
-                              "sweep.name=local"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)  # fmt: skip
+        out = subprocess.run([sys.executable, str(ROOT / "sweeps" / "ablate.py"), *SHORT, "output_dir=outputs"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200)  # fmt: skip
         assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-5000:]
+        results = tmp_path / "outputs" / "sweeps" / "camera"
+        kept = {p: p.read_bytes() for p in results.iterdir()}
+        runs = sweep_runs(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", "camera")
+        before = {r.info.run_id: (r.info.status, r.info.end_time) for r in [*runs[2], *runs[3]]}
+        other = [*[a for a in SHORT if not a.startswith("sweep.views=")], "sweep.views=[4,1,2]",
+                 "sweep.grad_averaging=[true,false]"]  # fmt: skip
+        again = subprocess.run([sys.executable, str(ROOT / "sweeps" / "ablate.py"), *other, "output_dir=outputs"],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
         written = [p for p in ray_tmp.rglob("*") if p.name == "mlflow.db" or p.name == "metrics.jsonl"
                    or p.suffix in (".png", ".ply", ".gif") or p.name in ("mlartifacts", "outputs")]  # fmt: skip
     finally:
         stop_ray(ray_tmp)
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert not written, f"written under Ray's temp dir: {written[:5]}"
+    errors = [ln for ln in again.stderr.splitlines() if ln.startswith("error:")]
+    assert again.returncode == 2 and len(errors) == 1, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "sweep.views: [1, 2] -> [4, 1, 2]" in errors[0] and "sweep.name=<name>" in errors[0], errors
+    assert "trial" not in again.stdout
+    assert {p: p.read_bytes() for p in results.iterdir()} == kept  # the finished sweep's files as they were
     store = f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
-    client, exp, parents, children = sweep_runs(store, "local")
+    runs = sweep_runs(store, "camera")
+    assert {r.info.run_id: (r.info.status, r.info.end_time) for r in [*runs[2], *runs[3]]} == before
+    client, exp, parents, children = sweep_runs(store, "camera")
     assert len(parents) == 1 and len(children) == 2
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
     for c in children:
@@ -209,7 +226,7 @@ def test_a_local_sweep_keeps_every_trial_in_its_own_store(tmp_path):
         assert any(a.path.endswith(".png") for a in client.list_artifacts(c.info.run_id, "samples"))
         assert (tmp_path / "outputs" / "runs" / c.info.run_name / "metrics.jsonl").exists()
     assert {e.name for e in client.search_experiments()} <= {"cgsgan", "Default"}  # MLflow makes "Default" itself
-    assert (tmp_path / "outputs" / "sweeps" / "local" / "comparison.md").exists()
+    assert (results / "comparison.md").exists()
 
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(s3_server, mlflow_server, tmp_path):

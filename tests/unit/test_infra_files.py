@@ -10,6 +10,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -271,7 +272,7 @@ def test_sbatch_starts_ray_through_the_shared_start_up():
 
 
 def test_ray_nodes_job_env_gives_the_job_its_port_block_token_and_niceness(tmp_path):
-    from orchestration.ray_nodes import TRAINING_NODE_ENV, port_block
+    from orchestration.ray_nodes import NO_PRESTART_ENV, TRAINING_NODE_ENV, kernel_cache, port_block
 
     for job_id in ("7", "1234", "98765"):
         out = subprocess.run(
@@ -282,7 +283,8 @@ def test_ray_nodes_job_env_gives_the_job_its_port_block_token_and_niceness(tmp_p
         exported = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in out.stdout.splitlines())
         token = tmp_path / f".ray-token-{job_id}"
         assert exported == {"RAY_ADDRESS": f"10.1.2.3:{port_block(job_id, 21000)['gcs']}", "RAY_AUTH_MODE": "token",
-                            "RAY_AUTH_TOKEN_PATH": str(token), **TRAINING_NODE_ENV}  # fmt: skip
+                            "RAY_AUTH_TOKEN_PATH": str(token), "TORCH_EXTENSIONS_DIR": kernel_cache(),
+                            **TRAINING_NODE_ENV, **NO_PRESTART_ENV}  # fmt: skip
         assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
 
 
@@ -297,6 +299,99 @@ def test_head_and_worker_commands_share_the_job_flags():
     assert f"--address=10.0.0.1:{ports['gcs']}" in worker and "--node-ip-address=10.0.0.2" in worker
     shared = [a for a in worker if a.startswith("--") and not a.startswith(("--address", "--node-ip"))]
     assert shared and all(a in head for a in shared) and "--block" in shared
+
+
+def test_every_srun_step_of_the_sbatch_script_gets_the_node_cpus():
+    """Since Slurm 22.05 srun does not inherit --cpus-per-task: without it a step is bound to one
+    core where the site binds cores (the local test cluster, TaskPlugin=task/none, cannot show it)."""
+    code = sbatch_code()
+    sruns = re.findall(r"^\s*srun\b.*?(?<!\\)$", code, flags=re.M | re.S)
+    assert len(sruns) == 2, sruns  # the head's step and the worker nodes' step
+    for srun in sruns:
+        assert '--cpus-per-task="${CPUS_PER_NODE}"' in srun, srun
+    assert re.search(r"^CPUS_PER_NODE=\$\{SLURM_CPUS_PER_TASK\}$", code, flags=re.M)
+    assert re.search(r"^export SRUN_CPUS_PER_TASK=\$\{CPUS_PER_NODE\}$", code, flags=re.M)
+
+
+def test_a_ray_node_says_how_many_cpus_its_step_really_has(monkeypatch):
+    from orchestration import ray_nodes
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # a step bound to one core
+    line = ray_nodes.cpus_line("head", 64)
+    assert "1 usable CPUs (nproc), Ray advertises 64" in line and "warning" in line and "--cpus-per-task" in line
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert "warning" not in ray_nodes.cpus_line("worker", 64)
+
+
+def test_a_gpu_node_builds_gsplat_kernels_once_before_ray_starts_its_workers(tmp_path, monkeypatch):
+    """Where gsplat has no compiled kernels, the first import builds them; 8 workers importing at once
+    would race. `ray_nodes.py start` builds them first, in one process, into a node-local cache."""
+    from orchestration import ray_nodes
+
+    order = []
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("HEAD_IP", "10.0.0.1")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
+    monkeypatch.setattr(ray_nodes, "build_gsplat_kernels", lambda env: order.append(("build", env["TORCH_EXTENSIONS_DIR"])) or "built")
+
+    def execvpe(file, args, env):
+        order.append(("ray start", args[1]))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execvpe", execvpe)
+    with pytest.raises(SystemExit):
+        ray_nodes.main(["start", "head", "--cpus=64", "--gpus=8"])
+    assert order == [("build", ray_nodes.kernel_cache()), ("ray start", "start")]
+    assert ray_nodes.kernel_cache().startswith("/tmp/")  # node-local, not the shared home's ~/.cache
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_kernel_build_says_whether_the_node_has_them(tmp_path, compiled):
+    """A real process importing gsplat's backend as the node build does: gsplat installed with
+    kernels (or able to build them), and without (the PyPI wheel on a node without nvcc)."""
+    from orchestration.ray_nodes import build_gsplat_kernels
+
+    backend = tmp_path / "gsplat" / "cuda"
+    backend.mkdir(parents=True)
+    (tmp_path / "gsplat" / "__init__.py").write_text("")
+    (backend / "__init__.py").write_text("")
+    (backend / "_backend.py").write_text("import sys\n_C = object()\n" if compiled else
+                                         "import sys\nprint('gsplat: No CUDA toolkit found.', file=sys.stderr)\n_C = None\n")
+    line = build_gsplat_kernels({"PATH": os.environ["PATH"], "PYTHONPATH": str(tmp_path), "TORCH_EXTENSIONS_DIR": "/tmp/x"})
+    if compiled:
+        assert line.startswith("gsplat kernels: ready in ") and "/tmp/x" in line
+    else:
+        assert line == "gsplat kernels: not available on this node (gsplat: No CUDA toolkit found.)"
+
+
+def test_the_port_block_holds_the_workers_of_the_readme_node():
+    """The README's SLURM node: 64 CPUs, 8 GPUs, 8 Ray Train workers. Ray's raylet prestarts one idle
+    worker per CPU unless told not to; every worker process takes a port of the job's block."""
+    from orchestration.ray_nodes import node_env, port_block
+
+    env = node_env("/tmp/token")
+    prestart_off = env.get("RAY_enable_worker_prestart") == "0" and env.get("RAY_prestart_worker_first_driver") == "0"
+    prestarted = 0 if prestart_off else 64
+    # the head: 8 training workers, the driver, Ray Train's controller, its placement-group cleaner
+    needed = prestarted + 8 + 3
+    ports = port_block("1234", 20000)
+    assert needed <= ports["max_worker"] - ports["min_worker"] + 1
+
+
+def test_the_gpu_benchmark_is_one_command_that_fits_a_ten_minute_call():
+    """benchmarks/gpu.sh on a fresh one-GPU machine without network: kernels built for the card
+    (timed), tests/gpu, the 512 timing, each phase under its own limit, all limits inside 10 minutes
+    with room for start-up."""
+    script = (ROOT / "benchmarks" / "gpu.sh").read_text()
+    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
+    limits = {name: int(value) for name, value in re.findall(r"^(\w+_S)=\$\{\w+:-(\d+)\}$", code, flags=re.M)}
+    assert set(limits) == {"BUILD_S", "TESTS_S", "TIMING_S"} and sum(limits.values()) <= 570, limits
+    for name in limits:
+        assert len(re.findall(rf'^timeout "\${name}" ', code, flags=re.M)) == 1, name
+    assert "torch.cuda.get_device_capability()" in code and "export TORCH_CUDA_ARCH_LIST" in code
+    assert "from gsplat.cuda._backend import _C" in code and "pytest tests/gpu" in code
+    assert "CGSGAN_REQUIRE_CUDA=1" in code and "benchmarks/gpu.py" in code
+    assert not re.search(r"pip install|curl |wget ", code)  # no network
 
 
 # --- MLflow compose, Docker -------------------------------------------------------------------
@@ -335,6 +430,20 @@ def test_dockerfile_builds_gsplat_for_h100_and_installs_the_project():
     assert "from gsplat import csrc" in text  # the build fails without the compiled extension
     assert re.search(r"pip install .*-e \.", text)
     assert (INFRA / "docker/Dockerfile.dockerignore").read_text().count(".venv") == 1
+
+
+def test_the_image_has_the_torch_the_tests_ran_on_nvml_and_pytest():
+    """The image's torch is the version of this test run (a CUDA build of it), with nvidia-ml-py
+    for the GPU system metrics and pytest for benchmarks/gpu.sh on a machine without network."""
+    from importlib.metadata import version
+
+    text = (INFRA / "docker/Dockerfile").read_text()
+    assert re.search(rf"^ARG TORCH_VERSION={re.escape(version('torch').split('+')[0])}$", text, flags=re.M)
+    assert 'pip install "torch==${TORCH_VERSION}"' in text
+    requirements = re.search(r"RUN python -c \"import tomllib;(.*?)> /tmp/requirements.txt", text, flags=re.S).group(1)
+    assert "x['gpu']" in requirements and "x['dev']" in requirements and "pynvml" in text
+    assert any(d.startswith("nvidia-ml-py") for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+               ["optional-dependencies"]["gpu"])
 
 
 # --- no credentials ---------------------------------------------------------------------------

@@ -9,7 +9,18 @@ from omegaconf import OmegaConf
 
 from cgsgan import config
 from cgsgan.config import to_dict
-from orchestration.config import LaunchConfig, core_config, presets, register, resolve, run_name, validate_launch
+from orchestration.config import (
+    NOT_IN_RUN_NAME,
+    LaunchConfig,
+    core_config,
+    presets,
+    register,
+    resolve,
+    resolve_paths,
+    run_name,
+    validate_launch,
+)
+from tests.unit.test_render_backends import gsplat_without_kernels
 
 CONF = str(Path(__file__).resolve().parents[2] / "orchestration" / "conf")
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,6 +107,27 @@ def test_a_longer_budget_continues_the_same_run():
     assert plan.tracking_uri.startswith("sqlite:///") and plan.storage_path.endswith("ray_results")
 
 
+def test_a_layout_or_reporting_setting_keeps_the_run_and_every_exception_is_a_train_key():
+    a = load()
+    assert run_name(load("train.batch_gpu=4", "train.num_threads=1")) == run_name(a)  # layouts, like num_workers
+    assert run_name(load("train.metrics_at=end", "train.metric_samples=64", "train.snapshot_metrics=[fid]")) == run_name(a)
+    assert set(NOT_IN_RUN_NAME) <= set(to_dict(a.train)) and all(NOT_IN_RUN_NAME.values())
+
+
+def test_a_dataset_named_relatively_or_absolutely_is_one_run_with_absolute_paths(tmp_path, monkeypatch):
+    (tmp_path / "heads").mkdir()
+    (tmp_path / "list.json").write_text("[0]")
+    monkeypatch.chdir(tmp_path)
+    relative = resolve_paths(load("data=custom", "data.path=heads", "data.index_list=list.json", "output_dir=out"))
+    absolute = resolve_paths(load("data=custom", f"data.path={tmp_path / 'heads'}",
+                                  f"data.index_list={tmp_path / 'list.json'}", f"output_dir={tmp_path / 'out'}"))
+    assert (relative.data.path, relative.data.index_list) == (str(tmp_path / "heads"), str(tmp_path / "list.json"))
+    assert relative.output_dir == str(tmp_path / "out")
+    assert run_name(relative) == run_name(absolute)
+    monkeypatch.chdir(ROOT)  # elsewhere, as a Ray worker is: the resolved config still names the same files
+    assert resolve(relative).name == run_name(absolute) and resolve(relative).output_dir == str(tmp_path / "out")
+
+
 @pytest.mark.parametrize(
     "overrides,key",
     [
@@ -104,6 +136,8 @@ def test_a_longer_budget_continues_the_same_run():
         (["loss.num_views=0"], "loss.num_views"),
         (["data=ffhqc", "data.path=/nonexistent/ffhqc"], "data.path"),
         (["data=ffhqc"], "data.path"),
+        # a worker trains on whole GPUs: a fraction would put two ranks on one GPU (or an invalid ordinal)
+        (["cluster.use_gpu=true", "cluster.gpus_per_worker=0.5"], "cluster.gpus_per_worker"),
     ],
 )
 def test_bad_values_name_the_key(overrides, key):
@@ -150,3 +184,59 @@ def test_ground_truth_metrics_need_the_synthetic_heads(tmp_path, metric):
     with pytest.raises(config.ConfigError, match=rf"train\.snapshot_metrics=.*{metric}.*ground truth"):
         validate_launch(load("data=ffhqc", f"data.path={tmp_path}", f"train.snapshot_metrics=[fid,{metric}]"))
     validate_launch(load(f"train.snapshot_metrics=[fid,{metric}]"))  # data=synthetic: accepted
+
+
+def launch_until_ray(monkeypatch, capsys, *overrides: str) -> tuple[int | None, str]:
+    """`cluster.launch` of these overrides up to the point where it would start Ray: its exit code
+    (None where it got there) and what it said on stderr."""
+    from orchestration import cluster
+
+    class ReachedRay(Exception):
+        pass
+
+    def connect_ray(*args, **kwargs):
+        raise ReachedRay
+
+    monkeypatch.setattr(cluster, "connect_ray", connect_ray)
+    monkeypatch.setattr(cluster, "make_local_data", lambda cfg: None)  # the synthetic heads: not what is tested
+    try:
+        rc = cluster.launch(load(*overrides))
+    except ReachedRay:
+        rc = None
+    return rc, capsys.readouterr().err
+
+
+def test_a_gpu_launch_without_gsplat_kernels_stops_before_ray_in_one_line(monkeypatch, capsys, tmp_path):
+    gsplat_without_kernels(monkeypatch)
+    rc, err = launch_until_ray(monkeypatch, capsys, "cluster.use_gpu=true", f"output_dir={tmp_path}")
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("error: cluster.use_gpu=true renders with gsplat"), err
+    assert "nvcc" in err and "infra/docker/Dockerfile" in err
+    # The CPU path never needs gsplat.
+    rc, err = launch_until_ray(monkeypatch, capsys, f"output_dir={tmp_path}")
+    assert rc is None, err
+
+
+def test_a_local_launch_on_a_gpu_machine_with_use_gpu_false_says_so(monkeypatch, capsys, tmp_path):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    rc, err = launch_until_ray(monkeypatch, capsys, f"output_dir={tmp_path}")
+    lines = [line for line in err.splitlines() if "cluster.use_gpu" in line]
+    assert rc is None and lines == [
+        "note: this machine has 2 CUDA GPU(s) but cluster.use_gpu=false: training on the CPU "
+        "(cluster.use_gpu=true trains on the GPUs)"], err
+
+
+def test_the_documented_two_gpu_smoke_composes_and_validates():
+    """docs/gpu.md's first multi-GPU run: two workers, one GPU each, a few steps of the tiny model."""
+    import shlex
+
+    text = (ROOT / "docs" / "gpu.md").read_text()
+    command = re.search(r"# two-GPU smoke\n\s*(python orchestration/launch\.py .*)", text).group(1)
+    overrides = shlex.split(command)[2:]
+    assert {"cluster=local", "cluster.use_gpu=true", "cluster.num_workers=2"} <= set(overrides)
+    cfg = validate_launch(load(*overrides))
+    assert cfg.cluster.gpus_per_worker == 1 and cfg.cluster.num_workers * cfg.cluster.gpus_per_worker == 2
+    steps = cfg.train.total_kimg * 1000 / cfg.train.batch_size
+    assert 2 <= steps <= 8, steps  # a few steps, several ticks

@@ -80,3 +80,22 @@ def test_models_register_under_their_preset_and_only_with_a_server():
     odd.model.generator.num_levels += 1
     assert registered_name(odd) == "cgsgan-64px"
     assert is_server("http://127.0.0.1:5000") and not is_server("sqlite:///outputs/mlflow.db")
+
+
+def test_model_uri_commands_find_the_default_local_store_or_say_where_they_looked(tmp_path, monkeypatch, capsys):
+    """Without MLFLOW_TRACKING_URI the project's commands read the launcher's default store
+    (./outputs/mlflow.db), never MLflow's own default (./mlflow.db, which it would create empty);
+    where there is none they say in one line where they looked and how to name another."""
+    from cgsgan import generate
+    from orchestration import model_logging
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = f"runs:/{'0' * 32}/generator"
+    assert generate.main(["--checkpoint", uri, "--out", "samples"]) == 2
+    assert model_logging.main(["log", "--checkpoint", "outputs/runs/x", "--run-id", "0" * 32]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(ln.startswith("error: no MLflow store here") for ln in lines), lines
+    assert str(tmp_path / "outputs" / "mlflow.db") in lines[0] and "MLFLOW_TRACKING_URI=" in lines[0]
+    assert not list(tmp_path.rglob("mlflow.db"))
+

@@ -175,3 +175,68 @@ def test_a_finished_run_is_said_plainly(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "run run is complete at 0.004 kimg" in out and "train.total_kimg=" in out and "name=" in out, out
     assert "done." not in out
+
+
+def stops(callbacks: list, error: BaseException) -> list[str]:
+    """What the trainer's controller callbacks raise for one failed worker ("" = a retry)."""
+    said = []
+    for callback in callbacks:
+        try:
+            callback.after_exception(None, {0: UserExceptionWithTraceback(error, "Traceback ...")})
+        except Exception as stop:
+            said.append(f"{type(stop).__name__}: {stop}")
+    return said
+
+
+def test_cuda_out_of_memory_and_a_backend_that_cannot_run_stop_the_run_instead_of_a_retry(tmp_path):
+    """Both fail the same way on every try: Ray Train would repeat the start and the resume from
+    storage cluster.max_failures times. A flaky failure is still retried."""
+    import torch
+
+    from orchestration.config import resolve, to_typed
+    from orchestration.ray_trainer import build_trainer
+
+    cfg = to_typed({"output_dir": str(tmp_path)})
+    callbacks = build_trainer(cfg, resolve(cfg)).run_config.callbacks
+    oom = stops(callbacks, torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert len(oom) == 1 and "rank 0: CUDA out of memory. Tried to allocate 2.00 GiB" in oom[0]
+    assert "train.batch_gpu" in oom[0]
+    from cgsgan.render.backends import BackendUnavailable
+
+    kernels = stops(callbacks, BackendUnavailable("render backend 'gsplat' cannot run: gsplat is installed without "
+                                                  "its compiled CUDA kernels"))
+    assert len(kernels) == 1 and "compiled CUDA kernels" in kernels[0]
+    assert stops(callbacks, RuntimeError("NCCL: connection reset by peer")) == []
+
+
+def test_the_worker_trains_on_the_gpu_ray_gave_it(tmp_path, monkeypatch):
+    """Ray's device for the worker (ray.train.torch.get_device), not cuda:<local rank>: with two GPUs a
+    worker, local rank 1 holds Ray's GPUs 2 and 3 -- cuda:1 is worker 0's second GPU."""
+    from types import SimpleNamespace
+
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from orchestration.config import resolve, to_typed
+    from orchestration.ray_trainer import worker_spec
+    from orchestration.worker import train_loop_per_worker
+
+    cfg = to_typed({"output_dir": str(tmp_path), "cluster": {"use_gpu": True, "gpus_per_worker": 2}})
+    spec = worker_spec(cfg, resolve(cfg))
+    context = SimpleNamespace(get_world_rank=lambda: 1, get_world_size=lambda: 2, get_local_rank=lambda: 1)
+    monkeypatch.setattr(ray.train, "get_context", lambda: context)
+    monkeypatch.setattr(ray.train.torch, "get_device", lambda: torch.device("cuda:2"))
+    chosen = []
+
+    class Chosen(Exception):
+        pass
+
+    def set_device(device):
+        chosen.append(torch.device(device))
+        raise Chosen  # nothing further runs without a GPU
+
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    with pytest.raises(Chosen):
+        train_loop_per_worker(spec.to_dict())
+    assert chosen == [torch.device("cuda:2")]

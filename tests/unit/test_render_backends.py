@@ -3,6 +3,9 @@ which picks one) plus the dense oracle, each a function of the same signature; t
 rasterizer takes its compositor as a function. Each entry's images and gradients against the
 oracle are test_render's tests, run over the table."""
 
+import sys
+import types
+
 import pytest
 import torch
 
@@ -67,3 +70,44 @@ def test_rasterize_takes_its_compositor_and_agrees_with_the_dense_one_across_pas
     for got in (one_pass, per_camera):
         for a, b, tol in zip(got, ref, (1e-10, 1e-10, 1e-8)):
             torch.testing.assert_close(a, b, atol=tol, rtol=0)
+
+
+def test_the_torch_backend_keeps_every_tensor_on_the_device_of_its_input():
+    """The torch backend is the one that runs on any device (CUDA without gsplat included). A tensor
+    it makes without naming the input's device lands on the default device: under a `meta` default
+    device, any such tensor meets the CPU inputs and the render fails, forward or backward."""
+    from cgsgan.render.backends import Views, render_torch
+
+    g = scene(1, 120, scale=0.04, seed=5)
+    g.means.requires_grad_(True)
+    labels = camera.sample_gaussian_poses(2, generator=torch.Generator().manual_seed(5), dtype=F64).reshape(1, 2, 25)
+    cams = Cameras.from_labels(labels)
+    views = Views(viewmats=camera.view_matrix(cams.cam2world), Ks=camera.pixel_intrinsics(cams.intrinsics, 24, 20),
+                  width=24, height=20, backgrounds=torch.ones(1, 2, 3, dtype=F64))
+    with torch.device("meta"):
+        colors, alphas, depths = render_torch(g, views)
+        (colors.sum() + alphas.sum() + depths.sum()).backward()
+    assert colors.device == CPU and colors.shape == (1, 2, 20, 24, 3) and alphas.sum() > 0
+    assert g.means.grad is not None and g.means.grad.device == CPU and g.means.grad.abs().sum() > 0
+
+
+def gsplat_without_kernels(monkeypatch) -> None:
+    """gsplat as its PyPI wheel installs on a machine without nvcc: importable, `_C` None."""
+    from cgsgan.render import backends
+
+    package, cuda, backend = (types.ModuleType(n) for n in ("gsplat", "gsplat.cuda", "gsplat.cuda._backend"))
+    backend._C = None
+    package.cuda, cuda._backend = cuda, backend
+    for module in (package, cuda, backend):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+    if hasattr(backends, "gsplat_kernels"):  # looked up once per process: here, afresh
+        monkeypatch.setattr(backends, "gsplat_kernels", backends.gsplat_kernels.__wrapped__)
+
+
+def test_gsplat_without_its_compiled_kernels_cannot_run_and_says_what_to_install(monkeypatch):
+    """`import gsplat` succeeds without the kernels; the first render would die on `_C` None."""
+    gsplat_without_kernels(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(RuntimeError, match=r"'gsplat' cannot run: .*compiled CUDA kernels.*nvcc.*infra/docker/Dockerfile"):
+        resolve_backend("gsplat", torch.device("cuda", 0))
+    assert resolve_backend(RenderBackend.auto, torch.device("cuda", 0)) is RenderBackend.torch

@@ -172,4 +172,4 @@ def test_three_pairs_of_one_sign_inside_the_noise_are_not_a_result(tmp_path):
     ci = ttest_rel([15.0, 25.2, 34.9], [10.0, 20.0, 30.0]).confidence_interval(0.95)
     assert (steady.t_low, steady.t_high) == pytest.approx((ci.low, ci.high))
     table = report.write_report(rows_with([1.0, 8.0, 15.0]), axes, tmp_path, COLUMNS)[1].read_text()
-    assert "| bootstrap interval | t interval | verdict |" in table
+    assert "| bootstrap interval | t interval | p (Holm) | verdict |" in table

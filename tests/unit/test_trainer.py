@@ -215,7 +215,7 @@ def test_batches_from_a_dataset_read_on_demand_match_the_cached_ones(synthetic_d
     for _ in range(3):
         (a, la), (b, lb) = cached._real_batch(), lazy._real_batch()
         assert torch.equal(a, b) and torch.equal(la, lb)
-        assert lazy.dataset._pending  # the next batch is already on its way
+        assert lazy.loader.reading_ahead  # the next batch is already on its way
     assert (lazy.order.epoch, lazy.order.pos) == (cached.order.epoch, cached.order.pos)
 
 
@@ -247,3 +247,61 @@ def test_metrics_at_end_computes_them_at_the_last_snapshot_only(synthetic_datase
     with_metrics = [line["progress/kimg"] for line in lines if "metrics/sensitivity" in line]
     assert with_metrics == ([0.0, 0.004, 0.008, 0.012] if metrics_at == "every_snapshot" else [0.012])
     assert len(list((tmp_path / "t" / "samples").glob("grid-*.png"))) == 4
+
+
+def test_cudnn_picks_its_algorithms_and_the_snapshot_features_run_on_the_trainer_device(synthetic_dataset, tmp_path,
+                                                                                       monkeypatch):
+    # The reference sets cudnn.benchmark (fixed shapes: cuDNN times its algorithms once). The
+    # snapshot metrics' feature network goes where the trainer is, not always onto the CPU.
+    import cgsgan.training.snapshot_metrics as snapshot_metrics
+    import cgsgan.training.trainer as trainer_module
+
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)  # restored after the test
+    cfg = small_config(synthetic_dataset)
+    cfg.train.snapshot_metrics = ["fid_synth"]
+    t = Trainer(cfg, tmp_path, device="cpu")
+    assert torch.backends.cudnn.benchmark is True
+    built = []
+
+    class Recorded:
+        def __init__(self, cfg, data_path, device=None):
+            built.append(device)
+
+        def __call__(self, G):
+            return {}
+
+    monkeypatch.setattr(snapshot_metrics, "SnapshotMetrics", Recorded)
+    monkeypatch.setattr(trainer_module, "save_grid", lambda *args: tmp_path / "grid.png")  # not what is tested
+    t.snapshot()
+    assert built == [t.device]
+
+
+def test_reals_cross_to_the_device_as_stored_and_are_the_items_bit_for_bit(synthetic_dataset, tmp_path):
+    # uint8 to the device (a quarter of float32's bytes; pinned on CUDA), converted, flipped and
+    # pasted onto their backgrounds there: the same values as the dataset's items.
+    from torch.overrides import TorchFunctionMode
+
+    cfg = small_config(synthetic_dataset)
+    cfg.data.xflip, cfg.loss.background = True, "random"
+    t = Trainer(cfg, tmp_path)
+    moved = []
+
+    class Moves(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.Tensor.to and ("device" in kwargs or any(isinstance(a, (torch.device, str)) for a in args[1:])):
+                moved.append((args[0].dtype, args[0].dim()))
+            return func(*args, **kwargs)
+
+    seen = []
+    for _ in range(3):
+        indices = t.order.peek()
+        seen += indices.tolist()
+        with Moves():
+            reals, labels = t._real_batch()
+        items = [t.dataset[int(i)] for i in indices]
+        assert torch.equal(reals, torch.stack([it["image"] for it in items]))
+        assert torch.equal(labels, torch.stack([it["label"] for it in items]))
+    images = [dtype for dtype, dim in moved if dim == 4]
+    assert images and set(images) == {torch.uint8}, moved
+    assert any(i >= len(t.dataset) // 2 for i in seen) and any(i < len(t.dataset) // 2 for i in seen)  # both halves
