@@ -149,11 +149,14 @@ class _Files:
         """Copy the local file to `path` so that `path` is either absent or whole: an S3 object
         appears when its upload completes; a local file is written beside it and renamed."""
         parent = path.rsplit("/", 1)[0]
-        self.fs.create_dir(self._p(parent), recursive=True)
-        target = path if self.prefix else f"{parent}/.{PurePosixPath(path).name}.partial"
+        # Locally the partial file is written beside the file's folder, which appears only with
+        # the whole file in it (a folder holding only a partial file would read as a broken checkpoint).
+        target = path if self.prefix else f"{parent}.partial"
+        self.fs.create_dir(self._p(parent if self.prefix else parent.rsplit("/", 1)[0]), recursive=True)
         with open(local, "rb") as src, self.fs.open_output_stream(self._p(target)) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         if target != path:
+            self.fs.create_dir(self._p(parent), recursive=True)
             self.fs.move(self._p(target), self._p(path))
 
     @contextlib.contextmanager

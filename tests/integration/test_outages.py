@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -122,13 +123,18 @@ def outages(s3_server, mlflow_server, tmp_path_factory):
 
     def launch(name: str):
         s3_env, extra, uri, bucket, more, action = plans[name]
+        time.sleep(15 * list(plans).index(name))  # local Rays started at the same moment can collide
         args = [sys.executable, "orchestration/launch.py", *RUN, "storage=s3", f"storage.path=s3://{bucket}/runs",
                 *([f"tracking.uri={uri}"] if uri else []), *more, f"output_dir={tmp / name}", f"name={name}"]  # fmt: skip
         env = env_for(s3_env, ray_tmps[name], tmp, extra)
         try:
-            return timed_launch(ROOT, args, env, {2: action} if action else None, timeout_s=900), args, env
+            out = timed_launch(ROOT, args, env, {2: action} if action else None, timeout_s=1200)
         finally:
             stop_ray(ray_tmps[name])
+        if os.environ.get("CGSGAN_TEST_LOGS"):  # the consoles, kept for a look after the run
+            Path(os.environ["CGSGAN_TEST_LOGS"]).mkdir(parents=True, exist_ok=True)
+            (Path(os.environ["CGSGAN_TEST_LOGS"]) / f"{name}.log").write_text(out.console + "\n".join(out.events))
+        return out, args, env
 
     try:
         with ThreadPoolExecutor(4) as pool:
@@ -138,10 +144,11 @@ def outages(s3_server, mlflow_server, tmp_path_factory):
         _, args, env = runs["s3_gone"]
         env = {**env, "RAY_TMPDIR": str(ray_tmps["relaunch"])}
         try:
-            results["relaunch"] = timed_launch(ROOT, args, env, timeout_s=900)
+            results["relaunch"] = timed_launch(ROOT, args, env, timeout_s=1200)
         finally:
             stop_ray(ray_tmps["relaunch"])
         # The MLflow server comes back on the same database; sync sends what `mlflow_gone` kept.
+        gone_ml.stop()  # (stopped at tick 2 unless the run never got there)
         back = start_mlflow(gone_ml.port, gone_ml.log_path.parent, s3_server, s3_server.bucket, "gone")
         servers.append(back)
         gone_run = run_name(results["mlflow_gone"].console)

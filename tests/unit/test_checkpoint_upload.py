@@ -41,6 +41,7 @@ def test_every_copy_of_a_checkpoint_obeys_the_retention_rule(tmp_path):
     assert up.newest_stored == store.folder(112) and stored[-1] == store.folder(112)
     assert stored[:5] == [store.folder(n) for n in (16, 32, 48, 64, 80)]
     assert not list((tmp_path / "storage").rglob("*.partial"))
+    assert all((tmp_path / "storage" / "run" / f.rsplit("/", 1)[1] / CHECKPOINT_FILE).is_file() for _, f in store.folders())
     assert (tmp_path / "storage" / "run" / checkpoint_name(112) / CHECKPOINT_FILE).read_bytes()[:4] == (112).to_bytes(4, "little")
 
 
