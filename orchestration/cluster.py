@@ -210,11 +210,15 @@ def train_on_ray(cfg: LaunchConfig, plan: Plan) -> int:
     if returned.get("data_error"):  # a broken file found while the workers built the dataset: not retried
         print(f"error: {one_line(returned['data_error'])}", file=sys.stderr)
         return 2
+    if returned.get("storage_outage"):  # storage gone beyond storage.outage_s: stopped, the line says where things are
+        print(f"error: {one_line(returned['storage_outage'])}", file=sys.stderr)
+        return 1
     if returned.get("complete_nimg") is not None:
         print(complete_message(plan, cfg.train.total_kimg, returned["complete_nimg"]))
         return 0
     samples = Path(plan.output_dir) / "runs" / plan.name / "samples"
-    checkpoint = checkpoint_uri(plan, result.checkpoint.path) if result.checkpoint else None
+    # The workers upload checkpoints themselves (orchestration.checkpoint_upload): rank 0 returns the newest.
+    checkpoint = returned.get("checkpoint") or None
     print("\ndone.")
     print(f"  checkpoint:  {checkpoint}")
     print(f"  samples:     {samples} (grid-*.png, turntable.gif, sample-seed0.ply)")
@@ -245,14 +249,6 @@ def complete_message(plan: Plan, total_kimg: float, nimg: int) -> str:
     return (f"run {plan.name} is complete at {kimg} kimg (train.total_kimg={total_kimg:g}): nothing to train.\n"
             f"  extend it:        the same command with train.total_kimg=<more than {kimg}>\n"
             f"  start another:    the same command with name=<a new run name>")
-
-
-def checkpoint_uri(plan: Plan, path: str) -> str:
-    """What `python -m cgsgan.generate --checkpoint` takes: a local path, or s3://bucket/... (Ray
-    reports S3 paths without the scheme when it is given a filesystem)."""
-    if plan.storage_path.startswith("s3://") and "://" not in path:
-        return f"s3://{path.lstrip('/')}"
-    return path
 
 
 def root_cause(error: BaseException) -> str:

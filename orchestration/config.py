@@ -85,6 +85,9 @@ class StorageConfig:
     endpoint_url: str = ""  # custom S3 endpoint; "" = $AWS_ENDPOINT_URL or AWS itself
     create_bucket: bool = False
     num_to_keep: int = 3
+    # Storage unreachable this long (s) while training: the run stops, naming the newest checkpoint
+    # on storage and the one staged on local disk, rather than train on with nothing safe.
+    outage_s: float = 1800.0
 
 
 @dataclass
@@ -313,6 +316,7 @@ def check_ranges(cfg: LaunchConfig) -> None:
              "must be a whole number of GPUs with cluster.use_gpu=true (a worker trains on whole GPUs)")
     at_least("cluster.max_failures", c.max_failures, 0)
     at_least("storage.num_to_keep", cfg.storage.num_to_keep, 1)
+    at_least("storage.outage_s", cfg.storage.outage_s, 1)
     at_least("tracking.system_metrics_interval_s", cfg.tracking.system_metrics_interval_s, 0)
     at_least("slurm.nodes", s.nodes, 1)
     at_least("slurm.gpus_per_node", s.gpus_per_node, 0)

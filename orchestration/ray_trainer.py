@@ -99,6 +99,7 @@ def worker_spec(cfg: LaunchConfig, plan: Plan, tags: dict | None = None) -> Work
         storage_uri=plan.storage_path,
         storage_endpoint=s3_endpoint(cfg.storage.endpoint_url) or "",
         num_to_keep=cfg.storage.num_to_keep,
+        outage_s=cfg.storage.outage_s,
         tracking_uri=plan.tracking_uri,
         experiment=cfg.tracking.experiment,
         system_metrics_interval_s=cfg.tracking.system_metrics_interval_s,

@@ -197,3 +197,11 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id:
             self.client.set_terminated(self.run_id, status=status)
+
+
+if __name__ == "__main__":  # python -m orchestration.tracking sync <run folder>
+    import sys
+
+    from orchestration.tracking_queue import main
+
+    sys.exit(main())

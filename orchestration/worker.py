@@ -2,9 +2,12 @@
 
 Receives a `WorkerSpec` as plain values, rebuilds it, resumes from the newest checkpoint of the
 run in storage that loads (`RunCheckpoints`: rank 0 picks it, every rank loads the same one), and
-reports once per tick on every rank (ray.train.report is a barrier), attaching the checkpoint
-that rank 0 wrote on checkpoint ticks; then rank 0 prunes old checkpoint folders (the project's
-retention, not Ray's: see ray_trainer.build_trainer). A broken dataset found while the trainer is
+reports once per tick on every rank (ray.train.report is a barrier). Nothing on the training path
+waits on a service: MLflow calls go through a tracking queue (orchestration.tracking_queue: a
+spool in the run folder and a sender thread), and the checkpoints rank 0 writes to local disk are
+uploaded by a background uploader (orchestration.checkpoint_upload), which also keeps the
+project's retention in storage and on local disk. Storage that stays unreachable beyond
+storage.outage_s stops the run (the worker returns the uploader's line). A broken dataset found while the trainer is
 built ends the run without a retry (the same files fail the same way): the worker returns the
 error instead of raising it; one met mid-run is raised as a DataError, which the controller
 callback stops on (ray_trainer.StopOnDataError).
@@ -12,9 +15,6 @@ callback stops on (ray_trainer.StopOnDataError).
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,9 +25,10 @@ import ray.train.torch
 import torch
 
 from cgsgan.data.dataset import DataError, mark_shown
-from cgsgan.training.checkpoint import CHECKPOINT_FILE, RunCheckpoints
+from cgsgan.training.checkpoint import RunCheckpoints
 from cgsgan.training.ticks import kimg_text
 from cgsgan.training.trainer import Callbacks, Trainer
+from orchestration.checkpoint_upload import CheckpointUploader, StorageOutage
 from orchestration.console import quiet_worker_loggers
 from orchestration.worker_spec import WorkerSpec
 
@@ -38,6 +39,8 @@ class WorkerResult:
 
     data_error: str = ""  # a broken data file found while the trainer was built
     complete_nimg: int | None = None  # the run had already reached train.total_kimg: images trained
+    checkpoint: str = ""  # the newest checkpoint whole on storage at the end
+    storage_outage: str = ""  # storage did not answer for storage.outage_s: the run stopped (why, where)
 
 
 def resume(trainer: Trainer, store: RunCheckpoints, rank: int = 0, world: int = 1,
@@ -87,37 +90,25 @@ def train_loop_per_worker(config: dict) -> dict | None:
     store = RunCheckpoints(spec.run_uri, spec.storage_endpoint)
 
     tracker = None
-    pending: dict = {}
+    queue = None
+    uploader = None
     trainer: Trainer | None = None
 
     def on_checkpoint(path: Path | None, stats: dict) -> None:
-        pending["path"] = path
+        if path is not None:
+            uploader.submit(path)  # staged whole on local disk: uploaded while training goes on
 
     def on_tick(stats: dict) -> None:
-        path = pending.pop("path", None)
         metrics = {k: v for k, v in stats.items() if isinstance(v, (int, float)) and not k.startswith("time/")}
         if tracker is not None:
             step = int(round(stats["progress/kimg"] * 1000))
             tracker.log_metrics(metrics, step=step, timestamp_ms=int(time.time() * 1000))
-        if path is None:
-            ray.train.report(metrics)
-            return
-        dir_name = path.stem  # checkpoint-<nimg> (cgsgan.training.checkpoint.checkpoint_name)
-        with tempfile.TemporaryDirectory() as tmp:
-            # A hard link avoids copying gigabytes; fall back to a copy across filesystems.
-            target = Path(tmp) / CHECKPOINT_FILE
-            try:
-                os.link(path, target)
-            except OSError:
-                shutil.copy2(path, target)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=dir_name)
-        # The report returned once the checkpoint was uploaded; only a checkpoint found whole in
-        # storage lets older ones go.
-        folder = f"{store.uri}/{dir_name}"
-        if spec.num_to_keep and store.is_whole(folder, path.stat().st_size):
-            store.prune(spec.num_to_keep, newest=folder)
-        if tracker is not None:
-            tracker.set_tags({"checkpoint_uri": folder})
+        stop = [uploader.failure if uploader is not None else None]
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast_object_list(stop, src=0)  # every rank stops at the same tick
+        if stop[0]:
+            raise StorageOutage(stop[0])
+        ray.train.report(metrics)
 
     def on_snapshot(info: dict) -> None:
         if tracker is None:
@@ -136,30 +127,53 @@ def train_loop_per_worker(config: dict) -> dict | None:
         return asdict(WorkerResult(data_error=str(e)))
     say = (lambda msg: print(msg, flush=True)) if rank == 0 else (lambda msg: None)
     source = resume(trainer, store, rank, world, say=say)
+    from orchestration.tracking_queue import TrackingQueue, quiet_http, spool_name
+
+    # The queue opens the run folder's spool: calls a run before this one left unsent go first.
+    queue = TrackingQueue(run_dir / spool_name(rank), spec.tracking_uri, say=say).start()
     if trainer.cur_nimg >= int(cfg.train.total_kimg * 1000):
-        # Nothing to train: the driver says so, with how to go on (no MLflow run is touched).
+        # Nothing to train: the driver says so, with how to go on (no MLflow run is touched
+        # beyond what an earlier launch left to send).
+        queue.close()
         return asdict(WorkerResult(complete_nimg=trainer.cur_nimg))
     if source is not None and rank == 0:
         print(f"resumed from {source} at {kimg_text(trainer.cur_nimg / 1e3)} kimg", flush=True)
 
     if rank == 0:
-        from orchestration.tracking import Tracker, redact
+        from orchestration.tracking import PROGRESS_METRIC, Tracker, redact
 
         tracker = Tracker(spec.tracking_uri, spec.experiment, spec.name, spec.artifact_root)
         run_id = tracker.start(trainer.extra_state.get("mlflow_run_id"), params=spec.mlflow_params(),
                                tags={"storage_path": spec.storage_uri, **spec.tags})
+        tracker.logged_through = max(tracker.logged_through, queue.last_step(run_id, PROGRESS_METRIC))
+        tracker.client = queue.client  # from here on, every call of the run goes through the queue
         trainer.extra_state["mlflow_run_id"] = run_id
         print(f"MLflow run {run_id} ({redact(spec.tracking_uri)})", flush=True)
+        uploader = CheckpointUploader(store, Path(trainer.checkpoint_path()).parent, spec.num_to_keep,
+                                      spec.outage_s, newest_stored=source,
+                                      on_stored=lambda folder: tracker.set_tags({"checkpoint_uri": folder}))  # fmt: skip
+    quiet_http()  # short, unretried requests: a server that does not answer holds up no thread for long
     from orchestration.system_metrics import WorkerSystemMetrics
 
     system = WorkerSystemMetrics(spec.tracking_uri, spec.experiment, spec.name, rank, spec.system_metrics_interval_s,
-                                 tracker and tracker.run_id).start()
+                                 tracker and tracker.run_id, client=queue.client).start()
+    result = WorkerResult()
     try:
         trainer.run()
+        if uploader is not None:
+            uploader.finish()  # the last checkpoint whole on storage before the run counts as done
+            result.checkpoint = uploader.newest_stored or ""
+    except StorageOutage as e:
+        system.stop()
+        if tracker is not None:
+            tracker.finish("FAILED")
+        queue.close()
+        return asdict(WorkerResult(storage_outage=str(e)))
     except BaseException as e:
         system.stop()
         if tracker is not None:
             tracker.finish("FAILED")
+        queue.close(timeout_s=10)
         found = data_error_in(e)
         if found is not None and found is not e:
             # The controller decides "no retry" by the exception's type (StopOnDataError); a
@@ -172,4 +186,5 @@ def train_loop_per_worker(config: dict) -> dict | None:
 
         log_trained_generator(tracker, trainer)  # runs:/<run_id>/generator (registered with a server)
         tracker.finish()
-    return None
+    queue.close()
+    return asdict(result)

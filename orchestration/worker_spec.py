@@ -22,6 +22,7 @@ class WorkerSpec:
     experiment: str  # MLflow experiment name
     system_metrics_interval_s: float  # MLflow system metrics (CPU, memory, GPUs) every this many s; 0 = off
     artifact_root: str | None  # MLflow artifact root for a local tracking store (None: the server's)
+    outage_s: float = 1800.0  # storage unreachable this long: the run stops (storage.outage_s)
     cluster: dict = field(default_factory=dict)  # the launch's cluster settings, for the MLflow params
     tags: dict[str, str] = field(default_factory=dict)  # extra MLflow run tags (e.g. a sweep's parent run)
     data_notices: list[str] = field(default_factory=list)  # what the launcher's data check said already

@@ -145,6 +145,20 @@ class _Files:
         except FileNotFoundError:
             pass
 
+    def put(self, local: Path, path: str) -> None:
+        """Copy the local file to `path` so that `path` is either absent or whole: an S3 object
+        appears when its upload completes; a local file is written beside it and renamed."""
+        parent = path.rsplit("/", 1)[0]
+        # Locally the partial file is written beside the file's folder, which appears only with
+        # the whole file in it (a folder holding only a partial file would read as a broken checkpoint).
+        target = path if self.prefix else f"{parent}.partial"
+        self.fs.create_dir(self._p(parent if self.prefix else parent.rsplit("/", 1)[0]), recursive=True)
+        with open(local, "rb") as src, self.fs.open_output_stream(self._p(target)) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        if target != path:
+            self.fs.create_dir(self._p(parent), recursive=True)
+            self.fs.move(self._p(target), self._p(path))
+
     @contextlib.contextmanager
     def local(self, path: str) -> Iterator[Path]:
         """A local file with the content of `path` for as long as the context lasts (a local
@@ -303,6 +317,14 @@ class RunCheckpoints:
         """Load the checkpoint of `folder` through `load`; raises what it raises."""
         with self._fs.local(f"{folder}/{CHECKPOINT_FILE}") as path:
             load(path)
+
+    def upload(self, local: Path, nimg: int) -> str:
+        """Store the local checkpoint file `local` (the trainer's, written whole) as the run's
+        checkpoint at `nimg`; returns its folder. The file in storage is absent or whole at
+        every moment (`_Files.put`); it counts as a checkpoint once `is_whole` says so."""
+        folder = self.folder(nimg)
+        self._fs.put(Path(local), f"{folder}/{CHECKPOINT_FILE}")
+        return folder
 
     def is_whole(self, folder: str, size: int) -> bool:
         """Whether the stored checkpoint of `folder` has the `size` bytes written."""

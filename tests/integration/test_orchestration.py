@@ -243,7 +243,7 @@ def test_s3_outage_during_training_never_leaves_a_half_checkpoint(s3_server, mlf
     s3_env = {**s3_server.env(), "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
     env = launch_env(s3_env, tmp_path, ray_tmp)
     args = launch_args(s3_server.bucket, mlflow_server.tracking_uri, tmp_path / "out", "s3outage",
-                       "cluster.max_failures=1")  # fmt: skip
+                       "cluster.max_failures=1", "storage.outage_s=20")  # fmt: skip
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)  # fmt: skip
     run = None
@@ -259,6 +259,8 @@ def test_s3_outage_during_training_never_leaves_a_half_checkpoint(s3_server, mlf
     # Either it failed with a clear error, or it retried and got through; never a silent success
     # with a partial checkpoint.
     assert proc.returncode != 0 or "done." in output, output[-4000:]
+    if proc.returncode != 0:  # storage gone beyond storage.outage_s: one line saying where the checkpoints are
+        assert "storage.outage_s=20" in output and "Newest checkpoint on storage: s3://" in output, output[-4000:]
     # Every checkpoint Ray registered in S3 is complete and loads.
     client = s3_client(s3_server.endpoint_url)
     keys = checkpoints_in_s3(s3_server.env(), s3_server.bucket, run)
