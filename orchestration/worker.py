@@ -146,6 +146,9 @@ def train_loop_per_worker(config: dict) -> dict | None:
         run_id = tracker.start(trainer.extra_state.get("mlflow_run_id"), params=spec.mlflow_params(),
                                tags={"storage_path": spec.storage_uri, **spec.tags})
         trainer.extra_state["mlflow_run_id"] = run_id
+        from orchestration.run_params import config_yaml
+
+        tracker.log_config(config_yaml(spec.full_config()))  # the params are a few; the whole config is this file
         print(f"MLflow run {run_id} ({redact(spec.tracking_uri)})", flush=True)
     from orchestration.system_metrics import WorkerSystemMetrics
 
