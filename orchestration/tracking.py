@@ -3,15 +3,19 @@
 Used by rank 0 only. Everything goes through an explicit MlflowClient and run id (no global
 active run), so several runs can be tracked from one process (e.g. sweeps).
 
-What a run shows in the MLflow UI: its params and metrics (step = kimg x 1000), each snapshot's
-sample grid as a step image (key GRID_IMAGE_KEY: the run page's image chart with its step slider,
-the chart view's side-by-side of several runs) and as a plain artifact under samples/, the final
-turntable and .ply under samples/. The experiments it creates are tagged as model training
-(EXPERIMENT_KIND), so the UI opens them on the runs table and charts rather than its GenAI layout.
+What a run shows in the MLflow UI: a few params (orchestration/run_params.py; the whole config is
+the artifact config.yaml) and its metrics (step = kimg x 1000); its sample grids as step images in
+a "samples" section, which the run page shows first: NEWEST_GRID_KEY holds the newest snapshot's
+grid (logged at step 0 at every snapshot: the UI's image card opens on step 0 and shows the last
+file logged there) and GRID_IMAGE_KEY every snapshot's grid at its kimg step (the card's step
+slider); the grids also stay plain artifacts under samples/, with the final turntable and .ply.
+The experiments it creates are tagged as model training (EXPERIMENT_KIND); the UI's GenAI / Model
+training switch is per browser, so every link this project prints carries TRAINING_VIEW.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -23,7 +27,12 @@ RUN_NAME_TAG = "cgsgan.run_name"
 # runs table and chart view first instead of its GenAI (traces) layout.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 SHARED_VIEW_TAG = "mlflow.sharedViewState."  # + key: a runs-page view the UI opens by ?viewStateShareKey=key
-GRID_IMAGE_KEY = "grid"  # the snapshot grids, one step image per snapshot
+# The UI makes a chart section of an image key's part before "/", and puts such sections above
+# its "Model metrics": the pictures come first on a run page.
+NEWEST_GRID_KEY = "samples/grid"  # the newest snapshot's grid, at step 0
+GRID_IMAGE_KEY = "samples/grid_history"  # the snapshot grids, one step image per snapshot
+# The UI's query parameter for its model-training layout (the default in a new browser is GenAI).
+TRAINING_VIEW = "workflowType=machine_learning"
 SAMPLE_ARTIFACTS = ("artifacts/grid", "artifacts/turntable", "artifacts/ply")  # snapshot keys kept as files
 _SECRET = re.compile(r"(secret|password|token|access_key|credential)", re.IGNORECASE)
 
@@ -73,6 +82,11 @@ def kimg_step(kimg: float) -> int:
     return int(round(kimg * 1000))
 
 
+def training_link(path: str) -> str:
+    """A UI path or URL (…#/experiments/<id>/…) that opens in the UI's model-training layout."""
+    return f"{path}{'&' if '?' in path.split('#')[-1] else '?'}{TRAINING_VIEW}"
+
+
 def local_artifact_root(output_dir: str | Path, tracking_uri_given: bool) -> str | None:
     """Where a local store's artifacts go (<output_dir>/mlartifacts, as a file URI); None for a
     configured tracking server, which decides itself."""
@@ -81,6 +95,10 @@ def local_artifact_root(output_dir: str | Path, tracking_uri_given: bool) -> str
 
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, artifact_root: str | None = None) -> None:
+        # MLflow prints its own "View run" links (which open the UI's GenAI layout) when a run on a
+        # server ends; finish() prints the training-layout link instead.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
@@ -153,7 +171,8 @@ class Tracker:
 
     def log_snapshot(self, info: dict) -> None:
         """A snapshot (the trainer's on_snapshot info): its grid as a step image under
-        GRID_IMAGE_KEY at the run's kimg step, and its sample files as artifacts under samples/."""
+        GRID_IMAGE_KEY at the run's kimg step and as the newest grid (NEWEST_GRID_KEY), and its
+        sample files as artifacts under samples/."""
         step = kimg_step(info["progress/kimg"])
         if step <= self.logged_through:
             return  # logged by the attempt before a restart (see logged_through)
@@ -161,7 +180,9 @@ class Tracker:
             from PIL import Image
 
             with Image.open(info["artifacts/grid"]) as im:
-                self.client.log_image(self.run_id, im.convert("RGB"), key=GRID_IMAGE_KEY, step=step)
+                rgb = im.convert("RGB")
+            self.client.log_image(self.run_id, rgb, key=GRID_IMAGE_KEY, step=step)
+            self.client.log_image(self.run_id, rgb, key=NEWEST_GRID_KEY, step=0)
         for key in SAMPLE_ARTIFACTS:
             if key in info:
                 self.log_artifact(info[key], "samples")
@@ -173,11 +194,15 @@ class Tracker:
                     for r in rows] for c in columns}  # fmt: skip
         self.client.log_table(self.run_id, data=data, artifact_file=artifact_file)
 
-    def share_view(self, key: str, search: str, params: list[str], metrics: list[str], group_by: list[str]) -> str:
+    def share_view(self, key: str, search: str, params: list[str], metrics: list[str], group_by: list[str],
+                   section: str = "", charts: list[dict] = ()) -> str:
         """A saved view of the experiment's runs page (what the UI's "Share" button stores: an
         experiment tag holding the view as JSON): the runs matching `search`, with `params` and
-        `metrics` (names as reported) as columns, grouped by the params `group_by` (the groups'
-        mean in the table and charts). Returns the page's path: #/experiments/<id>/runs?...="""
+        `metrics` (names as reported) as columns, grouped by the params `group_by` (the table shows
+        each group's mean). `charts` (bar_chart, image_chart) fill the chart view's first section,
+        `section`, one card a row; the UI adds every other metric's card below it. The charts
+        draw the runs one by one (the UI's groups carry no images). Returns the page's path,
+        #/experiments/<id>/runs?..., in the UI's model-training layout."""
         import json
 
         state = {"searchFilter": search, "orderByKey": "attributes.start_time", "orderByAsc": True,
@@ -185,8 +210,26 @@ class Tracker:
                  "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "param", "groupByData": p}
                                                                               for p in group_by]} if group_by else None,
                  "hideEmptyCharts": True}  # fmt: skip
+        if charts:
+            first = f"section-{key}"
+            # The history's card would open on step 0 (the untrained generator): left out here.
+            hidden = [] if any(c.get("imageKeys") == [GRID_IMAGE_KEY] for c in charts) else [
+                {**image_chart(GRID_IMAGE_KEY), "uuid": f"{first}-history", "deleted": True}]
+            state |= {"isAccordionReordered": True, "useGroupedValuesInCharts": False,
+                      "compareRunSections": [{"uuid": first, "name": section or key, "display": True, "isReordered": True,
+                                              "deleted": False, "isGenerated": False, "columns": 1, "cardHeight": 440}],
+                      "compareRunCharts": [{**c, "uuid": f"{first}-{i}", "metricSectionId": first}
+                                           for i, c in enumerate([*charts, *hidden])]}  # fmt: skip
         self.client.set_experiment_tag(self.experiment_id, SHARED_VIEW_TAG + key, json.dumps(state))
-        return f"#/experiments/{self.experiment_id}/runs?viewStateShareKey={key}"
+        return training_link(f"#/experiments/{self.experiment_id}/runs?viewStateShareKey={key}")
+
+    def log_config(self, text: str) -> None:
+        """The run's whole config as CONFIG_ARTIFACT, once: a continued run keeps the file it has,
+        as it keeps its params."""
+        from orchestration.run_params import CONFIG_ARTIFACT
+
+        if not any(a.path == CONFIG_ARTIFACT for a in self.client.list_artifacts(self.run_id)):
+            self.client.log_text(self.run_id, text, CONFIG_ARTIFACT)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(path), folder)
@@ -194,9 +237,29 @@ class Tracker:
     def set_tags(self, tags: dict[str, str]) -> None:
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in scrub(tags).items()])
 
+    def run_link(self) -> str:
+        """The run's page in the UI's model-training layout (a path for a local store)."""
+        base = self.tracking_uri.rstrip("/") + "/" if self.tracking_uri.startswith("http") else ""
+        return training_link(f"{redact(base)}#/experiments/{self.experiment_id}/runs/{self.run_id}")
+
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id:
             self.client.set_terminated(self.run_id, status=status)
+            if self.tracking_uri.startswith("http"):
+                print(f"MLflow run {self.run_name}: {self.run_link()}", flush=True)
+
+
+def bar_chart(metric: str) -> dict:
+    """A chart-view card (Tracker.share_view): `metric`'s last value (name as reported), a bar a run."""
+    return {"type": "BAR", "runsCountToCompare": 100, "deleted": False, "isGenerated": False,
+            "metricKey": mlflow_name(metric), "displayName": f"{mlflow_name(metric)}, last value"}  # fmt: skip
+
+
+def image_chart(key: str, step: int = 0) -> dict:
+    """A chart-view card (Tracker.share_view): the step image `key` at `step` of every run, side by
+    side, under each run's name (without its params)."""
+    return {"type": "IMAGE", "runsCountToCompare": 100, "deleted": False, "isGenerated": False, "imageKeys": [key],
+            "step": step, "showRunParams": False}  # fmt: skip
 
 
 if __name__ == "__main__":  # python -m orchestration.tracking sync <run folder>

@@ -145,6 +145,11 @@ def train_loop_per_worker(config: dict) -> dict | None:
         tracker = Tracker(spec.tracking_uri, spec.experiment, spec.name, spec.artifact_root)
         run_id = tracker.start(trainer.extra_state.get("mlflow_run_id"), params=spec.mlflow_params(),
                                tags={"storage_path": spec.storage_uri, **spec.tags})
+        from orchestration.run_params import config_yaml
+
+        # The params are a few; the whole config is this file. Logged while the run is created
+        # (that step talks to the server directly anyway): it asks what the run already holds.
+        tracker.log_config(config_yaml(spec.full_config()))
         tracker.logged_through = max(tracker.logged_through, queue.last_step(run_id, PROGRESS_METRIC))
         tracker.client = queue.client  # from here on, every call of the run goes through the queue
         trainer.extra_state["mlflow_run_id"] = run_id

@@ -32,8 +32,15 @@ class WorkerSpec:
         """The run's folder in storage: its checkpoint-<nimg>/ folders (and Ray's files)."""
         return f"{self.storage_uri.rstrip('/')}/{self.name}"
 
-    def mlflow_params(self) -> dict:
-        """The MLflow params of the run: the core config, the cluster and the storage settings."""
+    def mlflow_params(self) -> dict[str, str]:
+        """The MLflow params of the run: what runs are filtered and grouped on (run_params)."""
+        from orchestration.run_params import run_params
+
+        return run_params(self.core, self.name)
+
+    def full_config(self) -> dict:
+        """The run's whole config, its config.yaml artifact: the core config, the cluster and the
+        storage settings."""
         return {**to_dict(self.core), "cluster": dict(self.cluster),
                 "storage": {"path": self.storage_uri, "num_to_keep": self.num_to_keep}}  # fmt: skip
 

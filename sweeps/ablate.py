@@ -602,11 +602,17 @@ def run_rounds(cfg: SweepConfig, grid: list[dict], trial_cfgs: list[LaunchConfig
 def share_view(tracker, axes: SweepAxes, columns: list[Column]) -> str:
     """The sweep's view of the experiment's runs page: its trials with every axis, the seed and the
     headline metric as columns (the UI puts metric columns first and draws only the columns in
-    sight: more metrics would push the axes out of view), grouped by the axes that vary (so the
-    table and the charts show each configuration's mean over its seeds). Returns the page's path."""
+    sight: more metrics would push the axes out of view), grouped by the axes that vary (the
+    table shows each configuration's mean over its seeds); its chart view opens on the headline
+    metric, a bar a trial (the trial's name says its arm), and every trial's newest grid side by
+    side. Returns the page's path (in the UI's model-training layout)."""
+    from orchestration.tracking import NEWEST_GRID_KEY, bar_chart, image_chart
+
     varying = [axis for axis, values in axis_values(axes).items() if len(values) > 1]
-    return tracker.share_view(f"sweep-{axes.name}", f"tags.sweep = '{axes.name}'", [*AXES, "seed"],
-                              [reported(columns[0])], varying)  # fmt: skip
+    headline = reported(columns[0])
+    return tracker.share_view(f"sweep-{axes.name}", f"tags.sweep = '{axes.name}'", [*AXES, "seed"], [headline],
+                              varying, section=f"sweep {axes.name}: {columns[0].label} and the newest grids",
+                              charts=[bar_chart(headline), image_chart(NEWEST_GRID_KEY)])  # fmt: skip
 
 
 def log_tables(tracker, rows: list[dict], axes: dict[str, list], columns: list[Column],

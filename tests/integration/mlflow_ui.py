@@ -8,7 +8,11 @@ fires and every card stays a loading spinner (measured: 19 of 19 cards, even in 
 window with a 120 s budget) unless it runs every compositor stage before each draw (FRAMES),
 and the window must be tall enough to hold every card (run_page_size).
 
-Also a command that takes the screenshots shown in the README (docs/mlflow-*.png) from a
+Every page is opened in the UI's model-training layout (orchestration.tracking.training_link).
+The checks are on pixels where it matters: a run page's newest grid card is found in the
+screenshot by correlating the logged picture, resized, with the card's crop (picture_match).
+
+Also a command that takes the screenshots shown in docs/mlflow.md (docs/mlflow-*.png) from a
 tracking server holding a finished sweep:
 
     python -m tests.integration.mlflow_ui http://127.0.0.1:5000 <sweep name> docs/
@@ -27,10 +31,14 @@ from urllib.parse import quote, unquote
 
 from mlflow.tracking import MlflowClient
 
+from orchestration.tracking import GRID_IMAGE_KEY, NEWEST_GRID_KEY, training_link
+
 INSTALL = Path(__file__).with_name("install_chromium.sh")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1600,1000"]
 FRAMES = "--run-all-compositor-stages-before-draw"  # frames under virtual time: lazy chart cards mount
 CARD_PITCH, CARD_COLUMNS, RUN_PAGE_TOP = 368, 3, 250  # the run page's chart grid: 360 px cards + 8 px gap, 3 a row
+CARD_LEFT, CARD_XPITCH, CARD_WIDTH = 212, 321, 314  # ... and its columns, in a 1600 px wide window
+SECTION_HEADER = 'data-testid="experiment-view-compare-runs-section-header"'
 
 
 def chromium() -> str:
@@ -87,6 +95,11 @@ def cards(html: str) -> list[str]:
     return html.split('data-testid="experiment-view-compare-runs-card"')[1:]
 
 
+def sections(html: str) -> list[str]:
+    """The chart sections' names, in page order."""
+    return [re.search(r">([^<]*)</div>", h).group(1) for h in html.split(SECTION_HEADER)[1:]]
+
+
 def image_card(html: str, key: str) -> ImageCard | None:
     """The rendered image card titled `key` (None when the page holds none: still loading, say)."""
     for index, card in enumerate(cards(html)):
@@ -107,8 +120,9 @@ def run_page_size(client: MlflowClient, run_id: str, width: int = 1600) -> str:
     system ones, and one card per step-image key), so that every card is in the viewport."""
     metrics = [k for k in client.get_run(run_id).data.metrics if not k.startswith("system/")]
     images = {a.path.split("/")[-1].split("+step+")[0] for a in client.list_artifacts(run_id, "images")}
-    rows = math.ceil((len(metrics) + len(images)) / CARD_COLUMNS)
-    return f"{width},{RUN_PAGE_TOP + rows * CARD_PITCH + 200}"
+    # image keys a/b make a section a above the metrics' (one per key's part before "/")
+    rows = math.ceil(len(metrics) / CARD_COLUMNS) + math.ceil(len(images) / CARD_COLUMNS)
+    return f"{width},{RUN_PAGE_TOP + rows * CARD_PITCH + 300}"  # + the section headers
 
 
 def run_page(browser: str, client: MlflowClient, url: str, run_id: str, shot: Path, budget_ms: int = 30000) -> str:
@@ -120,14 +134,63 @@ def run_page(browser: str, client: MlflowClient, url: str, run_id: str, shot: Pa
 
 
 def crop_to_card(shot: Path, card: ImageCard, out: Path, rows: int = 2) -> Path:
-    """The screenshot's band of `rows` chart rows ending with the card's row (for the README)."""
+    """The screenshot's band of `rows` chart rows from the card's row (for docs/): the first
+    section's cards (the run's pictures) and the metrics' below."""
     from PIL import Image
 
     row = card.index // CARD_COLUMNS
     with Image.open(shot) as im:
-        top = RUN_PAGE_TOP + max(0, row - rows + 1) * CARD_PITCH - 10
-        im.crop((200, top, 1190, RUN_PAGE_TOP + (row + 1) * CARD_PITCH - 8)).save(out, optimize=True)
+        top = RUN_PAGE_TOP + row * CARD_PITCH - 60  # with the section's header
+        im.crop((200, top, 1190, RUN_PAGE_TOP + (row + rows) * CARD_PITCH + 50)).save(out, optimize=True)
     return out
+
+
+def card_crop(shot: Path, card: ImageCard):
+    """The card's pixels in a run page's screenshot (a card of the first section: no header between)."""
+    import numpy as np
+    from PIL import Image
+
+    row, col = divmod(card.index, CARD_COLUMNS)
+    left, top = CARD_LEFT + col * CARD_XPITCH, RUN_PAGE_TOP + row * CARD_PITCH
+    with Image.open(shot) as im:
+        return np.asarray(im.convert("RGB").crop((left, top, left + CARD_WIDTH, top + CARD_PITCH - 8)))
+
+
+def _gray(a):
+    import numpy as np
+
+    return np.asarray(a, dtype=np.float64) @ np.array([0.299, 0.587, 0.114]) if np.ndim(a) == 3 else np.asarray(a, float)
+
+
+def picture_match(crop, picture, visible: float = 0.5) -> float:
+    """How well `picture` (a PIL image) appears in `crop` (the screenshot's pixels): the highest
+    normalised cross-correlation of the picture's top `visible` part (the card may hide the rest
+    behind its step slider), the picture resized to widths from a third of the crop's to all of
+    it (aspect kept), at any place in the crop; both at half resolution. 1: the same pixels up to
+    brightness and contrast; a blank or another picture scores far lower."""
+    import numpy as np
+    from PIL import Image
+    from scipy.signal import fftconvolve
+
+    image = _gray(Image.fromarray(crop).reduce(2))
+    H, W = image.shape
+    best = -1.0
+    for w in range(W // 3, W + 1, 3):
+        h = round(w * picture.height / picture.width * visible)
+        if h > H or h < 4:
+            break
+        full = picture.convert("RGB").resize((w, round(h / visible)), Image.BILINEAR)
+        t = _gray(full)[:h]
+        t = t - t.mean()
+        norm = np.sqrt((t**2).sum())
+        if norm == 0:
+            continue
+        ones = np.ones((h, w))
+        num = fftconvolve(image, t[::-1, ::-1], mode="valid")
+        s1, s2 = fftconvolve(image, ones, mode="valid"), fftconvolve(image**2, ones, mode="valid")
+        var = np.maximum(s2 - s1**2 / (h * w), 1e-9)
+        best = max(best, float((num / (np.sqrt(var) * norm)).max()))
+    return best
 
 
 class SweepPages:
@@ -144,20 +207,33 @@ class SweepPages:
                                                 order_by=["attributes.run_name ASC"])  # fmt: skip
 
     def runs(self, search: str, mode: str = "TABLE") -> str:
-        return (f"{self.base}/#/experiments/{self.experiment.experiment_id}/runs?compareRunsMode={mode}"
-                f"&searchFilter={quote(search)}")  # fmt: skip
+        return training_link(f"{self.base}/#/experiments/{self.experiment.experiment_id}/runs?compareRunsMode={mode}"
+                             f"&searchFilter={quote(search)}")  # fmt: skip
 
     def shared_view(self, sweep: str, mode: str = "TABLE") -> str:
         """The sweep's own view (sweeps/ablate.py shares it on the experiment: its trials, axis
         params and metrics as columns, grouped by the axes that vary)."""
-        return (f"{self.base}/#/experiments/{self.experiment.experiment_id}/runs?compareRunsMode={mode}"
-                f"&viewStateShareKey=sweep-{sweep}")  # fmt: skip
+        return training_link(f"{self.base}/#/experiments/{self.experiment.experiment_id}/runs?compareRunsMode={mode}"
+                             f"&viewStateShareKey=sweep-{sweep}")  # fmt: skip
 
     def run(self, run_id: str, tab: str = "model-metrics") -> str:
-        return f"{self.base}/#/experiments/{self.experiment.experiment_id}/runs/{run_id}/{tab}"
+        return training_link(f"{self.base}/#/experiments/{self.experiment.experiment_id}/runs/{run_id}/{tab}")
 
     def artifact(self, run_id: str, path: str) -> str:
-        return f"{self.base}/#/experiments/{self.experiment.experiment_id}/runs/{run_id}/artifacts/{path}"
+        return training_link(f"{self.base}/#/experiments/{self.experiment.experiment_id}/runs/{run_id}/artifacts/{path}")
+
+    def grids(self, run_id: str, key: str = GRID_IMAGE_KEY) -> dict[int, str]:
+        """A run's step images of `key`: step -> the last file logged at that step."""
+        prefix = f"images/{key.replace('/', '~')}+step+"
+        files = sorted(a.path for a in self.client.list_artifacts(run_id, "images")
+                       if a.path.startswith(prefix) and a.path.endswith(".png"))  # fmt: skip
+        return {int(p[len(prefix):].split("+")[0]): p for p in files}
+
+    def picture(self, run_id: str, path: str, folder: Path):
+        from PIL import Image
+
+        with Image.open(self.client.download_artifacts(run_id, path, str(folder))) as im:
+            return im.convert("RGB")
 
 
 def screenshots(tracking_uri: str, sweep: str, out: Path) -> list[Path]:
@@ -174,14 +250,12 @@ def screenshots(tracking_uri: str, sweep: str, out: Path) -> list[Path]:
 
 
 def run_page_shot(browser: str, pages: SweepPages, run_id: str, out: Path) -> tuple[Path, ImageCard, str]:
-    """A trial's run page (model metrics) cropped to its grid image card's rows at
-    out/mlflow-run-page.png (the whole page beside it: mlflow-run-page-full.png); the card, the
-    page's HTML. The card lists the run's params above its image: with a trial's full config
-    (~60 params) they fill the 360 px card, so the screenshot shows the card's key, run, params
-    and step slider while its <img> (in the HTML) lies below the card's fold."""
+    """A trial's run page (model metrics) cropped to its first rows at out/mlflow-run-page.png
+    (the whole page beside it: mlflow-run-page-full.png); the newest grid's card, the page's HTML.
+    The card lists the run's few params above its picture (orchestration/run_params.py)."""
     full = out / "mlflow-run-page-full.png"
     html = run_page(browser, pages.client, pages.run(run_id), run_id, full, budget_ms=60000)
-    card = image_card(html, "grid")
+    card = image_card(html, NEWEST_GRID_KEY)
     assert card is not None, f"no rendered grid image card on {pages.run(run_id)} ({len(cards(html))} cards rendered)"
     return crop_to_card(full, card, out / "mlflow-run-page.png"), card, html
 

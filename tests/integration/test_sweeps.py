@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from orchestration.tracking import GRID_IMAGE_KEY
 from tests.integration import mlflow_ui
 from tests.integration.procs import kill_tree, ray_tmpdir, stop_ray
 
@@ -82,7 +83,12 @@ def test_mlflow_holds_one_parent_and_a_child_per_trial(finished_sweep, mlflow_se
     pid = parents[0].info.run_id
     assert all(c.data.tags["mlflow.parentRunId"] == pid for c in children)
     assert sorted(c.data.tags["axis.views"] for c in children) == ["1", "2"]
-    assert {c.data.params["loss.num_views"] for c in children} == {"1", "2"}
+    # the params are the few that runs are searched and grouped on; the whole config is config.yaml
+    for c in children:
+        assert set(c.data.params) == {"views", "grad_averaging", "camera_mode", "background", "seed", "preset",
+                                      "run_name", "config_hash"}, sorted(c.data.params)  # fmt: skip
+        config = Path(client.download_artifacts(c.info.run_id, "config.yaml", str(tmp_path / c.info.run_id)))
+        assert "num_views: " + c.data.params["views"] in config.read_text()
     # every axis and the seed as a param of the same name in every trial: the UI's search finds one
     for c in children:
         assert {k: c.data.params[k] for k in ("views", "grad_averaging", "camera_mode", "background", "seed")} == \
@@ -107,7 +113,7 @@ def test_trials_log_grids_as_step_images_system_metrics_and_their_generator(fini
     for c in children:
         run_id = c.info.run_id
         steps = {int(a.path.split("+step+")[1].split("+")[0]) for a in client.list_artifacts(run_id, "images")
-                 if a.path.startswith("images/grid+") and a.path.endswith(".png")}  # fmt: skip
+                 if a.path.startswith(f"images/{GRID_IMAGE_KEY.replace('/', '~')}+") and a.path.endswith(".png")}  # fmt: skip
         assert steps == {0, 48}, f"{c.info.run_name}: grid steps {steps}"  # kimg 0 and 0.048
         assert {"samples/turntable.gif", "samples/sample-seed0.ply"} <= {a.path for a in client.list_artifacts(run_id, "samples")}
         assert "system/worker0/cpu_utilization_percentage" in c.data.metrics
@@ -146,10 +152,17 @@ def test_mlflow_ui_shows_the_trials_their_params_and_the_sweep_table(finished_sw
         assert column in text, f"no column {column} on the sweep's page"
     assert "Group: 1" in text and "Group: 2" in text  # grouped by the axis that varies: views
 
-    # The sweep's chart view: the groups' curves side by side (a screenshot; the README's comes from here).
-    charts = mlflow_ui.page(browser, pages.shared_view("itest", "CHART"), ARTIFACTS / "mlflow-chart-view.png",
-                            budget_ms=60000, size="1600,1400")  # fmt: skip
-    assert "Group by: views" in " ".join(charts.split())
+    # The sweep's chart view opens on the section the sweep chose: the headline metric and every
+    # trial's newest grid (a screenshot; docs/mlflow-chart-view.png comes from here).
+    html = mlflow_ui.dom(browser, pages.shared_view("itest", "CHART"), 60000, "1600,1400")
+    mlflow_ui.screenshot(browser, pages.shared_view("itest", "CHART"), ARTIFACTS / "mlflow-chart-view.png", 60000,
+                         "1600,1400")  # fmt: skip
+    first = mlflow_ui.sections(html)[0]
+    assert first.startswith("sweep itest: ") and first.endswith(" and the newest grids"), mlflow_ui.sections(html)
+    assert "Group by: views" in mlflow_ui.text(html)
+    assert "Model training" in mlflow_ui.text(html) and "Evaluations" not in mlflow_ui.text(html)
+    printed = [line for line in finished_sweep[1].stdout.splitlines() if "viewStateShareKey=sweep-itest" in line]
+    assert printed and all(line.endswith("&workflowType=machine_learning") for line in printed), printed
     table = mlflow_ui.page(browser, pages.artifact(pages.parent.info.run_id, "comparison/trials.json"),
                            ARTIFACTS / "mlflow-sweep-table.png", budget_ms=60000, size="1600,900")  # fmt: skip
     text = " ".join(table.split())
@@ -157,21 +170,34 @@ def test_mlflow_ui_shows_the_trials_their_params_and_the_sweep_table(finished_sw
     assert "v2-avg1-d_projection-bgrandom-s0" in text  # the parent's MLflow table, row by row
 
 
-def test_mlflow_ui_run_page_shows_the_grid_image_chart_with_its_steps(finished_sweep, mlflow_server):
-    """In a real browser (headless Chromium): a trial's run page (model metrics tab, a card per
-    metric) renders the chart card of its snapshot grids: its image is one of the run's grid step
-    images, its step slider spans the first to the last step logged, with a mark per step. The
-    screenshot (cropped to the card's rows; the whole page beside it) is kept in test-artifacts/."""
+def test_mlflow_ui_run_page_shows_the_newest_grid_first(finished_sweep, mlflow_server, tmp_path):
+    """In a real browser (headless Chromium): a trial's run page (model metrics tab) opens on its
+    pictures. In the screenshot the first card shows the newest grid: its pixels differ from a
+    blank card and correlate with the logged grid of the last snapshot (resized), far better than
+    with the first snapshot's. Beside it the history card's step slider spans the snapshots, a
+    mark each. The screenshot (cropped to the first rows; the whole page beside it) is kept in
+    test-artifacts/."""
+    import numpy as np
+
     browser = mlflow_ui.chromium()
     pages = mlflow_ui.SweepPages(mlflow_server.tracking_uri, "itest")
     run_id = pages.children[0].info.run_id
-    steps = sorted({int(a.path.split("+step+")[1].split("+")[0]) for a in pages.client.list_artifacts(run_id, "images")
-                    if a.path.startswith("images/grid+")})  # fmt: skip
-    assert len(steps) > 1, f"grid steps {steps}"
+    grids = pages.grids(run_id)
+    assert len(grids) > 1, f"grid steps {sorted(grids)}"
 
     shot, card, html = mlflow_ui.run_page_shot(browser, pages, run_id, ARTIFACTS)  # None card: fails there
-    assert (card.first_step, card.last_step, card.marks) == (steps[0], steps[-1], len(steps)), card
-    assert f"run_uuid={run_id}" in card.src and int(card.src.split("images/grid+step+")[1].split("+")[0]) in steps
+    assert card.index == 0, f"the newest grid is card {card.index}, not the first"
+    crop = mlflow_ui.card_crop(ARTIFACTS / "mlflow-run-page-full.png", card)
+    assert np.abs(crop.astype(int) - 255).mean() > 5, "the card is blank"  # 11 measured
+    newest = mlflow_ui.picture_match(crop, pages.picture(run_id, grids[max(grids)], tmp_path))
+    first = mlflow_ui.picture_match(crop, pages.picture(run_id, grids[min(grids)], tmp_path))
+    blank = mlflow_ui.picture_match(np.full_like(crop, 255), pages.picture(run_id, grids[max(grids)], tmp_path))
+    # measured on a 2-trial sweep: newest 0.87, first 0.61, blank 0.00 (the card hides the grid's lower rows)
+    assert newest > 0.8 and newest > first + 0.15 and blank < 0.5, (newest, first, blank)
+
+    history = mlflow_ui.image_card(html, GRID_IMAGE_KEY)
+    assert history is not None and history.index == 1
+    assert (history.first_step, history.last_step, history.marks) == (min(grids), max(grids), len(grids)), history
     assert pages.children[0].info.run_name in mlflow_ui.text(html)
     assert shot.stat().st_size > 10_000
 

@@ -137,9 +137,10 @@ def test_the_worker_spec_crosses_as_plain_values_and_gives_the_mlflow_params(tmp
     assert not any(hasattr(v, "__dataclass_fields__") for v in plain.values())
     back = WorkerSpec.from_dict(plain)
     assert back == spec and back.run_uri == f"{plan.storage_path}/{plan.name}"
-    params = back.mlflow_params()
-    assert params["storage"] == {"path": plan.storage_path, "num_to_keep": cfg.storage.num_to_keep}
-    assert params["cluster"]["num_workers"] == cfg.cluster.num_workers and params["train"] == to_dict(back.core)["train"]
+    full = back.full_config()  # the run's config.yaml; its params are a few (tests/unit/test_run_params.py)
+    assert full["storage"] == {"path": plan.storage_path, "num_to_keep": cfg.storage.num_to_keep}
+    assert full["cluster"]["num_workers"] == cfg.cluster.num_workers and full["train"] == to_dict(back.core)["train"]
+    assert back.mlflow_params()["run_name"] == plan.name
     with pytest.raises(ValueError, match="storage_url"):
         WorkerSpec.from_dict({**plain, "storage_url": "x"})
 

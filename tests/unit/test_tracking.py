@@ -9,7 +9,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from orchestration.tracking import EXPERIMENT_KIND, GRID_IMAGE_KEY, Tracker
+from orchestration.tracking import EXPERIMENT_KIND, GRID_IMAGE_KEY, NEWEST_GRID_KEY, Tracker, bar_chart, image_chart
 
 
 def test_a_run_name_maps_to_one_run_and_its_finished_metrics(tmp_path):
@@ -77,8 +77,15 @@ def test_snapshot_grids_are_step_images_and_samples_stay_artifacts(tmp_path):
         tracker.log_snapshot(info)
     images = [a.path for a in tracker.client.list_artifacts(run_id, "images")]
     steps = sorted(int(p.split("+step+")[1].split("+")[0]) for p in images
-                   if p.startswith(f"images/{GRID_IMAGE_KEY}+") and p.endswith(".png"))  # fmt: skip
+                   if p.startswith(f"images/{GRID_IMAGE_KEY.replace('/', '~')}+") and p.endswith(".png"))  # fmt: skip
     assert steps == [0, 48]
+    # The newest grid: at step 0, where the UI's card opens; of the files there it shows the last
+    # listed (the artifact listing is sorted, and the names carry the time they were logged).
+    newest = [p for p in images if p.startswith(f"images/{NEWEST_GRID_KEY.replace('/', '~')}+step+0+")
+              and p.endswith(".png")]  # fmt: skip
+    assert len(newest) == 2 and newest == sorted(newest)
+    shown = tracker.client.download_artifacts(run_id, newest[-1], str(tmp_path))
+    assert np.asarray(Image.open(shown)).max() == 48  # the grid of kimg 0.048, not the first one
     samples = {a.path for a in tracker.client.list_artifacts(run_id, "samples")}
     assert samples == {"samples/grid-0000.000kimg.png", "samples/grid-0000.048kimg.png", "samples/turntable.gif"}
 
@@ -91,7 +98,8 @@ def test_snapshot_grids_are_step_images_and_samples_stay_artifacts(tmp_path):
 
 def test_a_continued_run_gains_the_params_it_lacks_and_keeps_its_values(tmp_path):
     """A sweep's trial creates its child run with the axes as params; the worker continues it
-    with the config's params (and a raised total_kimg does not clash with the value logged)."""
+    with the config's params (and a raised total_kimg does not clash with the value logged); the
+    config file is logged once, like the params."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = Tracker(uri, "cgsgan", "trial").start(params={"camera_mode": "d_none", "seed": "0"})
     worker = Tracker(uri, "cgsgan", "trial")
@@ -99,6 +107,11 @@ def test_a_continued_run_gains_the_params_it_lacks_and_keeps_its_values(tmp_path
     Tracker(uri, "cgsgan", "trial").start(run_id, params={"train": {"total_kimg": 8.0}})
     params = worker.client.get_run(run_id).data.params
     assert params == {"camera_mode": "d_none", "seed": "0", "train.total_kimg": "4.0"}
+    # and the whole config, config.yaml, the first attempt's
+    worker.log_config("a: 1\n")
+    worker.log_config("a: 2\n")
+    assert worker.client.download_artifacts(run_id, "config.yaml", str(tmp_path / "dl")) and \
+        (tmp_path / "dl" / "config.yaml").read_text() == "a: 1\n"  # fmt: skip
 
 
 def test_tables_are_mlflow_tables(tmp_path):
@@ -116,9 +129,26 @@ def test_a_shared_view_lists_runs_with_their_axis_params_grouped(tmp_path):
     mlflow.sharedViewState.<key> (JSON): the filter, the columns, the grouping."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "cgsgan", "sweep-x")
-    path = tracker.share_view("sweep-x", "tags.sweep = 'x'", ["views", "seed"], ["metrics/fid_synth"], ["views"])
-    assert path == f"#/experiments/{tracker.experiment_id}/runs?viewStateShareKey=sweep-x"
+    path = tracker.share_view("sweep-x", "tags.sweep = 'x'", ["views", "seed"], ["metrics/fid_synth"], ["views"],
+                              section="sweep x", charts=[bar_chart("metrics/fid_synth"), image_chart(NEWEST_GRID_KEY)])
+    assert path == f"#/experiments/{tracker.experiment_id}/runs?viewStateShareKey=sweep-x&workflowType=machine_learning"
     state = json.loads(tracker.client.get_experiment(tracker.experiment_id).tags["mlflow.sharedViewState.sweep-x"])
     assert state["searchFilter"] == "tags.sweep = 'x'"
     assert state["selectedColumns"] == ["params.`views`", "params.`seed`", "metrics.`metrics.fid_synth`"]
     assert state["groupBy"]["groupByKeys"] == [{"mode": "param", "groupByData": "views"}]
+    # The chart view's first section (kept first: isAccordionReordered) holds the headline metric
+    # and the newest grids, drawn run by run (the UI's groups carry no images).
+    assert state["isAccordionReordered"] and not state["useGroupedValuesInCharts"]
+    first = state["compareRunSections"][0]
+    assert first["name"] == "sweep x"
+    cards = [c for c in state["compareRunCharts"] if c["metricSectionId"] == first["uuid"] and not c["deleted"]]
+    assert [(c["type"], c.get("metricKey"), c.get("imageKeys")) for c in cards] == \
+        [("BAR", "metrics.fid_synth", None), ("IMAGE", None, [NEWEST_GRID_KEY])]  # fmt: skip
+
+
+def test_links_open_the_training_layout():
+    from orchestration.tracking import training_link
+
+    assert training_link("http://h:5000/#/experiments/1/runs?a=b") == \
+        "http://h:5000/#/experiments/1/runs?a=b&workflowType=machine_learning"  # fmt: skip
+    assert training_link("#/experiments/1/runs/r") == "#/experiments/1/runs/r?workflowType=machine_learning"
