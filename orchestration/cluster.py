@@ -64,6 +64,7 @@ def prepare(cfg: LaunchConfig) -> Plan:
     plan = resolve(cfg)
     check_storage(plan.storage_path, cfg.storage.endpoint_url, cfg.storage.create_bucket)
     plan.data_notices = check_data(cfg)
+    plan.data_checked = cfg.data.source == DataSource.folder  # check_data read every header
     make_local_data(cfg)
     return plan
 

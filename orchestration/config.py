@@ -207,6 +207,7 @@ class Plan:
     output_dir: str
     core: dict  # CGSGANConfig as plain values
     data_notices: list = field(default_factory=list)  # what the data check said (workers stay quiet about it)
+    data_checked: bool = False  # a dataset folder was checked whole (headers) before Ray started
 
 
 def resolve(cfg: LaunchConfig) -> Plan:

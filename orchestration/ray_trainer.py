@@ -107,6 +107,7 @@ def worker_spec(cfg: LaunchConfig, plan: Plan, tags: dict | None = None) -> Work
         cluster=to_dict(cfg.cluster),
         tags={k: str(v) for k, v in (tags or {}).items()},
         data_notices=list(plan.data_notices),
+        data_checked=plan.data_checked,
     )
 
 

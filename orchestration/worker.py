@@ -119,7 +119,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
         tracker.log_snapshot(info)  # the grid as a step image; the sample files as artifacts
 
     try:
-        trainer = Trainer(cfg, run_dir, rank=rank, world_size=world, device=device,
+        trainer = Trainer(cfg, run_dir, rank=rank, world_size=world, device=device, data_checked=spec.data_checked,
                           callbacks=Callbacks(on_tick=on_tick, on_snapshot=on_snapshot, on_checkpoint=on_checkpoint))
     except DataError as e:
         # Every rank reads the same files and fails the same way: a retry would too. Returning

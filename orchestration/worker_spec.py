@@ -26,6 +26,7 @@ class WorkerSpec:
     cluster: dict = field(default_factory=dict)  # the launch's cluster settings, for the MLflow params
     tags: dict[str, str] = field(default_factory=dict)  # extra MLflow run tags (e.g. a sweep's parent run)
     data_notices: list[str] = field(default_factory=list)  # what the launcher's data check said already
+    data_checked: bool = False  # the launcher read every image header (check_dataset): workers do not again
 
     @property
     def run_uri(self) -> str:

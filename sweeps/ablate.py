@@ -404,6 +404,7 @@ def run_trial(config: dict) -> None:
     plan = resolve(cfg)
     plan.storage_path = config["storage_path"]
     plan.data_notices = config.get("data_notices", [])
+    plan.data_checked = config.get("data_checked", False)
     # Tune may start a trial again after an interruption when its experiment state was saved
     # before the trial ended: a trial whose run finished reports that run's final metrics and
     # trains nothing (its MLflow run stays closed).
@@ -478,7 +479,7 @@ def run_sweep(cfg: SweepConfig) -> int:
     concurrent = max_concurrent(cfg)
     print("\n".join(opening(cfg, grid, columns, concurrent)) + f"\n  MLflow parent run {parent}", flush=True)
     common = {"storage_path": storage, "parent_run_id": parent, "sweep": cfg.sweep.name,
-              "data_notices": base_plan.data_notices}  # fmt: skip
+              "data_notices": base_plan.data_notices, "data_checked": base_plan.data_checked}  # fmt: skip
     from ray import tune
 
     if not tune.Tuner.can_restore(str(Path(base_plan.output_dir) / "tune" / cfg.sweep.name)):

@@ -465,6 +465,8 @@ class ImageDataset(torch.utils.data.Dataset):
     bilinear, to the image size (FFHQC keeps one mask folder for all resolutions); False makes a
     size mismatch an error.
     cache: decode the images once into memory (skipped, with a warning, above CACHE_LIMIT_BYTES).
+    headers_checked: the headers were read already (`check_dataset`, by the launcher): with a
+    resolution given they are not read again; a decoded image of another size is still a DataError.
     """
 
     def __init__(
@@ -477,6 +479,7 @@ class ImageDataset(torch.utils.data.Dataset):
         seed: int = 0,
         cache: bool = True,
         mask_resize: bool = True,
+        headers_checked: bool = False,
     ) -> None:
         if background not in BACKGROUNDS:
             raise ValueError(f"background={background!r}: expected one of {BACKGROUNDS}")
@@ -491,7 +494,10 @@ class ImageDataset(torch.utils.data.Dataset):
         self.stored_background = table.stored_background
         self._files = _resolve_images(self._store, image_dir, table.names, resolution, table.source)
         self._mask_files = _resolve_masks(self._store, self._files)
-        self._res = self._check_sizes(resolution, mask_resize)
+        # A launcher that ran check_dataset read every header already: a worker trusts it rather than
+        # opening each file again (a 512 px FFHQC is 140k files per worker); decoding still checks sizes.
+        trust = headers_checked and resolution is not None
+        self._res = int(resolution) if trust else self._check_sizes(resolution, mask_resize)
         self._check_background()
 
         n = len(self.names)

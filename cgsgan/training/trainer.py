@@ -113,6 +113,7 @@ class Trainer:
         world_size: int = 1,
         device: str | torch.device = "cpu",
         callbacks: Callbacks | None = None,
+        data_checked: bool = False,  # the launcher ran check_dataset on cfg.data.path: headers not re-read
     ) -> None:
         self.cfg = validate(cfg)
         self.layout = check_batch(cfg, world_size)  # workers x chunks x batch_gpu, or ConfigError
@@ -134,7 +135,8 @@ class Trainer:
         # the colour they were stored on from the soft mask edges first (no tell-tale fringe).
         self.data_path = prepare_data(cfg)
         self.dataset = ImageDataset(self.data_path, resolution=m.resolution, index_list=cfg.data.index_list or None,
-                                    xflip=cfg.data.xflip, background=lc.background, seed=t.seed)
+                                    xflip=cfg.data.xflip, background=lc.background, seed=t.seed,
+                                    headers_checked=data_checked)
         self.loader = BatchLoader(self.dataset, pin=self.device.type == "cuda")
         self.all_labels = self.dataset.labels.to(self.device)  # the pose distribution of generated views
         self.order = SampleOrder(len(self.dataset), t.seed, rank, world_size, self.layout.per_worker)

@@ -426,3 +426,39 @@ def test_prefetch_decodes_in_the_background_and_changes_no_item(tiny, tmp_path):
     lazy.prefetch([2])  # decodes no longer asked for are dropped
     assert set(lazy._pending) == {lazy._raw_of(2)}
     lazy.close()
+
+
+def test_headers_checked_by_the_launcher_are_not_read_again_and_sizes_still_are(broken, monkeypatch):
+    """A worker given data_checked (the launcher ran check_dataset) opens no image header at start: a
+    512 px FFHQC is 140k files per worker. A decoded image of another size is still a DataError."""
+    import cgsgan.data.dataset as dataset
+
+    opened = []
+    real = dataset._image_size
+    monkeypatch.setattr(dataset, "_image_size", lambda store, name: opened.append(name) or real(store, name))
+    ImageDataset(broken, resolution=32, cache=False)
+    assert len(opened) == 2 * 16  # unchecked: every image header and every mask header
+    opened.clear()
+    trusted = ImageDataset(broken, resolution=32, cache=False, headers_checked=True)
+    assert opened == [] and trusted[0]["image"].shape == (3, 32, 32)
+    Image.new("RGB", (40, 40)).save(broken / trusted._files[0])  # the file changed after the launcher's check
+    with pytest.raises(DataError, match="decoded size"):
+        ImageDataset(broken, resolution=32, headers_checked=True)
+
+
+def test_a_trainer_told_the_data_was_checked_reads_no_header(synthetic_dataset, tmp_path, monkeypatch):
+    """The worker builds its Trainer with data_checked (the launcher's check_dataset ran): no header
+    is opened again; without it, every one is."""
+    import cgsgan.data.dataset as dataset
+    from cgsgan.training.trainer import Trainer
+    from tests.unit.small import small_config
+
+    opened = []
+    real = dataset._image_size
+    monkeypatch.setattr(dataset, "_image_size", lambda store, name: opened.append(name) or real(store, name))
+    cfg = small_config(synthetic_dataset)
+    cfg.train.snapshot_metrics = []
+    Trainer(cfg, tmp_path / "checked", data_checked=True)
+    assert opened == []
+    Trainer(cfg, tmp_path / "unchecked")
+    assert len(opened) >= 64 * 4
