@@ -1,4 +1,4 @@
-"""Throughput scaling on paper, and the 2-worker CPU run against 1 worker (issue 13 item 5).
+"""Throughput scaling on paper, and the 2-worker CPU run against 1 worker.
 
 1. On paper, 512 config: the gradient all-reduce volume per step from the real parameter counts
    (models built on the meta device), its ring all-reduce time on a stated interconnect for 1, 8,

@@ -1,4 +1,4 @@
-"""The GPU path, asserted (issue 13 item 4): gsplat against the CPU rasterizer, and training steps
+"""The GPU path, asserted: gsplat against the CPU rasterizer, and training steps
 of the 512 config with gsplat, in float32 and with bf16 autocast.
 
 Skipped, with the reason shown, where torch sees no CUDA device; with CGSGAN_REQUIRE_CUDA=1

@@ -1,4 +1,4 @@
-"""Issue 14 end to end, with a real local Ray (in its own temp dir, stopped by this module only):
+"""Reliability end to end, with a real local Ray (in its own temp dir, stopped by this module only):
 
 - a launch with AWS / MLflow credentials in its environment leaves them in no file it or Ray
   writes (Ray's temp dir included) and prints them nowhere; with S3 storage they still reach the

@@ -1,4 +1,4 @@
-"""Issue 20 end to end, with a real local Ray per launch (its own temp dir, stopped by this module only):
+"""Resume end to end, with a real local Ray per launch (its own temp dir, stopped by this module only):
 resume is never stuck, on local storage and on the local S3 stack (moto).
 
 One run, relaunched with a growing train.total_kimg after damage a user or a crash leaves behind

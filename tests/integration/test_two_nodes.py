@@ -1,4 +1,4 @@
-"""Two Ray nodes on one machine (issue 13, item 2): a head and a second node started with
+"""Two Ray nodes on one machine: a head and a second node started with
 `ray start`, each with its own temp dir, its own working folder, its own synthetic-data cache and
 1 CPU, so a 2-worker run is placed one worker per node. Checkpoints go to the local S3 endpoint,
 metrics to an `mlflow server`; nothing on disk is shared between the nodes (each makes its own

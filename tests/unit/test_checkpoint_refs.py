@@ -1,8 +1,8 @@
-"""One idea of "a checkpoint" (issue 14, point 6): `python -m cgsgan.generate --checkpoint` takes the
+"""One idea of "a checkpoint": `python -m cgsgan.generate --checkpoint` takes the
 folder launch.py prints, the file in it, and a run folder (its newest checkpoint that loads), locally
-and on S3; the worker resumes from the newest checkpoint that loads (issue 14, point 1); retention
-never deletes the newest good checkpoint (issue 20, point 1); a file that is not a checkpoint gets
-one line without torch's weights_only advice (issue 20, point 4)."""
+and on S3; the worker resumes from the newest checkpoint that loads; retention
+never deletes the newest good checkpoint; a file that is not a checkpoint gets
+one line without torch's weights_only advice."""
 
 from __future__ import annotations
 

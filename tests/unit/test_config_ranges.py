@@ -1,4 +1,4 @@
-"""Every numeric key of the launch config has its range checked up front (issue 14, point 4): a bad
+"""Every numeric key of the launch config has its range checked up front: a bad
 value stops validation with a message naming the key and the value, before anything starts."""
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def test_sweep_max_concurrent():
 
 
 def test_launch_stops_on_snapshot_ticks_zero_before_ray():
-    """Issue 14.4: train.snapshot_ticks=0 used to pass and crash after a tick inside Ray (ZeroDivisionError)."""
+    """train.snapshot_ticks=0 used to pass and crash after a tick inside Ray (ZeroDivisionError)."""
     out = subprocess.run(
         [sys.executable, "orchestration/launch.py", "train.snapshot_ticks=0", "output_dir=/tmp/cgsgan-badcfg"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,

@@ -1,5 +1,5 @@
 """Several workers with a real process group (torch.distributed, gloo on 127.0.0.1, one spawned
-process per rank; issue 13 items 1 and 3).
+process per rank).
 
 1. One step on 2 ranks with a per-rank batch b equals one step of one process with batch 2b, and
    over several steps every rank holds bit-identical models, optimiser states and buffers, while

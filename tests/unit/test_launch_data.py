@@ -1,6 +1,6 @@
-"""Bad data is found before Ray starts (issue 14, point 3): launch.py checks the dataset (labels,
+"""Bad data is found before Ray starts: launch.py checks the dataset (labels,
 index list, every image header, the pixels) and ends with exit 2 and one line naming the file; the
-FFHQC config takes the authors' rebalancing list when it lies beside the dataset (issue 11)."""
+FFHQC config takes the authors' rebalancing list when it lies beside the dataset."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Batch layouts (issue 19): workers x chunks x batch_gpu performs the reference's update for that
+"""Batch layouts: workers x chunks x batch_gpu performs the reference's update for that
 layout, and no layout that would switch off minibatch-std or multi-view is accepted.
 
 The golden loop below is written from the reference's order of operations (training_loop.py

@@ -1,4 +1,4 @@
-"""The metrics for the paper's claims (issue 22), on hand-built generators whose answer is known
+"""The metrics for the paper's claims, on hand-built generators whose answer is known
 (tests/unit/metric_heads.py; no training), and an evaluation that does not move with the seed.
 
     fid_novel  a flat billboard head, and a head that turns to face the camera, score far worse at
@@ -79,7 +79,7 @@ def test_fid_bg_white_floaters_score_worse_on_colours_while_white_hides_them(ctx
 
 
 def test_the_evaluation_does_not_move_with_the_training_seed(synthetic_dataset, heads):
-    """Issue 22: the floor differed by seed (578 against 428) because the split followed train.seed."""
+    """The floor differed by seed (578 against 428) because the split followed train.seed."""
     results, splits = [], []
     for seed in (0, 1):
         cfg = config.tiny()

@@ -1,4 +1,4 @@
-"""Tests stop only what they started (issue 14, point 5): on a shared machine `ray stop --force`,
+"""Tests stop only what they started: on a shared machine `ray stop --force`,
 `pkill`/`killall`, a victim picked with `pgrep`, or `scancel --user` hit other people's jobs. The
 test code and the local infra it drives must not run any of them; they stop processes by the id
 they started, or by their own Ray temp dir / state folder (tests/integration/procs.py)."""

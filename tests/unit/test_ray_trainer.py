@@ -1,4 +1,4 @@
-"""What the TorchTrainer is built with: no credential in Ray's runtime env (issue 14.2), no retry of
+"""What the TorchTrainer is built with: no credential in Ray's runtime env, no retry of
 a broken data file, decided by type (14.3, 21.2), no per-report log dumps from the workers (14.7),
 a typed worker spec (21.2), Ray's retention off and its run snapshot forgotten (20.1), a finished
 run said plainly (20.3)."""

@@ -11,7 +11,7 @@ from cgsgan.training.ticks import TickClock, TrainingDiverged, kimg_text, tick_l
 
 
 def test_eta_is_never_negative_when_the_last_step_overshoots_total_kimg():
-    # Issue 20.5: a resumed run's last tick printed "eta -1:59:59" (the last batch passed total_kimg).
+    # A resumed run's last tick printed "eta -1:59:59" (the last batch passed total_kimg).
     clock = TickClock(torch.device("cpu"))
     clock.start_run(cur_nimg=4000)
     clock.add({"loss/G": torch.tensor(0.5)})
