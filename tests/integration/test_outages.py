@@ -42,7 +42,9 @@ from tests.integration.outages import pause_group, timed_launch
 from tests.integration.procs import ray_tmpdir, stop_ray
 from tests.integration.test_reliability import files_holding, planted_secrets, printed_checkpoint
 
-pytestmark = pytest.mark.slow
+# Four launches, three MLflow servers and 90 s pauses: about 13 minutes on 2 cores, more than the
+# suite's budget, and not yet seen passing; run on demand: bash scripts/test.sh -m outages tests/integration/test_outages.py
+pytestmark = [pytest.mark.slow, pytest.mark.outages]
 ROOT = Path(__file__).resolve().parents[2]
 PAUSE_S = 90
 TOTAL_KIMG = 0.128  # 8 ticks: training lasts past a 90 s pause that starts at tick 2
