@@ -17,7 +17,6 @@ import yaml
 
 from cgsgan.config import CGSGANConfig, to_dict
 
-CONFIG_ARTIFACT = "config.yaml"  # the run's whole config (core, cluster, storage), at the artifact root
 # Each axis param -> the config key it reads (a sweep's axes set the same keys: sweeps/ablate.py).
 AXIS_PARAMS = {
     "views": "loss.num_views",

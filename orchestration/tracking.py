@@ -93,6 +93,8 @@ def local_artifact_root(output_dir: str | Path, tracking_uri_given: bool) -> str
     return None if tracking_uri_given else (Path(output_dir).absolute() / "mlartifacts").as_uri()
 
 
+CONFIG_ARTIFACT = "config.yaml"  # the run's whole config (core, cluster, storage), at the artifact root
+
 class Tracker:
     def __init__(self, tracking_uri: str, experiment: str, run_name: str, artifact_root: str | None = None) -> None:
         # MLflow prints its own "View run" links (which open the UI's GenAI layout) when a run on a
@@ -226,8 +228,6 @@ class Tracker:
     def log_config(self, text: str) -> None:
         """The run's whole config as CONFIG_ARTIFACT, once: a continued run keeps the file it has,
         as it keeps its params."""
-        from orchestration.run_params import CONFIG_ARTIFACT
-
         if not any(a.path == CONFIG_ARTIFACT for a in self.client.list_artifacts(self.run_id)):
             self.client.log_text(self.run_id, text, CONFIG_ARTIFACT)
 

@@ -45,6 +45,20 @@ class Descriptors:
     depth: torch.Tensor
 
 
+def plane_points(label: torch.Tensor, res: int) -> torch.Tensor:
+    """Pixel centres [res * res, 3] of camera `label` [25] unprojected onto the plane through the
+    head centre (the origin) facing the camera: where a card seen from that camera lies."""
+    c2w, intr = camera.split_label(label[None])
+    k = camera.pixel_intrinsics(intr, res, res)[0]
+    v, u = torch.meshgrid(torch.arange(res) + 0.5, torch.arange(res) + 0.5, indexing="ij")
+    d_cam = torch.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], torch.ones_like(u)], -1).reshape(-1, 3)
+    rot, origin = c2w[0, :3, :3], c2w[0, :3, 3]
+    d = d_cam @ rot.T
+    forward = rot[:, 2]
+    t = (-(origin @ forward)) / (d @ forward)  # plane through (0, 0, 0) with normal `forward`
+    return origin + t[:, None] * d
+
+
 def yaw_labels(num: int, yaw_deg: float) -> torch.Tensor:
     """num identical cameras [num, 25] at `yaw_deg`, pitch 0."""
     yaw = torch.full((num,), float(torch.deg2rad(torch.tensor(yaw_deg))))
@@ -119,15 +133,7 @@ def card_view(front_alpha: torch.Tensor, labels: torch.Tensor, backend: str = "a
     from cgsgan.gaussians import Gaussians, rgb_to_sh0
 
     n, res = front_alpha.shape[0], front_alpha.shape[-1]
-    front = camera.frontal_label(1)
-    c2w, intr = camera.split_label(front)
-    k = camera.pixel_intrinsics(intr, res, res)[0]
-    v, u = torch.meshgrid(torch.arange(res) + 0.5, torch.arange(res) + 0.5, indexing="ij")
-    d = torch.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], torch.ones_like(u)], -1).reshape(-1, 3)
-    rot, origin = c2w[0, :3, :3], c2w[0, :3, 3]
-    d = d @ rot.T
-    forward = rot[:, 2]
-    points = origin + (-(origin @ forward) / (d @ forward))[:, None] * d  # [res^2, 3]
+    points = plane_points(camera.frontal_label(1)[0], res)  # [res^2, 3]
     footprint = camera.RADIUS / (camera.FOCAL * res)
     P = len(points)
     g = Gaussians(means=points.expand(n, P, 3).clone(), log_scales=torch.full((n, P, 3), float(torch.tensor(0.6 * footprint).log())),

@@ -21,6 +21,7 @@ import torch
 from cgsgan import camera
 from cgsgan.data import synthetic
 from cgsgan.gaussians import Gaussians, rgb_to_sh0
+from cgsgan.metrics.geometry import plane_points
 
 Z_DIM = 4
 
@@ -116,20 +117,6 @@ class SurfaceHeads:
                          sh0=rgb_to_sh0(self.rgb[ids]))
 
 
-def _plane_points(label: torch.Tensor, res: int) -> torch.Tensor:
-    """Pixel centres [res * res, 3] of camera `label` [25] unprojected onto the plane through the
-    head centre (the origin) facing the camera."""
-    c2w, intr = camera.split_label(label[None])
-    k = camera.pixel_intrinsics(intr, res, res)[0]
-    v, u = torch.meshgrid(torch.arange(res) + 0.5, torch.arange(res) + 0.5, indexing="ij")
-    d_cam = torch.stack([(u - k[0, 2]) / k[0, 0], (v - k[1, 2]) / k[1, 1], torch.ones_like(u)], -1).reshape(-1, 3)
-    rot, origin = c2w[0, :3, :3], c2w[0, :3, 3]
-    d = d_cam @ rot.T
-    forward = rot[:, 2]
-    t = (-(origin @ forward)) / (d @ forward)  # plane through (0, 0, 0) with normal `forward`
-    return origin + t[:, None] * d
-
-
 class Billboard:
     """A plane textured with the frontal ground-truth render of the identity.
 
@@ -147,14 +134,14 @@ class Billboard:
         rgb, mask = synthetic.render_heads(seed, list(range(num_identities)), front, res)
         self.rgb = rgb.flatten(2).transpose(1, 2)  # [I, res * res, 3]
         self.alpha = mask.flatten(1) * 0.99  # [I, res * res]
-        self.frontal_plane = _plane_points(front[0], res)
+        self.frontal_plane = plane_points(front[0], res)
         # the footprint of a pixel on the plane: 2.7 / (focal * res), as a Gaussian's std
         self.scale = 0.6 * camera.RADIUS / (camera.FOCAL * res)
 
     def __call__(self, z: torch.Tensor, c: torch.Tensor) -> Gaussians:
         ids = identity_of(z, self.num_identities)
         if self.facing:
-            means = torch.stack([_plane_points(label.float(), self.res) for label in c])
+            means = torch.stack([plane_points(label.float(), self.res) for label in c])
         else:
             means = self.frontal_plane.expand(len(ids), -1, -1)
         return _gaussians(means, self.rgb[ids], self.alpha[ids], self.scale)

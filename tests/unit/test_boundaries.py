@@ -25,22 +25,30 @@ def module_name(path: Path, root: Path = ROOT) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports(path: Path, root: Path = ROOT) -> set[str]:
-    """Every module an import statement in `path` names (absolute; relative ones resolved)."""
+def import_statements(path: Path, root: Path = ROOT) -> list[tuple[str, list[str]]]:
+    """(module, names) for each import statement in `path`, functions included: `import a.b` gives
+    ("a.b", []), `from a import b, c` ("a", ["b", "c"]); relative modules resolved."""
     tree = ast.parse(path.read_text(), filename=str(path))
     name = module_name(path, root)
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    found = set()
+    found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
+            found += [(a.name, []) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 up = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*up, base] if base else up)
-            found.add(base)
-            found |= {f"{base}.{a.name}" for a in node.names}  # `from pkg import module`
+            found.append((base, [a.name for a in node.names]))
+    return found
+
+
+def imports(path: Path, root: Path = ROOT) -> set[str]:
+    """Every module an import statement in `path` names (absolute; relative ones resolved)."""
+    found = set()
+    for base, names in import_statements(path, root):
+        found |= {base, *(f"{base}.{n}" for n in names)}  # `from pkg import module`
     return found
 
 
@@ -66,23 +74,13 @@ def test_the_model_core_imports_no_orchestration(path):
 def module_imports(path: Path, modules: set[str], root: Path = ROOT) -> set[str]:
     """The project modules `path` imports: `from pkg import mod` names the module pkg.mod, not the
     package pkg (whose __init__ Python runs for any of its modules, so it is no edge of its own)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    name = module_name(path, root)
-    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                up = package.split(".")[: len(package.split(".")) - node.level + 1]
-                base = ".".join([*up, base] if base else up)
-            subs = {f"{base}.{a.name}" for a in node.names}
-            found |= subs & modules
-            if not subs <= modules:  # a name defined in base itself
-                found.add(base)
-    return {n for n in found if n in modules and n != name}
+    for base, names in import_statements(path, root):
+        subs = {f"{base}.{n}" for n in names}
+        found |= subs & modules
+        if not subs or not subs <= modules:  # `import base`, or a name defined in base itself
+            found.add(base)
+    return {n for n in found if n in modules and n != module_name(path, root)}
 
 
 def project_graph(*folders: str) -> dict[str, set[str]]:
