@@ -12,7 +12,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from cgsgan.training.checkpoint import load_checkpoint
-from infra.local.stack import s3_client
+from infra.local.stack import free_port, s3_client
 from tests.integration.procs import cmdline, descendants, kill_tree, ray_tmpdir, stop_ray
 from tests.integration.tcp_proxy import TcpProxy
 
@@ -35,12 +34,6 @@ SHORT = [
     "train.metric_samples=16", "cluster.max_failures=2",
     "train.feature_extractor=random",  # the synthetic-heads extractor is trained and tested in unit tests
 ]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

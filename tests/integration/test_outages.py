@@ -40,7 +40,7 @@ from cgsgan.training.checkpoint import load_checkpoint
 from infra.local.stack import create_bucket, s3_client, start_mlflow, start_s3
 from tests.integration.outages import pause_group, timed_launch
 from tests.integration.procs import ray_tmpdir, stop_ray
-from tests.integration.test_reliability import files_holding, planted_secrets, printed_checkpoint
+from tests.integration.launching import files_holding, planted_secrets, printed_checkpoint
 
 # Four launches, three MLflow servers and 90 s pauses: about 13 minutes on 2 cores, more than the
 # suite's budget, and not yet seen passing; run on demand: bash scripts/test.sh -m outages tests/integration/test_outages.py

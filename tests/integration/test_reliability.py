@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.launching import ATTEMPT, files_holding, launch_env, planted_secrets, printed_checkpoint
 from tests.integration.procs import ray_tmpdir, stop_ray
 
 pytestmark = pytest.mark.slow
@@ -34,40 +34,6 @@ SHORT = [
     "cluster.max_failures=1", "storage.num_to_keep=10",
     "train.feature_extractor=random",  # the synthetic-heads extractor is trained and tested in unit tests
 ]  # fmt: skip
-ATTEMPT = "Attempting to start training worker group"
-
-
-def planted_secrets() -> dict[str, str]:
-    return {"AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(), "AWS_SECRET_ACCESS_KEY": secrets.token_hex(20),
-            "AWS_SESSION_TOKEN": secrets.token_hex(24), "MLFLOW_TRACKING_PASSWORD": secrets.token_hex(12)}  # fmt: skip
-
-
-def launch_env(ray_tmp: Path, tmp: Path, extra: dict) -> dict:
-    env = {**os.environ, **extra, "RAY_TMPDIR": str(ray_tmp), "PYTHONUNBUFFERED": "1",
-           "CGSGAN_DATA_CACHE": os.environ.get("CGSGAN_DATA_CACHE", str(tmp / "data-cache"))}  # fmt: skip
-    env.pop("RAY_ADDRESS", None)
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    return env
-
-
-def files_holding(roots: list[Path], values: list[str]) -> list[str]:
-    """Every file under `roots` whose bytes contain one of `values` (with the value found)."""
-    hits = []
-    for root in roots:
-        for p in root.rglob("*"):
-            if p.is_file() and not p.is_symlink():
-                try:
-                    data = p.read_bytes()
-                except OSError:
-                    continue
-                hits += [f"{p}: {v[:6]}..." for v in values if v.encode() in data]
-    return hits
-
-
-def printed_checkpoint(stdout: str) -> str:
-    return next(line.split("checkpoint:", 1)[1].strip() for line in stdout.splitlines()
-                if line.strip().startswith("checkpoint:") and "checkpoints:" not in line)
-
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory):

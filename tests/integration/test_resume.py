@@ -38,7 +38,7 @@ from cgsgan.training.checkpoint import RunCheckpoints, checkpoint_filesystem, lo
 from orchestration.cluster import free_port
 from tests.integration.model_uris import check_model_uri_commands
 from tests.integration.procs import alive, processes_of_ray, ray_tmpdir, stop_ray
-from tests.integration.test_reliability import ATTEMPT, launch_env
+from tests.integration.launching import ATTEMPT, launch_env
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -146,3 +146,12 @@ def test_slurm_and_sweeps_reach_ray_through_cluster():
     graph = project_graph("orchestration", "sweeps")
     assert "orchestration.cluster" in graph["sweeps.ablate"]
     assert "orchestration.ray_nodes" in graph["orchestration.slurm"]
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in helper modules (tests/unit/small.py, scenes.py, ranks.py, fakes.py;
+    tests/integration/launching.py, procs.py, ...), never in a test module another one imports."""
+    graph = project_graph("tests")
+    tests = {m for m in graph if m.rsplit(".", 1)[-1].startswith("test_")}
+    found = sorted(f"{m} imports {o}" for m in tests for o in graph[m] & tests)
+    assert not found, found

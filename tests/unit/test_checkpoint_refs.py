@@ -6,7 +6,6 @@ one line without torch's weights_only advice."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from cgsgan.generate import main as generate_main
 from cgsgan.training.checkpoint import RunCheckpoints, checkpoint_candidates, load_checkpoint, open_checkpoint
 from cgsgan.training.trainer import Trainer
 from orchestration.worker import resume
+from infra.local.stack import free_port
 from tests.unit.small import small_config
 
 
@@ -63,12 +63,6 @@ def test_a_run_folder_means_its_newest_checkpoint_that_loads(run_folder, tmp_pat
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         with open_checkpoint(tmp_path / "nothing-here"):
             pass
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_generate_takes_s3_checkpoints(run_folder, tmp_path, monkeypatch):

@@ -13,22 +13,18 @@ Each test starts its own processes and stops only those (on failure or timeout).
 
 from __future__ import annotations
 
-import datetime
 import os
-import socket
-import time
 from pathlib import Path
 
-import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import cgsgan.training.trainer as trainer_module
 from cgsgan import camera, config
 from cgsgan.losses import view_cameras
 from cgsgan.training.checkpoint import latest_checkpoint
 from cgsgan.training.trainer import Trainer, stream_seed
+from tests.unit.ranks import run_ranks
 from tests.unit.small import small_config
 
 GLOBAL_BATCH = 8
@@ -41,40 +37,6 @@ def ddp_config(data_dir, threads: int = 1) -> config.CGSGANConfig:
     cfg.train.num_threads = threads  # one per rank: 2 to 4 ranks share the machine's cores (0 in pytest's process)
     assert cfg.model.discriminator.mbstd_group == GROUP
     return cfg
-
-
-# ---------------------------------------------------------------- process group plumbing
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _entry(rank: int, world: int, port: int, fn, args) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=300))
-    try:
-        fn(rank, world, *args)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-
-
-def run_ranks(fn, world: int, *args, timeout: float = 600) -> None:
-    """fn(rank, world, *args) in `world` spawned processes joined in one gloo group; a failing
-    rank fails the test (torch stops the other ranks it started), so does the timeout."""
-    ctx = mp.start_processes(_entry, args=(world, _free_port(), fn, args), nprocs=world, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:  # only the processes this call started
-                if p.is_alive():
-                    p.terminate()
-            for p in ctx.processes:
-                p.join(10)
-            pytest.fail(f"{world} ranks did not finish in {timeout} s")
 
 
 def snapshot_state(t: Trainer) -> dict[str, torch.Tensor]:

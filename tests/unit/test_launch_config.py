@@ -20,7 +20,7 @@ from orchestration.config import (
     run_name,
     validate_launch,
 )
-from tests.unit.test_render_backends import gsplat_without_kernels
+from tests.unit.fakes import gsplat_without_kernels
 
 CONF = str(Path(__file__).resolve().parents[2] / "orchestration" / "conf")
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ from cgsgan.models import build_models
 from cgsgan.render import render
 from cgsgan.training.trainer import StepInputs, Trainer
 from tests.unit.small import small_config
-from tests.unit.test_ddp import run_ranks
+from tests.unit.ranks import run_ranks
 
 STEPS = 3  # R1 runs in steps 0 and 2 (r1_interval 2)
 

@@ -7,6 +7,7 @@ from cgsgan import camera
 from cgsgan.gaussians import Gaussians, rgb_to_sh0
 from cgsgan.render import render
 from cgsgan.render.backends import BACKENDS, Oracle
+from tests.unit.scenes import scene
 
 F64 = torch.float64
 # Every backend of the table answers to the same oracle tests on CPU tensors, skipped with the
@@ -15,17 +16,6 @@ F64 = torch.float64
 EVERY = [pytest.param(b, marks=pytest.mark.skipif(bool(spec.unavailable(torch.device("cpu"))),
                                                   reason=spec.unavailable(torch.device("cpu"))))
          for b, spec in BACKENDS.items() if b != Oracle.dense]
-
-
-def scene(b, n, scale=0.05, seed=0, spread=0.6, dtype=F64) -> Gaussians:
-    g = torch.Generator().manual_seed(seed)
-    return Gaussians(
-        means=(torch.rand(b, n, 3, generator=g, dtype=dtype) - 0.5) * spread,
-        log_scales=math.log(scale) + 0.3 * torch.randn(b, n, 3, generator=g, dtype=dtype),
-        quats=torch.randn(b, n, 4, generator=g, dtype=dtype),
-        opacity_logits=torch.randn(b, n, generator=g, dtype=dtype) + 1.0,
-        sh0=torch.randn(b, n, 3, generator=g, dtype=dtype),
-    )
 
 
 def one_gaussian(pos, scale, opacity=0.9, rgb=(1.0, 1.0, 1.0)) -> Gaussians:

@@ -3,8 +3,6 @@ which picks one) plus the dense oracle, each a function of the same signature; t
 rasterizer takes its compositor as a function. Each entry's images and gradients against the
 oracle are test_render's tests, run over the table."""
 
-import sys
-import types
 
 import pytest
 import torch
@@ -17,7 +15,8 @@ from cgsgan.render.dense import composite_dense
 from cgsgan.render.projection import project
 from cgsgan.render import rasterize as rasterize_module
 from cgsgan.render.rasterize import composite_torch, rasterize
-from tests.unit.test_render import scene
+from tests.unit.fakes import gsplat_without_kernels
+from tests.unit.scenes import scene
 
 F64 = torch.float64
 CPU = torch.device("cpu")
@@ -89,19 +88,6 @@ def test_the_torch_backend_keeps_every_tensor_on_the_device_of_its_input():
         (colors.sum() + alphas.sum() + depths.sum()).backward()
     assert colors.device == CPU and colors.shape == (1, 2, 20, 24, 3) and alphas.sum() > 0
     assert g.means.grad is not None and g.means.grad.device == CPU and g.means.grad.abs().sum() > 0
-
-
-def gsplat_without_kernels(monkeypatch) -> None:
-    """gsplat as its PyPI wheel installs on a machine without nvcc: importable, `_C` None."""
-    from cgsgan.render import backends
-
-    package, cuda, backend = (types.ModuleType(n) for n in ("gsplat", "gsplat.cuda", "gsplat.cuda._backend"))
-    backend._C = None
-    package.cuda, cuda._backend = cuda, backend
-    for module in (package, cuda, backend):
-        monkeypatch.setitem(sys.modules, module.__name__, module)
-    if hasattr(backends, "gsplat_kernels"):  # looked up once per process: here, afresh
-        monkeypatch.setattr(backends, "gsplat_kernels", backends.gsplat_kernels.__wrapped__)
 
 
 def test_gsplat_without_its_compiled_kernels_cannot_run_and_says_what_to_install(monkeypatch):

@@ -19,7 +19,7 @@ from cgsgan.gaussians import Gaussians
 from cgsgan.render import Cameras, native, render
 from cgsgan.render.backends import resolve_backend
 from cgsgan.render.projection import project
-from tests.unit.test_render import scene
+from tests.unit.scenes import scene
 
 F64 = torch.float64
 OK, WHY = native.available()
