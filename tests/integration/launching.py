@@ -9,6 +9,10 @@ import secrets
 import sys
 from pathlib import Path
 
+# The tiny model on 32 synthetic identities x 2 views, a tick every 16 images: what every launch of
+# the integration tests trains (each test adds its own schedule, storage and failure settings).
+TINY_RUN = ["data.synthetic_identities=32", "data.synthetic_views=2", "train.batch_size=8", "train.tick_kimg=0.016",
+            "train.metric_samples=16"]  # fmt: skip
 ATTEMPT = "Attempting to start training worker group"
 
 

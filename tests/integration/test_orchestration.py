@@ -24,14 +24,16 @@ from cgsgan.training.checkpoint import load_checkpoint
 from infra.local.stack import free_port, s3_client
 from tests.integration.procs import cmdline, descendants, kill_tree, ray_tmpdir, stop_ray
 from tests.integration.tcp_proxy import TcpProxy
+from tests.integration.launching import TINY_RUN
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 TOTAL_KIMG = 0.096  # 12 steps of batch 8
 SHORT = [
-    "data.synthetic_identities=32", "data.synthetic_views=2", "train.batch_size=8", "loss.num_views=2",
-    f"train.total_kimg={TOTAL_KIMG}", "train.tick_kimg=0.016", "train.snapshot_ticks=3", "train.checkpoint_ticks=2",
-    "train.metric_samples=16", "cluster.max_failures=2",
+    *TINY_RUN,
+    "loss.num_views=2",
+    f"train.total_kimg={TOTAL_KIMG}", "train.snapshot_ticks=3", "train.checkpoint_ticks=2",
+    "cluster.max_failures=2",
     "train.feature_extractor=random",  # the synthetic-heads extractor is trained and tested in unit tests
 ]  # fmt: skip
 

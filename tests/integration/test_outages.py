@@ -40,7 +40,7 @@ from cgsgan.training.checkpoint import load_checkpoint
 from infra.local.stack import create_bucket, s3_client, start_mlflow, start_s3
 from tests.integration.outages import pause_group, timed_launch
 from tests.integration.procs import ray_tmpdir, stop_ray
-from tests.integration.launching import files_holding, planted_secrets, printed_checkpoint
+from tests.integration.launching import TINY_RUN, files_holding, planted_secrets, printed_checkpoint
 
 # Four launches, three MLflow servers and 90 s pauses: about 13 minutes on 2 cores, more than the
 # suite's budget, and not yet seen passing; run on demand: bash scripts/test.sh -m outages tests/integration/test_outages.py
@@ -49,9 +49,10 @@ ROOT = Path(__file__).resolve().parents[2]
 PAUSE_S = 90
 TOTAL_KIMG = 0.128  # 8 ticks: training lasts past a 90 s pause that starts at tick 2
 RUN = [
-    "data.synthetic_identities=32", "data.synthetic_views=2", "train.batch_size=8", "loss.num_views=2",
-    f"train.total_kimg={TOTAL_KIMG}", "train.tick_kimg=0.016", "train.snapshot_ticks=4", "train.checkpoint_ticks=1",
-    "train.metric_samples=16", "cluster.max_failures=0", "storage.num_to_keep=2", "train.feature_extractor=random",
+    *TINY_RUN,
+    "loss.num_views=2",
+    f"train.total_kimg={TOTAL_KIMG}", "train.snapshot_ticks=4", "train.checkpoint_ticks=1",
+    "cluster.max_failures=0", "storage.num_to_keep=2", "train.feature_extractor=random",
     "tracking.system_metrics_interval_s=5",
 ]  # fmt: skip
 OUTAGE_LINE = re.compile(r"Retrying|unreachable|reachable again|^tracking|calls not sent|storage|warning", re.I)

@@ -23,15 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.launching import ATTEMPT, files_holding, launch_env, planted_secrets, printed_checkpoint
+from tests.integration.launching import ATTEMPT, TINY_RUN, files_holding, launch_env, planted_secrets, printed_checkpoint
 from tests.integration.procs import ray_tmpdir, stop_ray
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = [
-    "data.synthetic_identities=32", "data.synthetic_views=2", "train.batch_size=8", "loss.num_views=2",
-    "train.tick_kimg=0.016", "train.snapshot_ticks=3", "train.checkpoint_ticks=1", "train.metric_samples=16",
-    "cluster.max_failures=1", "storage.num_to_keep=10",
+    *TINY_RUN,
+    "loss.num_views=2",
+    "train.snapshot_ticks=3", "train.checkpoint_ticks=1", "cluster.max_failures=1", "storage.num_to_keep=10",
     "train.feature_extractor=random",  # the synthetic-heads extractor is trained and tested in unit tests
 ]  # fmt: skip
 

@@ -38,14 +38,15 @@ from cgsgan.training.checkpoint import RunCheckpoints, checkpoint_filesystem, lo
 from orchestration.cluster import free_port
 from tests.integration.model_uris import check_model_uri_commands
 from tests.integration.procs import alive, processes_of_ray, ray_tmpdir, stop_ray
-from tests.integration.launching import ATTEMPT, launch_env
+from tests.integration.launching import ATTEMPT, TINY_RUN, launch_env
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = [
-    "data.synthetic_identities=32", "data.synthetic_views=2", "train.batch_size=8", "loss.num_views=2",
-    "train.tick_kimg=0.016", "train.snapshot_ticks=100", "train.checkpoint_ticks=1", "train.metric_samples=16",
-    "cluster.max_failures=1", "storage.num_to_keep=2", "train.feature_extractor=random",
+    *TINY_RUN,
+    "loss.num_views=2",
+    "train.snapshot_ticks=100", "train.checkpoint_ticks=1", "cluster.max_failures=1", "storage.num_to_keep=2",
+    "train.feature_extractor=random",
 ]  # fmt: skip
 CHATTER = ("Traceback", "multiple active Ray instances", "Token authentication", "PreemptionWatcher",
            "Creating initial MLflow database", "alembic", "CheckpointManagerInitializationError")  # fmt: skip

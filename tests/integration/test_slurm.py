@@ -20,13 +20,15 @@ import submitit
 from mlflow.tracking import MlflowClient
 
 from infra.slurm import local_cluster
+from tests.integration.launching import TINY_RUN
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = [
-    "data.synthetic_identities=32", "data.synthetic_views=2", "train.batch_size=8", "loss.num_views=2",
-    "train.total_kimg=0.096", "train.tick_kimg=0.016", "train.snapshot_ticks=3", "train.checkpoint_ticks=2",
-    "train.metric_samples=16", "slurm.time_min=30",
+    *TINY_RUN,
+    "loss.num_views=2",
+    "train.total_kimg=0.096", "train.snapshot_ticks=3", "train.checkpoint_ticks=2",
+    "slurm.time_min=30",
 ]  # fmt: skip
 SUBMITTED: list[str] = []  # job ids, cancelled at the end if still there
 KEY_LINES = re.compile(r"Starting with JobEnvironment|Bypassing|Caught signal|requeue|resumed from|CANCELLED|tick \d+ \|")

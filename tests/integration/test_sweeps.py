@@ -20,13 +20,15 @@ from mlflow.tracking import MlflowClient
 from orchestration.tracking import GRID_IMAGE_KEY
 from tests.integration import mlflow_ui
 from tests.integration.procs import kill_tree, ray_tmpdir, stop_ray
+from tests.integration.launching import TINY_RUN
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 SHORT = [
-    "data.synthetic_identities=32", "data.synthetic_views=2", "train.batch_size=8", "train.total_kimg=0.048",
-    "train.tick_kimg=0.016", "train.snapshot_ticks=3", "train.checkpoint_ticks=3", "train.metric_samples=16",
+    *TINY_RUN,
+    "train.total_kimg=0.048",
+    "train.snapshot_ticks=3", "train.checkpoint_ticks=3",
     "sweep.views=[1,2]", "sweep.camera_mode=[d_projection]", "sweep.seeds=[0]", "sweep.max_concurrent=1",
     "tracking.system_metrics_interval_s=1",
 ]  # fmt: skip
