@@ -37,6 +37,7 @@ from orchestration.console import LOCAL_RAY_ENV, quiet_console
 from orchestration.ray_nodes import WORKER_NICENESS
 from orchestration.storage import StorageError, check_storage
 from orchestration.tracking import redact
+from orchestration.worker_spec import WorkerResult
 
 # What `prepare` raises for a launch that must not start: one line, exit code 2.
 PREPARE_ERRORS = (ConfigError, StorageError, DataError, ValueError)
@@ -207,19 +208,19 @@ def train_on_ray(cfg: LaunchConfig, plan: Plan) -> int:
     except TrainingFailedError as e:
         print(f"error: training failed: {root_cause(e)}", file=sys.stderr)
         return 1
-    returned = result.return_value if isinstance(result.return_value, dict) else {}
-    if returned.get("data_error"):  # a broken file found while the workers built the dataset: not retried
-        print(f"error: {one_line(returned['data_error'])}", file=sys.stderr)
+    returned = WorkerResult.read(result.return_value)
+    if returned.data_error:  # a broken file found while the workers built the dataset: not retried
+        print(f"error: {one_line(returned.data_error)}", file=sys.stderr)
         return 2
-    if returned.get("storage_outage"):  # storage gone beyond storage.outage_s: stopped, the line says where things are
-        print(f"error: {one_line(returned['storage_outage'])}", file=sys.stderr)
+    if returned.storage_outage:  # storage gone beyond storage.outage_s: stopped, the line says where things are
+        print(f"error: {one_line(returned.storage_outage)}", file=sys.stderr)
         return 1
-    if returned.get("complete_nimg") is not None:
-        print(complete_message(plan, cfg.train.total_kimg, returned["complete_nimg"]))
+    if returned.complete_nimg is not None:
+        print(complete_message(plan, cfg.train.total_kimg, returned.complete_nimg))
         return 0
     samples = Path(plan.output_dir) / "runs" / plan.name / "samples"
     # The workers upload checkpoints themselves (orchestration.checkpoint_upload): rank 0 returns the newest.
-    checkpoint = returned.get("checkpoint") or None
+    checkpoint = returned.checkpoint or None
     print("\ndone.")
     print(f"  checkpoint:  {checkpoint}")
     print(f"  samples:     {samples} (grid-*.png, turntable.gif, sample-seed0.ply)")

@@ -16,7 +16,7 @@ callback stops on (ray_trainer.StopOnDataError).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -30,17 +30,7 @@ from cgsgan.training.ticks import kimg_text
 from cgsgan.training.trainer import Callbacks, Trainer
 from orchestration.checkpoint_upload import CheckpointUploader, StorageOutage
 from orchestration.console import quiet_worker_loggers
-from orchestration.worker_spec import WorkerSpec
-
-
-@dataclass
-class WorkerResult:
-    """What rank 0 returns to the driver (as plain values): why the run ended without training."""
-
-    data_error: str = ""  # a broken data file found while the trainer was built
-    complete_nimg: int | None = None  # the run had already reached train.total_kimg: images trained
-    checkpoint: str = ""  # the newest checkpoint whole on storage at the end
-    storage_outage: str = ""  # storage did not answer for storage.outage_s: the run stopped (why, where)
+from orchestration.worker_spec import WorkerResult, WorkerSpec
 
 
 def resume(trainer: Trainer, store: RunCheckpoints, rank: int = 0, world: int = 1,

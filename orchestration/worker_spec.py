@@ -1,4 +1,4 @@
-"""What every Ray Train worker is given: one typed spec, crossing into Ray as plain values
+"""What every Ray Train worker is given, and what rank 0 gives back: typed specs, crossing into Ray as plain values
 (`to_dict`) and rebuilt on the worker (`from_dict`), as the core config does."""
 
 from __future__ import annotations
@@ -57,3 +57,19 @@ class WorkerSpec:
         if unknown:
             raise ValueError(f"worker spec: unknown keys {sorted(unknown)}")
         return cls(**{**values, "core": from_dict(values["core"])})
+
+
+@dataclass
+class WorkerResult:
+    """What rank 0 returns to the driver (as plain values): why the run ended without training."""
+
+    data_error: str = ""  # a broken data file found while the trainer was built
+    complete_nimg: int | None = None  # the run had already reached train.total_kimg: images trained
+    checkpoint: str = ""  # the newest checkpoint whole on storage at the end
+    storage_outage: str = ""  # storage did not answer for storage.outage_s: the run stopped (why, where)
+
+    @classmethod
+    def read(cls, returned) -> WorkerResult:
+        """The driver's side: what `TorchTrainer.fit()` hands back as `return_value` (rank 0's plain
+        values, or None), typed again."""
+        return cls(**returned) if isinstance(returned, dict) else cls()

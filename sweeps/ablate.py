@@ -59,6 +59,7 @@ from cgsgan.config import Background, CameraMode, ConfigError, DataSource, to_di
 from cgsgan.metrics.evaluation import Column, check_metrics, compared_metrics  # noqa: E402
 from cgsgan.metrics.feature_factory import extractor_suffix  # noqa: E402
 from orchestration import cluster  # noqa: E402
+from orchestration.worker_spec import WorkerResult  # noqa: E402
 from orchestration.config import (  # noqa: E402
     LaunchConfig,
     presets,
@@ -424,10 +425,13 @@ def run_trial(config: dict) -> None:
     result = build_trainer(cfg, plan, extra_callbacks=[TuneReportCallback()], tags=tags).fit()
     if result.error:
         raise result.error
-    if isinstance(result.return_value, dict) and "data_error" in result.return_value:
+    returned = WorkerResult.read(result.return_value)
+    if returned.data_error:
         from cgsgan.data.dataset import DataError
 
-        raise DataError(result.return_value["data_error"])
+        raise DataError(returned.data_error)
+    if returned.storage_outage:
+        raise RuntimeError(returned.storage_outage)
 
 
 def max_concurrent(cfg: SweepConfig) -> int:

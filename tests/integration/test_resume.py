@@ -82,7 +82,12 @@ class Storage:
         self.write(f"{self.path}/{SNAPSHOT}", b'{"checkpoint_results": [{"checkpoint_dir_name": "checkp')
 
     def delete_snapshot(self) -> None:
-        self.fs.delete_file(f"{self.path}/{SNAPSHOT}")
+        """Ray's run snapshot, where there is one: the workers report no checkpoint to Ray (the
+        project uploads them), so after a launch that left none this damage is a no-op."""
+        from pyarrow.fs import FileType
+
+        if self.fs.get_file_info(f"{self.path}/{SNAPSHOT}").type != FileType.NotFound:
+            self.fs.delete_file(f"{self.path}/{SNAPSHOT}")
 
     def newest_loadable_nimg(self) -> int | None:
         loaded: list[int] = []

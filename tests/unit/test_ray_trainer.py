@@ -241,3 +241,16 @@ def test_the_worker_trains_on_the_gpu_ray_gave_it(tmp_path, monkeypatch):
     with pytest.raises(Chosen):
         train_loop_per_worker(spec.to_dict())
     assert chosen == [torch.device("cuda:2")]
+
+
+def test_the_drivers_read_the_workers_result_typed():
+    """What rank 0 returns crosses Ray as plain values; the launcher and a sweep's trial read it
+    back as a WorkerResult: a run that trained (a checkpoint, no error) is no data error."""
+    from dataclasses import asdict
+
+    from orchestration.worker_spec import WorkerResult
+
+    trained = WorkerResult.read(asdict(WorkerResult(checkpoint="s3://b/run/checkpoint-0000000064")))
+    assert not trained.data_error and not trained.storage_outage and trained.complete_nimg is None
+    assert WorkerResult.read(asdict(WorkerResult(data_error="heads/00001.png: unreadable"))).data_error
+    assert WorkerResult.read(None) == WorkerResult()  # a rank 0 that returned nothing
