@@ -78,6 +78,7 @@ BAD = {
     "cluster.cpus_per_worker": "0",
     "cluster.max_failures": "-1",
     "storage.num_to_keep": "0",
+    "storage.outage_s": "0",
     "tracking.system_metrics_interval_s": "-1",
     "slurm.nodes": "0",
     "slurm.gpus_per_node": "-1",

@@ -68,7 +68,8 @@ def test_the_sweep_compares_the_registry_columns_it_asks_its_trials_for():
     assert columns == compared_metrics("synth", cfg.sweep.metrics)  # the registry's, in its order
     assert {c.key: c.better for c in columns} == {
         "fid_synth": Better.lower, "fid3d_synth": Better.lower, "fid_synth_novel": Better.lower,
-        "fid_synth_bg": Better.lower, "sensitivity": Better.lower, "psnr_cond": Better.higher}  # fmt: skip
+        "fid_synth_bg": Better.lower, "geometry": Better.higher, "sensitivity": Better.lower,
+        "psnr_cond": Better.higher}  # fmt: skip
     trial = ablate.trial_config(cfg, ablate.trials(cfg.sweep)[0])
     assert {c.request for c in columns} <= set(trial.train.snapshot_metrics)  # what is compared is computed
     assert trial.train.metric_samples >= 1024 and trial.train.metrics_at == "end"
