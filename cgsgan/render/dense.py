@@ -16,8 +16,9 @@ from cgsgan.render.projection import TRANSMITTANCE_EPS, Projected, gaussian_alph
 def composite_dense(p: Projected, features: torch.Tensor, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A rasterize.Composite: features [C, N, F] -> acc [C, H, W, F], final transmittance [C, H, W]."""
     C, N = p.depths.shape
-    dtype = p.means2d.dtype
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=dtype), torch.arange(width, dtype=dtype), indexing="ij")
+    dtype, device = p.means2d.dtype, p.means2d.device
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=dtype, device=device),
+                            torch.arange(width, dtype=dtype, device=device), indexing="ij")  # fmt: skip
     pix = torch.stack([xs, ys], dim=-1).reshape(1, 1, -1, 2) + 0.5  # [1, 1, HW, 2]
 
     visible = (p.radii > 0).any(-1)  # [C, N]

@@ -71,11 +71,13 @@ def test_rasterize_takes_its_compositor_and_agrees_with_the_dense_one_across_pas
             torch.testing.assert_close(a, b, atol=tol, rtol=0)
 
 
-def test_the_torch_backend_keeps_every_tensor_on_the_device_of_its_input():
-    """The torch backend is the one that runs on any device (CUDA without gsplat included). A tensor
-    it makes without naming the input's device lands on the default device: under a `meta` default
-    device, any such tensor meets the CPU inputs and the render fails, forward or backward."""
-    from cgsgan.render.backends import Views, render_torch
+@pytest.mark.parametrize("backend", [RenderBackend.torch, Oracle.dense])
+def test_the_device_agnostic_backends_keep_every_tensor_on_the_device_of_their_input(backend):
+    """The torch backend is the one that runs on any device (CUDA without gsplat included), and the
+    dense oracle checks it there. A tensor either makes without naming the input's device lands on
+    the default device: under a `meta` default device, any such tensor meets the CPU inputs and the
+    render fails, forward or backward."""
+    from cgsgan.render.backends import Views
 
     g = scene(1, 120, scale=0.04, seed=5)
     g.means.requires_grad_(True)
@@ -84,7 +86,7 @@ def test_the_torch_backend_keeps_every_tensor_on_the_device_of_its_input():
     views = Views(viewmats=camera.view_matrix(cams.cam2world), Ks=camera.pixel_intrinsics(cams.intrinsics, 24, 20),
                   width=24, height=20, backgrounds=torch.ones(1, 2, 3, dtype=F64))
     with torch.device("meta"):
-        colors, alphas, depths = render_torch(g, views)
+        colors, alphas, depths = BACKENDS[backend].render(g, views)
         (colors.sum() + alphas.sum() + depths.sum()).backward()
     assert colors.device == CPU and colors.shape == (1, 2, 20, 24, 3) and alphas.sum() > 0
     assert g.means.grad is not None and g.means.grad.device == CPU and g.means.grad.abs().sum() > 0
