@@ -218,15 +218,15 @@ def train_on_ray(cfg: LaunchConfig, plan: Plan) -> int:
     if returned.complete_nimg is not None:
         print(complete_message(plan, cfg.train.total_kimg, returned.complete_nimg))
         return 0
-    samples = Path(plan.output_dir) / "runs" / plan.name / "samples"
+    samples = plan.run_dir / "samples"
     # The workers upload checkpoints themselves (orchestration.checkpoint_upload): rank 0 returns the newest.
     checkpoint = returned.checkpoint or None
     print("\ndone.")
     print(f"  checkpoint:  {checkpoint}")
     print(f"  samples:     {samples} (grid-*.png, turntable.gif, sample-seed0.ply)")
-    print(f"  metrics:     {Path(plan.output_dir) / 'runs' / plan.name / 'metrics.jsonl'}")
+    print(f"  metrics:     {plan.run_dir / 'metrics.jsonl'}")
     print(f"  MLflow run:  experiment '{cfg.tracking.experiment}', run name '{plan.name}' at {redact(plan.tracking_uri)}")
-    if plan.tracking_uri.startswith("sqlite:"):
+    if not plan.tracking_server:
         print(f"  look:        mlflow ui --backend-store-uri {plan.tracking_uri}")
     if checkpoint:
         print(f"  generate:    python -m cgsgan.generate --checkpoint {checkpoint} --out samples --turntable --ply")

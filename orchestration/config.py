@@ -197,17 +197,32 @@ def local_store(output_dir: str | Path) -> str:
     return f"sqlite:///{Path(absolute_path(str(output_dir))) / 'mlflow.db'}"
 
 
+def is_tracking_server(uri: str) -> bool:
+    """An MLflow server (it may not answer; it keeps the artifacts itself) rather than a store on
+    disk (sqlite:, file:, a folder: always there, artifacts beside it). The one place this is decided."""
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
 @dataclass
 class Plan:
-    """Everything resolved before Ray starts: plain values only."""
+    """Everything resolved before Ray starts: plain values only. What kind of storage and tracking
+    a run has is decided here once; everything after reads these fields."""
 
     name: str
     storage_path: str
     tracking_uri: str
     output_dir: str
     core: dict  # CGSGANConfig as plain values
+    storage_kind: str = StorageKind.local.value
+    tracking_server: bool = False  # is_tracking_server(tracking_uri)
+    artifact_root: str | None = None  # a store on disk: <output_dir>/mlartifacts (a file URI); a server: None
     data_notices: list = field(default_factory=list)  # what the data check said (workers stay quiet about it)
     data_checked: bool = False  # a dataset folder was checked whole (headers) before Ray started
+
+    @property
+    def run_dir(self) -> Path:
+        """The run's local folder (metrics.jsonl, samples/, staged checkpoints, tracking spool)."""
+        return Path(self.output_dir) / "runs" / self.name
 
 
 def resolve(cfg: LaunchConfig) -> Plan:
@@ -216,7 +231,10 @@ def resolve(cfg: LaunchConfig) -> Plan:
     if cfg.storage.kind == StorageKind.local:
         storage = absolute_path(storage or str(out / "ray_results"))
     tracking = cfg.tracking.uri or local_store(out)
-    return Plan(run_name(cfg), storage, tracking, str(out), to_dict(core_config(cfg)))
+    server = is_tracking_server(tracking)
+    return Plan(run_name(cfg), storage, tracking, str(out), to_dict(core_config(cfg)),
+                storage_kind=StorageKind(cfg.storage.kind).value, tracking_server=server,
+                artifact_root=None if server else (out / "mlartifacts").as_uri())  # fmt: skip
 
 
 def resolve_index_list(cfg: LaunchConfig, say=None) -> LaunchConfig:

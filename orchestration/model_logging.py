@@ -73,10 +73,6 @@ def cli_tracking_uri() -> str:
     return store
 
 
-def is_server(tracking_uri: str) -> bool:
-    return tracking_uri.startswith(("http://", "https://", "databricks"))
-
-
 def log_generator(client, run_id: str, config: dict, g_ema: dict, nimg: int, register: bool) -> str:
     """Log the generator (`config`: the core config as plain values; `g_ema`: the EMA weights) as
     the run's pyfunc model; with `register`, as a new version of cgsgan-<preset>. Returns its URI."""
@@ -120,7 +116,7 @@ def log_trained_generator(tracker, trainer) -> str | None:
     tracking URI is a server. A failure is said in one line and does not fail the finished run."""
     try:
         uri = log_generator(tracker.client, tracker.run_id, to_dict(trainer.cfg), trainer.G_ema.state_dict(),
-                            trainer.cur_nimg, register=is_server(tracker.client.tracking_uri))  # fmt: skip
+                            trainer.cur_nimg, register=tracker.server)  # fmt: skip
     except Exception as e:  # noqa: BLE001  (training is done; the checkpoints stay the record)
         print(f"warning: could not log the generator model: {type(e).__name__}: {e}", flush=True)
         return None

@@ -16,7 +16,7 @@ from cgsgan.config import from_dict, to_dict
 from cgsgan.data.dataset import DataError
 from cgsgan.render.backends import BackendUnavailable
 from cgsgan.training.checkpoint import RunCheckpoints
-from orchestration.config import LaunchConfig, Plan
+from orchestration.config import LaunchConfig, Plan, StorageKind
 from orchestration.console import QUIET_ENV
 from orchestration.storage import ray_storage, s3_endpoint
 from orchestration.worker import train_loop_per_worker
@@ -35,9 +35,9 @@ DATA_ENV = ("CGSGAN_DATA_CACHE",)
 
 def worker_env(plan: Plan) -> dict[str, str]:
     keys = list(DATA_ENV)
-    if plan.storage_path.startswith("s3://"):
+    if plan.storage_kind == StorageKind.s3:
         keys += S3_ENV
-    if not plan.tracking_uri.startswith(("sqlite:", "file:")):
+    if plan.tracking_server:
         keys += TRACKING_ENV
     env = {k: os.environ[k] for k in keys if k in os.environ}
     # Workers on a cluster do not inherit the driver's environment: keep their console as quiet.
@@ -95,7 +95,7 @@ def worker_spec(cfg: LaunchConfig, plan: Plan, tags: dict | None = None) -> Work
         core=from_dict(plan.core),
         name=plan.name,
         use_gpu=cfg.cluster.use_gpu,
-        local_dir=str(Path(plan.output_dir) / "runs"),
+        local_dir=str(plan.run_dir.parent),
         storage_uri=plan.storage_path,
         storage_endpoint=s3_endpoint(cfg.storage.endpoint_url) or "",
         num_to_keep=cfg.storage.num_to_keep,
@@ -103,7 +103,7 @@ def worker_spec(cfg: LaunchConfig, plan: Plan, tags: dict | None = None) -> Work
         tracking_uri=plan.tracking_uri,
         experiment=cfg.tracking.experiment,
         system_metrics_interval_s=cfg.tracking.system_metrics_interval_s,
-        artifact_root=(Path(plan.output_dir) / "mlartifacts").as_uri() if not cfg.tracking.uri else None,
+        artifact_root=plan.artifact_root,
         cluster=to_dict(cfg.cluster),
         tags={k: str(v) for k, v in (tags or {}).items()},
         data_notices=list(plan.data_notices),

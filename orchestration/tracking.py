@@ -22,6 +22,8 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from orchestration.config import is_tracking_server
+
 RUN_NAME_TAG = "cgsgan.run_name"
 # MLflow's experiment kind for custom model development: the UI (3.x) shows such an experiment's
 # runs table and chart view first instead of its GenAI (traces) layout.
@@ -87,12 +89,6 @@ def training_link(path: str) -> str:
     return f"{path}{'&' if '?' in path.split('#')[-1] else '?'}{TRAINING_VIEW}"
 
 
-def local_artifact_root(output_dir: str | Path, tracking_uri_given: bool) -> str | None:
-    """Where a local store's artifacts go (<output_dir>/mlartifacts, as a file URI); None for a
-    configured tracking server, which decides itself."""
-    return None if tracking_uri_given else (Path(output_dir).absolute() / "mlartifacts").as_uri()
-
-
 CONFIG_ARTIFACT = "config.yaml"  # the run's whole config (core, cluster, storage), at the artifact root
 
 class Tracker:
@@ -101,6 +97,7 @@ class Tracker:
         # server ends; finish() prints the training-layout link instead.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.tracking_uri = tracking_uri
+        self.server = is_tracking_server(tracking_uri)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
@@ -239,13 +236,13 @@ class Tracker:
 
     def run_link(self) -> str:
         """The run's page in the UI's model-training layout (a path for a local store)."""
-        base = self.tracking_uri.rstrip("/") + "/" if self.tracking_uri.startswith("http") else ""
+        base = self.tracking_uri.rstrip("/") + "/" if self.server else ""
         return training_link(f"{redact(base)}#/experiments/{self.experiment_id}/runs/{self.run_id}")
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id:
             self.client.set_terminated(self.run_id, status=status)
-            if self.tracking_uri.startswith("http"):
+            if self.server:
                 print(f"MLflow run {self.run_name}: {self.run_link()}", flush=True)
 
 

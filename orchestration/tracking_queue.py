@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from orchestration.config import is_tracking_server
+
 SPOOL = "tracking-spool"  # rank 0's spool folder in the run folder; other ranks: tracking-spool-worker<rank>
 QUEUE_FILE = "queue.jsonl"
 SENT_FILE = "sent"  # bytes of queue.jsonl sent, as text
@@ -158,7 +160,7 @@ class TrackingQueue:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.tracking_uri = tracking_uri
-        self.server = tracking_uri.startswith(("http://", "https://"))
+        self.server = is_tracking_server(tracking_uri)
         self.say = say
         (self.folder / META_FILE).write_text(json.dumps({"tracking_uri": tracking_uri}))
         self._lock = threading.Condition()

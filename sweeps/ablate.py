@@ -398,7 +398,7 @@ def run_trial(config: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from orchestration.ray_trainer import build_trainer
-    from orchestration.tracking import Tracker, local_artifact_root
+    from orchestration.tracking import Tracker
 
     config = config["trial"]  # the grid-searched entry of the param space
     cfg: LaunchConfig = to_typed(config["launch"])
@@ -409,8 +409,7 @@ def run_trial(config: dict) -> None:
     # Tune may start a trial again after an interruption when its experiment state was saved
     # before the trial ended: a trial whose run finished reports that run's final metrics and
     # trains nothing (its MLflow run stays closed).
-    tracker = Tracker(plan.tracking_uri, cfg.tracking.experiment, plan.name,
-                      local_artifact_root(plan.output_dir, bool(cfg.tracking.uri)))
+    tracker = Tracker(plan.tracking_uri, cfg.tracking.experiment, plan.name, plan.artifact_root)
     finished = tracker.finished_metrics()
     if finished is not None:
         print(f"trial {plan.name} already finished: reporting its final metrics", flush=True)
@@ -471,11 +470,11 @@ def run_sweep(cfg: SweepConfig) -> int:
 
     import ray
 
-    from orchestration.tracking import Tracker, local_artifact_root
+    from orchestration.tracking import Tracker
 
     storage = f"{base_plan.storage_path}/{cfg.sweep.name}"
     tracker = Tracker(base_plan.tracking_uri, cfg.tracking.experiment, f"sweep-{cfg.sweep.name}",
-                      local_artifact_root(base_plan.output_dir, bool(cfg.tracking.uri)))
+                      base_plan.artifact_root)
     parent = tracker.start(params={"sweep": to_dict(cfg.sweep)}, tags={"cgsgan.sweep": cfg.sweep.name})
     view = share_view(tracker, cfg.sweep, columns)
 
@@ -504,8 +503,8 @@ def run_sweep(cfg: SweepConfig) -> int:
     tracker.finish("FINISHED" if all(not r["error"] for r in rows) else "FAILED")
     print((out / "comparison.md").read_text())
     print(f"table: {files[0]}\nplot: {files[2]}")
-    server = base_plan.tracking_uri if base_plan.tracking_uri.startswith("http") else "http://127.0.0.1:5000"
-    if not base_plan.tracking_uri.startswith("http"):
+    server = base_plan.tracking_uri if base_plan.tracking_server else "http://127.0.0.1:5000"
+    if not base_plan.tracking_server:
         print(f"MLflow: mlflow ui --backend-store-uri {base_plan.tracking_uri}, then open")
     print(f"the trials in MLflow: {server.rstrip('/')}/{view}")
     ray.shutdown()

@@ -91,6 +91,21 @@ def test_storage_path_must_agree_with_the_storage_kind():
     assert validate_launch(load("storage=s3", "storage.path=s3://b/x")).storage.kind == "s3"
 
 
+@pytest.mark.parametrize("overrides, kind, server, artifacts", [
+    ((), "local", False, "outputs/mlartifacts"),
+    (("storage=s3", "storage.path=s3://b/x", "tracking=server", "tracking.uri=http://mlflow:5000"), "s3", True, None),
+    # A store on disk named by the user is still a store on disk: its artifacts go beside the run's
+    # outputs, not into ./mlruns of whatever folder a worker runs in.
+    (("tracking.uri=sqlite:///elsewhere/mlflow.db",), "local", False, "outputs/mlartifacts"),
+])
+def test_the_plan_decides_storage_and_tracking_kinds_once(overrides, kind, server, artifacts, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plan = resolve(validate_launch(load(*overrides)))
+    assert (plan.storage_kind, plan.tracking_server) == (kind, server)
+    assert plan.artifact_root == (artifacts and (tmp_path / artifacts).as_uri())
+    assert plan.run_dir == tmp_path / "outputs" / "runs" / plan.name
+
+
 def test_run_name_is_deterministic_and_ignores_cluster_settings():
     a, b = load(), load("cluster.num_workers=2", "tracking.uri=http://x:5000")
     assert run_name(a) == run_name(b)

@@ -13,7 +13,7 @@ import torch
 from cgsgan import config as core
 from cgsgan.config import CameraMode, to_dict
 from cgsgan.models import build_generator
-from orchestration.model_logging import MODEL_PATH, is_server, log_generator, registered_name
+from orchestration.model_logging import MODEL_PATH, log_generator, registered_name
 from orchestration.tracking import Tracker
 
 LOAD = """
@@ -79,7 +79,6 @@ def test_models_register_under_their_preset_and_only_with_a_server():
     odd = core.tiny()
     odd.model.generator.num_levels += 1
     assert registered_name(odd) == "cgsgan-64px"
-    assert is_server("http://127.0.0.1:5000") and not is_server("sqlite:///outputs/mlflow.db")
 
 
 def test_model_uri_commands_find_the_default_local_store_or_say_where_they_looked(tmp_path, monkeypatch, capsys):

@@ -12,7 +12,7 @@ import pytest
 from ray.train.v2._internal.exceptions import UserExceptionWithTraceback
 
 from cgsgan.data.dataset import DataError
-from orchestration.config import Plan
+from orchestration.config import LaunchConfig, Plan, StorageKind, resolve
 from orchestration.console import QUIET_ENV, quiet_worker_loggers
 from orchestration.ray_trainer import DataErrorStop, StopOnDataError, worker_env
 from orchestration.worker import data_error_in
@@ -23,7 +23,12 @@ SECRETS = {"AWS_ACCESS_KEY_ID": "AKIAPLANTED0000001", "AWS_SECRET_ACCESS_KEY": "
 
 
 def plan(storage: str, tracking: str) -> Plan:
-    return Plan("run", storage, tracking, "/tmp/out", {})
+    cfg = LaunchConfig(output_dir="/tmp/out")
+    cfg.storage.kind = StorageKind.s3 if storage.startswith("s3://") else StorageKind.local
+    cfg.storage.path, cfg.tracking.uri = storage, tracking
+    resolved = resolve(cfg)
+    resolved.name = "run"
+    return resolved
 
 
 @pytest.mark.parametrize("storage, tracking", [("/tmp/out/ray_results", "sqlite:////tmp/out/mlflow.db"),
