@@ -18,7 +18,7 @@ import torch
 from cgsgan.data.dataset import ImageDataset
 from cgsgan.data.synthetic import generate_synthetic
 from cgsgan.data.prepare import cache_root
-from cgsgan.metrics.evaluation import METRICS, ItemSubset, MetricContext, evaluate, split_reference
+from cgsgan.metrics.evaluation import METRICS, MetricContext, evaluate
 from cgsgan.metrics.ground_truth import SyntheticTruth
 from tests.unit.metric_heads import Billboard, SurfaceHeads, WithFloaters
 
@@ -34,10 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     data = generate_synthetic(cache_root() / f"synthetic-64px-{args.identities}x4-seed0", args.identities, 4, 64, 0)
     ds = ImageDataset(data)
-    ref, held = split_reference(ds)
-    ctx = MetricContext(extractor=load_features(args.features, size=64), reference=ItemSubset(ds, ref),
-                        held_out=ItemSubset(ds, held), truth=SyntheticTruth.of_dataset(data), resolution=64,
-                        samples=args.samples, batch_size=64)
+    ctx = MetricContext.of_reals(ds, load_features(args.features, size=64), 64, args.samples,
+                                 truth=SyntheticTruth.of_dataset(data), batch_size=64)
     heads = SurfaceHeads(seed=0, num_identities=args.identities)
     gens = {"SurfaceHeads (a true 3D head)": heads,
             "Billboard (flat card)": Billboard(seed=0, num_identities=args.identities),

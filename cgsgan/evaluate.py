@@ -30,12 +30,10 @@ import torch
 from cgsgan.config import RenderBackend
 from cgsgan.metrics.evaluation import (
     METRICS,
-    ItemSubset,
     MetricContext,
     check_metrics,
     evaluate,
     format_table,
-    split_reference,
 )
 from cgsgan.metrics.feature_factory import load_features
 from cgsgan.metrics.ground_truth import synthetic_truth
@@ -108,14 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         dataset = ImageDataset(data, resolution=res, index_list=index_list, xflip=cfg.data.xflip)
         truth = synthetic_truth(data)
         check_metrics(metrics, ground_truth=truth is not None)
-        if args.floor:
-            ref, held = split_reference(dataset)
-            reference, held_out = ItemSubset(dataset, ref), ItemSubset(dataset, held)
-        else:
-            reference, held_out = dataset, None
-        ctx = MetricContext(extractor=extractor, reference=reference, held_out=held_out, truth=truth, resolution=res,
-                            samples=args.num, heads=args.num_3d, num_real=args.num_real, seed=args.seed,
-                            batch_size=args.batch, backend=args.backend, yaw_bins=args.yaw_bins)
+        ctx = MetricContext.of_reals(dataset, extractor, res, args.num, floors=args.floor, truth=truth,
+                                     heads=args.num_3d, num_real=args.num_real, seed=args.seed, batch_size=args.batch,
+                                     backend=args.backend, yaw_bins=args.yaw_bins)  # fmt: skip
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -138,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         payload = {
             "checkpoint": str(args.checkpoint), "data": str(data), "features": kind, "num": args.num,
-            "num_real": min(args.num_real, len(reference)), "floor": args.floor, "num_3d": args.num_3d, "truncation": args.truncation,
+            "num_real": min(args.num_real, len(ctx.reference)), "floor": args.floor, "num_3d": args.num_3d, "truncation": args.truncation,
             "seed": args.seed, "seconds": seconds, "metrics": results,
         }  # fmt: skip
         out = Path(args.out)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
@@ -167,6 +168,10 @@ class Tracker:
         ]
         if items:
             self.client.log_batch(self.run_id, metrics=items)
+
+    def log_progress(self, metrics: dict[str, float], kimg: float) -> None:
+        """Metrics of a tick or snapshot at the run's step for `kimg`, timestamped now."""
+        self.log_metrics(metrics, kimg_step(kimg), int(time.time() * 1000))
 
     def log_snapshot(self, info: dict) -> None:
         """A snapshot (the trainer's on_snapshot info): its grid as a step image under

@@ -15,10 +15,9 @@ callback stops on (ray_trainer.StopOnDataError).
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import ray.train
 import ray.train.torch
@@ -26,11 +25,14 @@ import torch
 
 from cgsgan.data.dataset import DataError, mark_shown
 from cgsgan.training.checkpoint import RunCheckpoints
-from cgsgan.training.ticks import kimg_text
+from cgsgan.training.ticks import kimg_text, metric_stats
 from cgsgan.training.trainer import Callbacks, Trainer
 from orchestration.checkpoint_upload import CheckpointUploader, StorageOutage
 from orchestration.console import quiet_worker_loggers
 from orchestration.worker_spec import WorkerResult, WorkerSpec
+
+if TYPE_CHECKING:
+    from orchestration.tracking import Tracker
 
 
 def resume(trainer: Trainer, store: RunCheckpoints, rank: int = 0, world: int = 1,
@@ -64,6 +66,43 @@ def data_error_in(error: BaseException) -> DataError | None:
     return None
 
 
+class Reporting:
+    """The trainer's callbacks in a worker. Every rank reports each tick to Ray (a barrier) and
+    stops at the same tick when the uploader gave up; rank 0 also logs to MLflow and hands its
+    checkpoints to the uploader. Its tracker and uploader arrive once the run is resumed (before
+    the first tick): None on other ranks."""
+
+    def __init__(self, world: int) -> None:
+        self.world = world
+        self.tracker: Tracker | None = None
+        self.uploader: CheckpointUploader | None = None
+
+    def callbacks(self) -> Callbacks:
+        return Callbacks(on_tick=self.on_tick, on_snapshot=self.on_snapshot, on_checkpoint=self.on_checkpoint)
+
+    def on_checkpoint(self, path: Path | None, stats: dict) -> None:
+        if path is not None:
+            self.uploader.submit(path)  # staged whole on local disk: uploaded while training goes on
+
+    def on_tick(self, stats: dict) -> None:
+        metrics = {k: v for k, v in stats.items() if isinstance(v, (int, float)) and not k.startswith("time/")}
+        if self.tracker is not None:
+            self.tracker.log_progress(metrics, stats["progress/kimg"])
+        stop = [self.uploader.failure if self.uploader is not None else None]
+        if self.world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast_object_list(stop, src=0)  # every rank stops at the same tick
+        if stop[0]:
+            raise StorageOutage(stop[0])
+        ray.train.report(metrics)
+
+    def on_snapshot(self, info: dict) -> None:
+        if self.tracker is None:
+            return
+        if info["progress/kimg"] == 0:  # the untrained generator: the start of the metric curves
+            self.tracker.log_progress(metric_stats(info), 0.0)
+        self.tracker.log_snapshot(info)  # the grid as a step image; the sample files as artifacts
+
+
 def train_loop_per_worker(config: dict) -> dict | None:
     quiet_worker_loggers()
     spec = WorkerSpec.from_dict(config)
@@ -79,38 +118,10 @@ def train_loop_per_worker(config: dict) -> dict | None:
     run_dir = Path(spec.local_dir) / spec.name
     store = RunCheckpoints(spec.run_uri, spec.storage_endpoint)
 
-    tracker = None
-    queue = None
-    uploader = None
-    trainer: Trainer | None = None
-
-    def on_checkpoint(path: Path | None, stats: dict) -> None:
-        if path is not None:
-            uploader.submit(path)  # staged whole on local disk: uploaded while training goes on
-
-    def on_tick(stats: dict) -> None:
-        metrics = {k: v for k, v in stats.items() if isinstance(v, (int, float)) and not k.startswith("time/")}
-        if tracker is not None:
-            step = int(round(stats["progress/kimg"] * 1000))
-            tracker.log_metrics(metrics, step=step, timestamp_ms=int(time.time() * 1000))
-        stop = [uploader.failure if uploader is not None else None]
-        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast_object_list(stop, src=0)  # every rank stops at the same tick
-        if stop[0]:
-            raise StorageOutage(stop[0])
-        ray.train.report(metrics)
-
-    def on_snapshot(info: dict) -> None:
-        if tracker is None:
-            return
-        if info["progress/kimg"] == 0:  # the untrained generator: the start of the metric curves
-            metrics = {k: v for k, v in info.items() if k.startswith("metrics/")}
-            tracker.log_metrics(metrics, step=0, timestamp_ms=int(time.time() * 1000))
-        tracker.log_snapshot(info)  # the grid as a step image; the sample files as artifacts
-
+    reporting = Reporting(world)
     try:
         trainer = Trainer(cfg, run_dir, rank=rank, world_size=world, device=device, data_checked=spec.data_checked,
-                          callbacks=Callbacks(on_tick=on_tick, on_snapshot=on_snapshot, on_checkpoint=on_checkpoint))
+                          callbacks=reporting.callbacks())
     except DataError as e:
         # Every rank reads the same files and fails the same way: a retry would too. Returning
         # (rather than raising) ends the run without one; the driver reports rank 0's value.
@@ -121,7 +132,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
 
     # The queue opens the run folder's spool: calls a run before this one left unsent go first.
     queue = TrackingQueue(run_dir / spool_name(rank), spec.tracking_uri, say=say).start()
-    if trainer.cur_nimg >= int(cfg.train.total_kimg * 1000):
+    if trainer.cur_nimg >= trainer.total_nimg:
         # Nothing to train: the driver says so, with how to go on (no MLflow run is touched
         # beyond what an earlier launch left to send).
         queue.close()
@@ -129,6 +140,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
     if source is not None and rank == 0:
         print(f"resumed from {source} at {kimg_text(trainer.cur_nimg / 1e3)} kimg", flush=True)
 
+    tracker = uploader = None
     if rank == 0:
         from orchestration.tracking import PROGRESS_METRIC, Tracker, redact
 
@@ -147,6 +159,7 @@ def train_loop_per_worker(config: dict) -> dict | None:
         uploader = CheckpointUploader(store, Path(trainer.checkpoint_path()).parent, spec.num_to_keep,
                                       spec.outage_s, newest_stored=source,
                                       on_stored=lambda folder: tracker.set_tags({"checkpoint_uri": folder}))  # fmt: skip
+        reporting.tracker, reporting.uploader = tracker, uploader
     quiet_http()  # short, unretried requests: a server that does not answer holds up no thread for long
     from orchestration.system_metrics import WorkerSystemMetrics
 

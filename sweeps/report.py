@@ -23,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from cgsgan.metrics.evaluation import Better, Column
+from cgsgan.training.ticks import metric_key, metric_stats
 from sweeps import significance
 from sweeps.significance import ALPHA, POWER
 
@@ -76,14 +77,14 @@ class Difference:
 
 
 def reported(c: Column) -> str:
-    """The name a trial reports a column under (the trainer logs metrics as "metrics/<key>")."""
-    return f"metrics/{c.key}"
+    """The name a trial reports a column under (metrics/<key>)."""
+    return metric_key(c.key)
 
 
 def floors(rows: list[dict]) -> list[str]:
     """The floors the trials reported (real-vs-held-out distances, one per FID): shown beside the
     metrics so a reader sees how far from a perfect generator each value is."""
-    return sorted({k for r in rows for k in r if k.startswith("metrics/") and k.endswith("_floor")})
+    return sorted({k for r in rows for k in metric_stats(r) if k.endswith("_floor")})
 
 
 def _number(v) -> float | None:

@@ -137,6 +137,18 @@ class MetricContext:
     reals: dict = field(default_factory=dict)  # real-side features and floors, for every generator
     fakes: dict = field(default_factory=dict)  # generated features of this context's generator
 
+    @classmethod
+    def of_reals(cls, reals, extractor: FeatureExtractor, resolution: int, samples: int, floors: bool = True,
+                 **settings) -> "MetricContext":  # fmt: skip
+        """The context of a dataset: its reference half compared with and its held-out half for the
+        floors (`split_reference`), or with floors=False every real as the reference and no floors.
+        `settings`: the other fields (truth, heads, seed, ...)."""
+        if not floors:
+            return cls(extractor=extractor, reference=reals, resolution=resolution, samples=samples, **settings)
+        ref, held = split_reference(reals)
+        return cls(extractor=extractor, reference=ItemSubset(reals, ref), held_out=ItemSubset(reals, held),
+                   resolution=resolution, samples=samples, **settings)  # fmt: skip
+
     def for_generator(self, gen: GaussianGenerator) -> "MetricContext":
         return dataclasses.replace(self, gen=gen, fakes={})
 

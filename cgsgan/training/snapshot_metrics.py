@@ -19,7 +19,7 @@ import torch
 from cgsgan.config import CGSGANConfig
 from cgsgan.data.dataset import ImageDataset
 from cgsgan.generator import Generator
-from cgsgan.metrics.evaluation import ItemSubset, MetricContext, check_metrics, evaluate, split_reference
+from cgsgan.metrics.evaluation import MetricContext, check_metrics, evaluate
 from cgsgan.metrics.feature_factory import load_features
 from cgsgan.metrics.ground_truth import synthetic_truth
 from cgsgan.metrics.sampling import as_generator
@@ -36,10 +36,8 @@ class SnapshotMetrics:
         # Stored images with their masks: the metrics paste them on white, or on the
         # background metric's colours.
         reals = ImageDataset(data_path, resolution=res, index_list=cfg.data.index_list or None, xflip=cfg.data.xflip)
-        ref, held = split_reference(reals)
-        self.context = MetricContext(
-            extractor=extractor, reference=ItemSubset(reals, ref), held_out=ItemSubset(reals, held), truth=truth,
-            resolution=res, samples=t.metric_samples, heads=t.snapshot_metric_heads, backend=t.render_backend)
+        self.context = MetricContext.of_reals(reals, extractor, res, t.metric_samples, truth=truth,
+                                              heads=t.snapshot_metric_heads, backend=t.render_backend)
 
     @torch.no_grad()
     def __call__(self, G: Generator) -> dict[str, float]:

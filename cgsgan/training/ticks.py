@@ -15,6 +15,21 @@ import time
 import torch
 
 
+# The prefix of a snapshot's metrics among the stats a run reports ("metrics/fid_synth"): the
+# tracker, the sweep's table and the console read them by it.
+METRIC_PREFIX = "metrics/"
+
+
+def metric_key(name: str) -> str:
+    """The key a metric of the registry is reported under."""
+    return METRIC_PREFIX + name
+
+
+def metric_stats(stats: dict) -> dict:
+    """The metrics among reported stats, keys as reported."""
+    return {k: v for k, v in stats.items() if k.startswith(METRIC_PREFIX)}
+
+
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or Inf; the last good checkpoint is left untouched."""
 
@@ -100,7 +115,7 @@ def tick_line(stats: dict, total_kimg: float) -> str:
 def snapshot_line(stats: dict) -> str | None:
     """The snapshot's metrics on one console line, each distance with its multiple of the floor
     (the real-vs-held-out distance); None when the snapshot computed no metric."""
-    metrics = {k.split("/", 1)[1]: v for k, v in stats.items() if k.startswith("metrics/")}
+    metrics = {k.removeprefix(METRIC_PREFIX): v for k, v in metric_stats(stats).items()}
     # Each distance once (its floor, ratio and spread beside it), no per-attribute breakdowns.
     shown = {k: v for k, v in metrics.items() if not k.endswith(("_floor", "_ratio", "_std")) and "/" not in k}
     if not shown:

@@ -66,7 +66,7 @@ from cgsgan.models import build_models
 from cgsgan.render import render
 from cgsgan.training.checkpoint import checkpoint_name, load_checkpoint, save_checkpoint
 from cgsgan.training.samples import save_grid, save_turntable
-from cgsgan.training.ticks import TickClock, TrainingDiverged, snapshot_line, tick_line
+from cgsgan.training.ticks import TickClock, TrainingDiverged, metric_key, metric_stats, snapshot_line, tick_line
 
 
 @dataclass
@@ -306,10 +306,15 @@ class Trainer:
         torch._foreach_copy_(list(self.G_ema.buffers()), list(self.G.buffers()))
 
     # ---------------------------------------------------------------- loop
+    @property
+    def total_nimg(self) -> int:
+        """The images the run trains on in all (train.total_kimg)."""
+        return int(self.cfg.train.total_kimg * 1000)
+
     def run(self, max_steps: int | None = None) -> dict:
         """Train until total_kimg (or max_steps more steps, or should_stop()). Returns the last tick stats."""
         t = self.cfg.train
-        total_nimg = int(t.total_kimg * 1000)
+        total_nimg = self.total_nimg
         tick_nimg = max(1, int(t.tick_kimg * 1000))
         steps_done, last = 0, {}
         if self.cur_nimg == 0 and self.rank == 0:
@@ -367,7 +372,7 @@ class Trainer:
         if self.cfg.train.snapshot_metrics and with_metrics:
             if self._metrics is None:
                 self._metrics = SnapshotMetrics(self.cfg, self.data_path, self.device)
-            out.update({f"metrics/{k}": v for k, v in self._metrics(self.G_ema).items()})
+            out.update({metric_key(k): v for k, v in self._metrics(self.G_ema).items()})
         if final:
             out["artifacts/turntable"] = str(save_turntable(self.G_ema, self.fixed_z[:1], res, psi, folder / "turntable.gif"))
             ply = folder / "sample-seed0.ply"
@@ -376,7 +381,7 @@ class Trainer:
             out["artifacts/ply"] = str(ply)
         if self.callbacks.on_snapshot:
             self.callbacks.on_snapshot(dict(out))
-        metrics = {k: v for k, v in out.items() if k.startswith("metrics/")}
+        metrics = metric_stats(out)
         if line := snapshot_line({"progress/kimg": kimg, **metrics}):
             print(line, flush=True)
         return metrics

@@ -17,12 +17,10 @@ from cgsgan.data.dataset import ImageDataset
 from cgsgan.metrics.evaluation import (
     METRICS,
     Better,
-    ItemSubset,
     MetricContext,
     check_metrics,
     compared_metrics,
     evaluate,
-    split_reference,
 )
 from cgsgan.metrics.ground_truth import SyntheticTruth, novel_poses
 from cgsgan.metrics.random_features import RandomFeatures
@@ -35,10 +33,8 @@ RES = 32  # renders and features at 32 px: the claims show at this size, and it 
 @pytest.fixture(scope="module")
 def ctx(synthetic_dataset) -> MetricContext:
     ds = ImageDataset(synthetic_dataset)
-    ref, held = split_reference(ds)
-    return MetricContext(extractor=RandomFeatures(dim=16, size=RES), reference=ItemSubset(ds, ref),
-                         held_out=ItemSubset(ds, held), truth=SyntheticTruth.of_dataset(synthetic_dataset),
-                         resolution=RES, samples=64, batch_size=32)
+    return MetricContext.of_reals(ds, RandomFeatures(dim=16, size=RES), RES, 64,
+                                  truth=SyntheticTruth.of_dataset(synthetic_dataset), batch_size=32)
 
 
 @pytest.fixture(scope="module")

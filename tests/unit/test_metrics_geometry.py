@@ -13,7 +13,7 @@ from cgsgan import camera
 from cgsgan.data import synthetic
 from cgsgan.data.dataset import ImageDataset
 from cgsgan.metrics import geometry
-from cgsgan.metrics.evaluation import ItemSubset, MetricContext, compared_metrics, evaluate, split_reference
+from cgsgan.metrics.evaluation import MetricContext, compared_metrics, evaluate
 from cgsgan.metrics.ground_truth import SyntheticTruth
 from cgsgan.metrics.random_features import RandomFeatures
 from cgsgan.metrics.sampling import render_labels
@@ -25,10 +25,8 @@ GRID_YAWS_DEG = (-90, -60, -30, 0, 30, 60, 90)  # the turntable grid's yaws
 @pytest.fixture(scope="module")
 def ctx(synthetic_dataset) -> MetricContext:
     ds = ImageDataset(synthetic_dataset)
-    ref, held = split_reference(ds)
-    return MetricContext(extractor=RandomFeatures(dim=8, size=32), reference=ItemSubset(ds, ref),
-                         held_out=ItemSubset(ds, held), truth=SyntheticTruth.of_dataset(synthetic_dataset),
-                         resolution=32, samples=16, heads=16)
+    return MetricContext.of_reals(ds, RandomFeatures(dim=8, size=32), 32, 16,
+                                  truth=SyntheticTruth.of_dataset(synthetic_dataset), heads=16)
 
 
 def test_geometry_is_1_for_the_true_head_and_about_0_for_a_card(ctx):
