@@ -1,4 +1,4 @@
-"""Shared fixtures: data only."""
+"""Shared fixtures (data only), and failures shown as they happen."""
 
 from __future__ import annotations
 
@@ -13,3 +13,11 @@ def synthetic_dataset(tmp_path_factory) -> Path:
     from cgsgan.data.synthetic import generate_synthetic
 
     return generate_synthetic(tmp_path_factory.mktemp("synthetic") / "heads", identities=64, views=4, resolution=64, seed=0)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A failure's last lines at once, not only in the summary at the end: a CI run cut off by its
+    time limit never prints that summary, and the failure would go unseen."""
+    if report.failed:
+        text = report.longreprtext.splitlines()[-40:]
+        print(f"\n--- FAILED {report.nodeid} ({report.when}):\n" + "\n".join(text) + "\n---", flush=True)
