@@ -44,7 +44,7 @@ from tests.integration.launching import TINY_RUN, files_holding, planted_secrets
 
 # Four launches, three MLflow servers and 90 s pauses: about 13 minutes on 2 cores, more than the
 # suite's budget, and not yet seen passing; run on demand: bash scripts/test.sh -m outages tests/integration/test_outages.py
-pytestmark = [pytest.mark.slow, pytest.mark.outages]
+pytestmark = [pytest.mark.slow, pytest.mark.outages, pytest.mark.timeout(2400)]
 ROOT = Path(__file__).resolve().parents[2]
 PAUSE_S = 90
 TOTAL_KIMG = 0.128  # 8 ticks: training lasts past a 90 s pause that starts at tick 2
