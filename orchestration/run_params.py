@@ -16,15 +16,10 @@ import json
 import yaml
 
 from cgsgan.config import CGSGANConfig, to_dict
+from orchestration.axes import AXIS_TABLE, SEED
 
-# Each axis param -> the config key it reads (a sweep's axes set the same keys: sweeps/ablate.py).
-AXIS_PARAMS = {
-    "views": "loss.num_views",
-    "grad_averaging": "loss.grad_averaging",
-    "camera_mode": "model.camera_mode",
-    "background": "loss.background",
-    "seed": "train.seed",
-}
+# Each axis param -> the config key it reads: the sweep axes' table, and the seed.
+AXIS_PARAMS = {**{a.name: a.key for a in AXIS_TABLE}, "seed": SEED[0]}
 
 
 def _get(values: dict, dotted: str):

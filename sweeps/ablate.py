@@ -1,6 +1,7 @@
 """Ablation sweeps: `python sweeps/ablate.py [hydra overrides]`.
 
-Axes (sweep.*; each is one row of AXIS_TABLE below, its only place; any subset from the command line):
+Axes (sweep.*; each is one row of orchestration/axes.py's AXIS_TABLE, its only place; any subset from the
+command line):
     sweep.views=[1,4]  sweep.grad_averaging=[true,false]
     sweep.camera_mode=[d_projection,g_conditioned,d_none]  sweep.background=[random,white,black]
     sweep.seeds=[0,1]  (repeats per configuration)
@@ -55,10 +56,11 @@ import hydra  # noqa: E402
 from hydra.core.config_store import ConfigStore  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from cgsgan.config import Background, CameraMode, ConfigError, DataSource, to_dict  # noqa: E402
+from cgsgan.config import ConfigError, DataSource, to_dict  # noqa: E402
 from cgsgan.metrics.evaluation import Column, check_metrics, compared_metrics  # noqa: E402
 from cgsgan.metrics.feature_factory import extractor_suffix  # noqa: E402
 from orchestration import cluster  # noqa: E402
+from orchestration.axes import AXES, AXIS_TABLE, SEED  # noqa: E402  (the axes' one table)
 from orchestration.worker_spec import WorkerResult  # noqa: E402
 from orchestration.config import (  # noqa: E402
     LaunchConfig,
@@ -84,31 +86,6 @@ from sweeps.report import (  # noqa: E402  (the paired statistics and the files)
     write_report,
 )
 
-@dataclass(frozen=True)
-class Axis:
-    """One sweep axis: sweep.<name> lists its values (the first is the reference arm)."""
-
-    name: str
-    key: str  # the config key its values set
-    tag: str  # its prefix in trial keys (v4-avg1-d_projection-bgrandom-s0)
-    question: str  # what comparing its arms asks (the sweep's opening line)
-    type: type  # of its values
-    default: tuple  # its values when the command line and the sweep group name none
-
-
-# The axes, in trial-key order. Adding an axis is one row here: SweepAxes gets its list from it.
-AXIS_TABLE = (
-    Axis("views", "loss.num_views", "v", "how many views of each head the discriminator sees per step", int, (4,)),
-    Axis("grad_averaging", "loss.grad_averaging", "avg",
-         "averaging the generator's gradients over the views of a head", bool, (True,)),
-    Axis("camera_mode", "model.camera_mode", "",
-         "where the camera goes in (discriminator projection, none, or the generator)", CameraMode,
-         (CameraMode.d_projection, CameraMode.d_none, CameraMode.g_conditioned)),
-    Axis("background", "loss.background", "bg", "the background colour behind rendered and real heads", Background,
-         (Background.random,)),
-)  # fmt: skip
-AXES = {a.name: a for a in AXIS_TABLE}
-SEED = ("train.seed", "s")  # repeats every configuration
 AUTO = "auto"  # sweep.seeds=auto: seeds in rounds until each comparison is answered
 SPREADS = Path(__file__).resolve().parent / "spreads.json"  # measured spreads per preset (benchmarks/ablation.py)
 

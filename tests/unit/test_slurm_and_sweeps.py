@@ -271,6 +271,13 @@ def test_every_axis_is_a_sweep_list_that_sets_one_config_key():
     assert [OmegaConf.select(OmegaConf.structured(tc), axis.key) for axis in ablate.AXIS_TABLE] == [
         2, False, "d_none", "white"]
     assert tc.train.seed == 7 and tc.name == "camera-v2-avg0-d_none-bgwhite-s7"
+    # Every run logs the axes and the seed as params of the same names: a trial is searched by them.
+    from orchestration.config import core_config
+    from orchestration.run_params import run_params
+
+    params = run_params(core_config(tc), tc.name)
+    assert {a: params[a] for a in [*ablate.AXES, "seed"]} == {
+        "views": "2", "grad_averaging": "False", "camera_mode": "d_none", "background": "white", "seed": "7"}
     with pytest.raises(ConfigError, match="camera_mode"):  # a value is typed as on the command line
         ablate.trial_config(cfg, {"views": 2, "grad_averaging": False, "camera_mode": "sideways",
                                   "background": "white", "seed": 7})  # fmt: skip
