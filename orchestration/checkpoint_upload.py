@@ -5,8 +5,9 @@ atomically) and goes on training; `CheckpointUploader` copies the newest staged 
 (`RunCheckpoints.upload`), checks it is whole there, then lets older ones go (storage: the
 project's retention, `storage.num_to_keep`; local disk: `LOCAL_COPIES`). An upload that fails is
 tried again every few seconds until storage answers; a checkpoint staged meanwhile supersedes the
-one waiting (only the newest is uploaded). When storage has not answered for `outage_s`, the
-uploader gives up: `failure` names the newest checkpoint on storage and the staged one, and the
+one waiting (only the newest is uploaded). When storage has not answered for `outage_s` (failed
+attempts, or one attempt that hangs: a paused endpoint accepts the connection and never replies),
+the uploader gives up: `failure` names the newest checkpoint on storage and the staged one, and the
 worker stops the run with that line (a relaunch resumes from the one on storage).
 
 Why not Ray Train's own asynchronous upload (`ray.train.report(..., checkpoint_upload_mode=ASYNC)`):
@@ -48,7 +49,9 @@ class CheckpointUploader:
         self._cond = threading.Condition()
         self._waiting: Path | None = None  # the newest staged checkpoint not uploaded yet
         self._uploading: Path | None = None
-        self.failure: str | None = None
+        self._failure: str | None = None
+        self._stalled_since: float | None = None  # the start of the first attempt not yet followed by a success
+        self._last_error = "no answer"
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="checkpoint-uploader", daemon=True)
         self._thread.start()
@@ -61,6 +64,21 @@ class CheckpointUploader:
             self._cond.notify_all()
         self._prune_local()
 
+    @property
+    def failure(self) -> str | None:
+        """Why the uploader gave up (None while it has not): storage has not stored a checkpoint for
+        outage_s, counting an attempt still hanging."""
+        since = self._stalled_since
+        if self._failure is None and since is not None and time.monotonic() - since >= self.outage_s:
+            self._failure = self._outage_message(time.monotonic() - since)
+        return self._failure
+
+    def _outage_message(self, seconds: float) -> str:
+        return (f"storage unreachable for {seconds:.0f} s (storage.outage_s={self.outage_s:g}; {self._last_error}): "
+                f"run stopped. Newest checkpoint on storage: {self.newest_stored or 'none'}; staged locally: "
+                f"{self._waiting or self._uploading}. When storage answers, the same command resumes from the one "
+                "on storage")  # fmt: skip
+
     def check(self) -> None:
         """Raise StorageOutage once the uploader has given up."""
         if self.failure is not None:
@@ -68,16 +86,16 @@ class CheckpointUploader:
 
     def finish(self) -> None:
         """Wait until the newest staged checkpoint is whole on storage (or the uploader gives up:
-        raises StorageOutage)."""
+        raises StorageOutage; an attempt left hanging dies with the process)."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._thread.join()
+        while self._thread.is_alive() and self.failure is None:
+            self._thread.join(1.0)
         self.check()
         self._prune_local()
 
     def _run(self) -> None:
-        down_since: float | None = None
         while True:
             with self._cond:
                 while self._waiting is None and not self._closing:
@@ -86,26 +104,25 @@ class CheckpointUploader:
                     return
                 self._uploading, self._waiting = self._waiting, None
             path = self._uploading
+            if self._stalled_since is None:
+                self._stalled_since = time.monotonic()
             try:
                 folder = self.store.upload(path, nimg_of(path))
                 if not self.store.is_whole(folder, path.stat().st_size):
                     raise OSError(f"{folder}: not whole after its upload")
             except Exception as e:  # noqa: BLE001  (any storage error: keep the checkpoint staged, retry)
-                now = time.monotonic()
-                down_since = down_since or now
+                self._last_error = type(e).__name__
                 with self._cond:
                     if self._waiting is None:
                         self._waiting = path  # retry it unless a newer one came meanwhile
                     self._uploading = None
-                if now - down_since >= self.outage_s:
-                    self.failure = (f"storage unreachable for {now - down_since:.0f} s (storage.outage_s="
-                                    f"{self.outage_s:g}; {type(e).__name__}): run stopped. Newest checkpoint on "
-                                    f"storage: {self.newest_stored or 'none'}; staged locally: {self._waiting}. "
-                                    "When storage answers, the same command resumes from the one on storage")  # fmt: skip
+                if self.failure is not None:
                     return
                 time.sleep(RETRY_EVERY_S)
                 continue
-            down_since = None
+            if self._failure is not None:  # given up while this attempt hung: the run is stopping
+                return
+            self._stalled_since = None
             self.newest_stored = folder
             with self._cond:
                 self._uploading = None

@@ -178,7 +178,9 @@ def logged_model_uri(tracking_uri: str, experiment: str, run_name: str) -> str |
     from mlflow.tracking import MlflowClient
 
     from orchestration.tracking import RUN_NAME_TAG
+    from orchestration.tracking_queue import quiet_http
 
+    quiet_http()  # a summary line: a server that does not answer costs one short try, and no console lines
     try:
         client = MlflowClient(tracking_uri)
         exp = client.get_experiment_by_name(experiment)

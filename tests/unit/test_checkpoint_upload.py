@@ -64,3 +64,39 @@ def test_storage_gone_beyond_outage_s_stops_the_run_naming_both_checkpoints(tmp_
     assert "storage.outage_s=2" in message and "\n" not in message
     assert "s3://bucket/runs/run/checkpoint-0000000016" in message and str(staged) in message
     assert staged.exists()  # the staged copy is what is left: never deleted
+
+
+class HangingStore:
+    """Storage whose upload never returns (a paused endpoint: the connection is accepted, no reply)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.release = threading.Event()
+
+    def upload(self, path, nimg):
+        self.release.wait()
+        raise OSError("released")
+
+    def is_whole(self, folder, size):
+        return False
+
+
+def test_an_upload_that_hangs_counts_as_an_outage_and_the_end_of_the_run_does_not_wait_on_it(tmp_path):
+    """outage_s bounds how long training and the run's end go on without storage answering, also
+    when one attempt hangs (no error to count): the run stops in one line instead of waiting."""
+    store = HangingStore()
+    local = tmp_path / "checkpoints"
+    up = CheckpointUploader(store, local, num_to_keep=2, outage_s=1.5)
+    staged = stage(local, 32)
+    up.submit(staged)
+    up.check()  # training goes on at first
+    t0 = time.monotonic()
+    with pytest.raises(StorageOutage) as e:
+        up.finish()
+    waited = time.monotonic() - t0
+    store.release.set()
+    assert waited < 5, waited
+    message = str(e.value)
+    assert "storage.outage_s=1.5" in message and "no answer" in message and str(staged) in message, message
+    assert staged.exists()

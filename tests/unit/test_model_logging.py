@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -16,6 +17,7 @@ from cgsgan.models import build_generator
 from orchestration.model_logging import MODEL_PATH, log_generator, registered_name
 from orchestration.tracking import Tracker
 
+ROOT = Path(__file__).resolve().parents[2]
 LOAD = """
 import mlflow, numpy as np, pandas as pd, sys
 model = mlflow.pyfunc.load_model(sys.argv[1])
@@ -98,3 +100,22 @@ def test_model_uri_commands_find_the_default_local_store_or_say_where_they_looke
     assert str(tmp_path / "outputs" / "mlflow.db") in lines[0] and "MLFLOW_TRACKING_URI=" in lines[0]
     assert not list(tmp_path.rglob("mlflow.db"))
 
+
+
+def test_the_end_of_run_summary_does_not_wait_on_a_tracking_server_that_is_gone():
+    """The driver's last lines look up the logged model; with the server gone that is one short try,
+    not MLflow's retries (about 4 minutes of "Retrying ..." lines after training had ended)."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", "import sys; from orchestration.model_logging import logged_model_uri; "
+                          f"print(logged_model_uri({dead!r}, 'cgsgan', 'run'))"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    waited = time.monotonic() - t0
+    assert out.returncode == 0 and out.stdout.strip() == "None", out.stderr[-2000:]
+    assert "Retrying" not in out.stderr and waited < 30, (waited, out.stderr[-2000:])
