@@ -278,6 +278,14 @@ class TrackingQueue:
             shutil.rmtree(self.folder / "files", ignore_errors=True)
 
     def start(self) -> TrackingQueue:
+        # MLflow imported here, on the caller's thread, before the sender can import it: the worker's
+        # main thread imports it too, and two threads importing it at once left protobuf's descriptor
+        # pool half-built ("Depends on file 'databricks.proto', but it has not been loaded"), after
+        # which every import of MLflow in the process failed (a resumed run, whose spool had lines
+        # left, met it on every retry).
+        import mlflow.entities  # noqa: F401
+        import mlflow.tracking  # noqa: F401
+
         self._thread = threading.Thread(target=self._run, name="tracking-sender", daemon=True)
         self._thread.start()
         return self

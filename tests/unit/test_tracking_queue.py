@@ -53,3 +53,30 @@ def test_an_unreachable_server_costs_the_caller_nothing_and_sync_sends_everythin
     assert images and all(p.startswith("images/grid+step+32+") for p in images), images
     assert tracker.client.get_run(run_id).info.status == "FINISHED"
     assert not (run_dir / SPOOL / "queue.jsonl").exists()
+
+
+def test_mlflow_is_imported_before_the_sender_thread_starts(tmp_path):
+    """The worker's main thread imports MLflow while the sender may be sending a resumed run's spool:
+    two threads importing MLflow at once broke protobuf's descriptor pool and every later import of
+    MLflow in that worker. In a fresh interpreter, MLflow must be whole before the thread starts."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = f"""
+import sys, threading
+from orchestration.tracking_queue import TrackingQueue
+assert "mlflow" not in sys.modules
+seen = []
+real = threading.Thread.start
+def start(self):
+    seen.append(("mlflow.entities" in sys.modules, "mlflow.tracking" in sys.modules))
+    real(self)
+threading.Thread.start = start
+queue = TrackingQueue({str(tmp_path / 'spool')!r}, {dead_server()!r}, say=lambda m: None).start()
+queue.close(timeout_s=1)
+print(seen[0])
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.strip() == "(True, True)", out.stdout + out.stderr[-2000:]
