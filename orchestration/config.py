@@ -214,10 +214,17 @@ class Plan:
     output_dir: str
     core: dict  # CGSGANConfig as plain values
     storage_kind: str = StorageKind.local.value
-    tracking_server: bool = False  # is_tracking_server(tracking_uri)
-    artifact_root: str | None = None  # a store on disk: <output_dir>/mlartifacts (a file URI); a server: None
     data_notices: list = field(default_factory=list)  # what the data check said (workers stay quiet about it)
     data_checked: bool = False  # a dataset folder was checked whole (headers) before Ray started
+
+    @property
+    def tracking_server(self) -> bool:
+        return is_tracking_server(self.tracking_uri)
+
+    @property
+    def artifact_root(self) -> str | None:
+        """A store on disk: <output_dir>/mlartifacts (a file URI); a server keeps its own: None."""
+        return None if self.tracking_server else (Path(self.output_dir) / "mlartifacts").as_uri()
 
     @property
     def run_dir(self) -> Path:
@@ -231,10 +238,8 @@ def resolve(cfg: LaunchConfig) -> Plan:
     if cfg.storage.kind == StorageKind.local:
         storage = absolute_path(storage or str(out / "ray_results"))
     tracking = cfg.tracking.uri or local_store(out)
-    server = is_tracking_server(tracking)
     return Plan(run_name(cfg), storage, tracking, str(out), to_dict(core_config(cfg)),
-                storage_kind=StorageKind(cfg.storage.kind).value, tracking_server=server,
-                artifact_root=None if server else (out / "mlartifacts").as_uri())  # fmt: skip
+                storage_kind=StorageKind(cfg.storage.kind).value)
 
 
 def resolve_index_list(cfg: LaunchConfig, say=None) -> LaunchConfig:
