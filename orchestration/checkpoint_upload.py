@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from cgsgan.training.checkpoint import RunCheckpoints
+from cgsgan.training.checkpoint import RunCheckpoints, checkpoint_nimg
 
 LOCAL_COPIES = 2  # checkpoints kept on local disk: the newest two (plus one being uploaded)
 RETRY_EVERY_S = 3.0
@@ -32,10 +32,6 @@ RETRY_EVERY_S = 3.0
 class StorageOutage(RuntimeError):
     """Storage did not answer for storage.outage_s: the run stops (the message says where the
     newest checkpoints are)."""
-
-
-def nimg_of(path: Path) -> int:
-    return int(path.stem.rsplit("-", 1)[1])  # checkpoint-<nimg>.pt (cgsgan.training.checkpoint.checkpoint_name)
 
 
 class CheckpointUploader:
@@ -107,7 +103,7 @@ class CheckpointUploader:
             if self._stalled_since is None:
                 self._stalled_since = time.monotonic()
             try:
-                folder = self.store.upload(path, nimg_of(path))
+                folder = self.store.upload(path, checkpoint_nimg(path))
                 if not self.store.is_whole(folder, path.stat().st_size):
                     raise OSError(f"{folder}: not whole after its upload")
             except Exception as e:  # noqa: BLE001  (any storage error: keep the checkpoint staged, retry)
@@ -138,7 +134,7 @@ class CheckpointUploader:
         """Local disk keeps the LOCAL_COPIES newest checkpoints, and the one being uploaded."""
         with self._cond:
             busy = {self._uploading, self._waiting}
-        files = sorted(self.local_dir.glob("checkpoint-*.pt"), key=nimg_of, reverse=True)
+        files = sorted(self.local_dir.glob("checkpoint-*.pt"), key=checkpoint_nimg, reverse=True)
         for old in files[LOCAL_COPIES:]:
             if old not in busy:
                 old.unlink(missing_ok=True)

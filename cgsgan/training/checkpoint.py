@@ -77,6 +77,11 @@ def checkpoint_name(nimg: int) -> str:
     return f"checkpoint-{nimg:010d}"
 
 
+def checkpoint_nimg(path: str | Path) -> int:
+    """The images trained of a checkpoint file or folder named by checkpoint_name (its inverse)."""
+    return int(_NIMG.fullmatch(Path(path).stem).group(1))
+
+
 def checkpoint_filesystem(uri: str, endpoint: str = ""):
     """(pyarrow filesystem, path in it) for a local path or a URI (s3://bucket/...). The one place
     an S3 filesystem is built: a custom endpoint (`endpoint`, else $AWS_ENDPOINT_URL) needs one;
