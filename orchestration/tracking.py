@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
@@ -199,14 +201,16 @@ class Tracker:
         self.client.log_table(self.run_id, data=data, artifact_file=artifact_file)
 
     def share_view(self, key: str, search: str, params: list[str], metrics: list[str], group_by: list[str],
-                   section: str = "", charts: list[dict] = ()) -> str:
+                   sections: Sequence[ChartSection] = ()) -> str:
         """A saved view of the experiment's runs page (what the UI's "Share" button stores: an
         experiment tag holding the view as JSON): the runs matching `search`, with `params` and
         `metrics` (names as reported) as columns, grouped by the params `group_by` (the table shows
-        each group's mean). `charts` (bar_chart, image_chart) fill the chart view's first section,
-        `section`, one card a row; the UI adds every other metric's card below it. The charts
-        draw the runs one by one (the UI's groups carry no images). Returns the page's path,
-        #/experiments/<id>/runs?..., in the UI's model-training layout."""
+        each group's mean). `sections` (of bar_chart, image_chart cards) open the chart view, in
+        order, one card a row; the UI adds every other metric's card below them. With sections the
+        chart view hides its run list, so that the cards have the page's width (image cards put
+        two runs a row in a 1600 px window, not one; the list's toggle at the left edge brings it
+        back). The charts draw the runs one by one (the UI's groups carry no images). Returns the
+        page's path, #/experiments/<id>/runs?..., in the UI's model-training layout."""
         import json
 
         state = {"searchFilter": search, "orderByKey": "attributes.start_time", "orderByAsc": True,
@@ -214,16 +218,20 @@ class Tracker:
                  "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "param", "groupByData": p}
                                                                               for p in group_by]} if group_by else None,
                  "hideEmptyCharts": True}  # fmt: skip
-        if charts:
-            first = f"section-{key}"
+        if sections:
+            ids = [f"section-{key}-{i}" for i in range(len(sections))]
+            cards = [{**c, "uuid": f"{uuid}-{j}", "metricSectionId": uuid}
+                     for uuid, section in zip(ids, sections) for j, c in enumerate(section.charts)]  # fmt: skip
             # The history's card would open on step 0 (the untrained generator): left out here.
-            hidden = [] if any(c.get("imageKeys") == [GRID_IMAGE_KEY] for c in charts) else [
-                {**image_chart(GRID_IMAGE_KEY), "uuid": f"{first}-history", "deleted": True}]
-            state |= {"isAccordionReordered": True, "useGroupedValuesInCharts": False,
-                      "compareRunSections": [{"uuid": first, "name": section or key, "display": True, "isReordered": True,
-                                              "deleted": False, "isGenerated": False, "columns": 1, "cardHeight": 440}],
-                      "compareRunCharts": [{**c, "uuid": f"{first}-{i}", "metricSectionId": first}
-                                           for i, c in enumerate([*charts, *hidden])]}  # fmt: skip
+            if not any(c.get("imageKeys") == [GRID_IMAGE_KEY] for c in cards):
+                cards.append({**image_chart(GRID_IMAGE_KEY), "uuid": f"{ids[0]}-history", "deleted": True,
+                              "metricSectionId": ids[0]})  # fmt: skip
+            state |= {"isAccordionReordered": True, "useGroupedValuesInCharts": False, "runListHidden": True,
+                      "compareRunSections": [{"uuid": uuid, "name": section.name, "display": True, "isReordered": True,
+                                              "deleted": False, "isGenerated": False, "columns": 1,
+                                              "cardHeight": section.card_height}
+                                             for uuid, section in zip(ids, sections)],
+                      "compareRunCharts": cards}  # fmt: skip
         self.client.set_experiment_tag(self.experiment_id, SHARED_VIEW_TAG + key, json.dumps(state))
         return training_link(f"#/experiments/{self.experiment_id}/runs?viewStateShareKey={key}")
 
@@ -249,6 +257,26 @@ class Tracker:
             self.client.set_terminated(self.run_id, status=status)
             if self.server:
                 print(f"MLflow run {self.run_name}: {self.run_link()}", flush=True)
+
+
+@dataclass(frozen=True)
+class ChartSection:
+    """A section of a saved view's chart view (Tracker.share_view): its cards, one a row, each
+    `card_height` px tall (the UI's height for every card of a section)."""
+
+    name: str
+    charts: list[dict]
+    card_height: int = 440
+
+
+IMAGE_CARD_RUNS = 10  # an image card shows the newest 10 runs (MLflow 3.17's chart view)
+
+
+def image_card_height(runs: int, per_row: int = 2) -> int:
+    """The height of an image card that shows `runs` runs' pictures without scrolling: a square
+    picture under each run's name, `per_row` a row (two in a 1600 px window with the run list
+    hidden; measured: a row takes 380 px, the card's title and step slider 110)."""
+    return 110 + 380 * -(-min(runs, IMAGE_CARD_RUNS) // per_row)
 
 
 def bar_chart(metric: str) -> dict:

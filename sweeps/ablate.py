@@ -585,15 +585,17 @@ def share_view(tracker, axes: SweepAxes, columns: list[Column]) -> str:
     headline metric as columns (the UI puts metric columns first and draws only the columns in
     sight: more metrics would push the axes out of view), grouped by the axes that vary (the
     table shows each configuration's mean over its seeds); its chart view opens on the headline
-    metric, a bar a trial (the trial's name says its arm), and every trial's newest grid side by
-    side. Returns the page's path (in the UI's model-training layout)."""
-    from orchestration.tracking import NEWEST_GRID_KEY, bar_chart, image_chart
+    metric, a bar a trial (the trial's name says its arm), then every trial's newest grid side by
+    side (the newest 10: the UI's limit). Returns the page's path (in the UI's model-training layout)."""
+    from orchestration.tracking import NEWEST_GRID_KEY, ChartSection, bar_chart, image_card_height, image_chart
 
     varying = [axis for axis, values in axis_values(axes).items() if len(values) > 1]
     headline = reported(columns[0])
+    sections = [ChartSection(f"sweep {axes.name}: {columns[0].label} by trial", [bar_chart(headline)]),
+                ChartSection(f"sweep {axes.name}: the newest grids", [image_chart(NEWEST_GRID_KEY)],
+                             image_card_height(len(trials(axes))))]  # fmt: skip
     return tracker.share_view(f"sweep-{axes.name}", f"tags.sweep = '{axes.name}'", [*AXES, "seed"], [headline],
-                              varying, section=f"sweep {axes.name}: {columns[0].label} and the newest grids",
-                              charts=[bar_chart(headline), image_chart(NEWEST_GRID_KEY)])  # fmt: skip
+                              varying, sections)
 
 
 def log_tables(tracker, rows: list[dict], axes: dict[str, list], columns: list[Column],

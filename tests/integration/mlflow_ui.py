@@ -193,6 +193,29 @@ def picture_match(crop, picture, visible: float = 0.5) -> float:
     return best
 
 
+def locate(shot: Path, picture, size: int = 256) -> tuple[float, int, int]:
+    """Where `picture` (a PIL image) appears in the screenshot `shot` as an image card draws it:
+    MLflow's thumbnail (the longer side `size` px, aspect kept) at its own size. Returns the best
+    normalised cross-correlation and its top-left corner (y, x): 1 is the same pixels up to
+    brightness and contrast."""
+    import numpy as np
+    from PIL import Image
+    from scipy.signal import fftconvolve
+
+    with Image.open(shot) as im:
+        image = _gray(im.convert("RGB"))
+    scale = size / max(picture.size)
+    t = _gray(picture.convert("RGB").resize((int(picture.width * scale), int(picture.height * scale))))
+    t = t - t.mean()
+    h, w = t.shape
+    ones = np.ones((h, w))
+    num = fftconvolve(image, t[::-1, ::-1], mode="valid")
+    s1, s2 = fftconvolve(image, ones, mode="valid"), fftconvolve(image**2, ones, mode="valid")
+    ncc = num / (np.sqrt(np.maximum(s2 - s1**2 / (h * w), 1e-9)) * np.sqrt((t**2).sum()))
+    y, x = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
+    return float(ncc[y, x]), int(y), int(x)
+
+
 class SweepPages:
     """The URLs of a finished sweep's pages: its experiment's runs table (filtered), its chart
     view, a trial's run page (model metrics: the grid image chart), the parent's table artifact."""

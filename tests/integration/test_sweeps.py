@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestration.tracking import GRID_IMAGE_KEY
+from orchestration.tracking import GRID_IMAGE_KEY, NEWEST_GRID_KEY
 from tests.integration import mlflow_ui
 from tests.integration.procs import kill_tree, ray_tmpdir, stop_ray
 from tests.integration.launching import TINY_RUN
@@ -136,10 +136,11 @@ def test_trials_log_grids_as_step_images_system_metrics_and_their_generator(fini
         (tmp_path / "gen" / "grid.png").unlink()
 
 
-def test_mlflow_ui_shows_the_trials_their_params_and_the_sweep_table(finished_sweep, mlflow_server):
+def test_mlflow_ui_shows_the_trials_their_params_and_the_sweep_table(finished_sweep, mlflow_server, tmp_path):
     """In a real browser (headless Chromium): the sweep's view of the experiment page lists every
-    child run with its axis params (grouped by the axis that varies), its chart view opens, and
-    the parent's MLflow table shows its rows. The screenshots are kept in test-artifacts/."""
+    child run with its axis params (grouped by the axis that varies), its chart view opens on the
+    headline metric and then every trial's newest grid, side by side in the screenshot, and the
+    parent's MLflow table shows its rows. The screenshots are kept in test-artifacts/."""
     browser = mlflow_ui.chromium()
     pages = mlflow_ui.SweepPages(mlflow_server.tracking_uri, "itest")
     assert len(pages.children) == 2
@@ -153,13 +154,21 @@ def test_mlflow_ui_shows_the_trials_their_params_and_the_sweep_table(finished_sw
         assert column in text, f"no column {column} on the sweep's page"
     assert "Group: 1" in text and "Group: 2" in text  # grouped by the axis that varies: views
 
-    # The sweep's chart view opens on the section the sweep chose: the headline metric and every
+    # The sweep's chart view opens on the sections the sweep chose: the headline metric, then every
     # trial's newest grid (a screenshot; docs/mlflow-chart-view.png comes from here).
     html = mlflow_ui.dom(browser, pages.shared_view("itest", "CHART"), 60000, "1600,1400")
-    mlflow_ui.screenshot(browser, pages.shared_view("itest", "CHART"), ARTIFACTS / "mlflow-chart-view.png", 60000,
-                         "1600,1400")  # fmt: skip
-    first = mlflow_ui.sections(html)[0]
-    assert first.startswith("sweep itest: ") and first.endswith(" and the newest grids"), mlflow_ui.sections(html)
+    shot = ARTIFACTS / "mlflow-chart-view.png"
+    mlflow_ui.screenshot(browser, pages.shared_view("itest", "CHART"), shot, 60000, "1600,1400")
+    first, second = mlflow_ui.sections(html)[:2]
+    assert first.startswith("sweep itest: ") and first.endswith(" by trial"), mlflow_ui.sections(html)
+    assert second == "sweep itest: the newest grids", mlflow_ui.sections(html)
+    # In the screenshot, each trial's newest grid is drawn whole, in one row beside the other's.
+    found = []
+    for child in pages.children:
+        newest = pages.grids(child.info.run_id, NEWEST_GRID_KEY)[0]
+        found.append(mlflow_ui.locate(shot, pages.picture(child.info.run_id, newest, tmp_path / child.info.run_id)))
+    (score_a, ya, xa), (score_b, yb, xb) = found
+    assert min(score_a, score_b) > 0.9 and abs(ya - yb) <= 4 and abs(xa - xb) > 200, found
     assert "Group by: views" in mlflow_ui.text(html)
     assert "Model training" in mlflow_ui.text(html) and "Evaluations" not in mlflow_ui.text(html)
     printed = [line for line in finished_sweep[1].stdout.splitlines() if "viewStateShareKey=sweep-itest" in line]

@@ -9,7 +9,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from orchestration.tracking import EXPERIMENT_KIND, GRID_IMAGE_KEY, NEWEST_GRID_KEY, Tracker, bar_chart, image_chart
+from orchestration.tracking import (EXPERIMENT_KIND, GRID_IMAGE_KEY, NEWEST_GRID_KEY, ChartSection, Tracker, bar_chart,
+                                    image_card_height, image_chart)
 
 
 def test_a_run_name_maps_to_one_run_and_its_finished_metrics(tmp_path):
@@ -129,21 +130,31 @@ def test_a_shared_view_lists_runs_with_their_axis_params_grouped(tmp_path):
     mlflow.sharedViewState.<key> (JSON): the filter, the columns, the grouping."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracker = Tracker(uri, "cgsgan", "sweep-x")
+    sections = [ChartSection("sweep x: FID by trial", [bar_chart("metrics/fid_synth")]),
+                ChartSection("sweep x: the newest grids", [image_chart(NEWEST_GRID_KEY)], image_card_height(3))]
     path = tracker.share_view("sweep-x", "tags.sweep = 'x'", ["views", "seed"], ["metrics/fid_synth"], ["views"],
-                              section="sweep x", charts=[bar_chart("metrics/fid_synth"), image_chart(NEWEST_GRID_KEY)])
+                              sections)  # fmt: skip
     assert path == f"#/experiments/{tracker.experiment_id}/runs?viewStateShareKey=sweep-x&workflowType=machine_learning"
     state = json.loads(tracker.client.get_experiment(tracker.experiment_id).tags["mlflow.sharedViewState.sweep-x"])
     assert state["searchFilter"] == "tags.sweep = 'x'"
     assert state["selectedColumns"] == ["params.`views`", "params.`seed`", "metrics.`metrics.fid_synth`"]
     assert state["groupBy"]["groupByKeys"] == [{"mode": "param", "groupByData": "views"}]
-    # The chart view's first section (kept first: isAccordionReordered) holds the headline metric
-    # and the newest grids, drawn run by run (the UI's groups carry no images).
-    assert state["isAccordionReordered"] and not state["useGroupedValuesInCharts"]
-    first = state["compareRunSections"][0]
-    assert first["name"] == "sweep x"
-    cards = [c for c in state["compareRunCharts"] if c["metricSectionId"] == first["uuid"] and not c["deleted"]]
-    assert [(c["type"], c.get("metricKey"), c.get("imageKeys")) for c in cards] == \
-        [("BAR", "metrics.fid_synth", None), ("IMAGE", None, [NEWEST_GRID_KEY])]  # fmt: skip
+    # The chart view's sections (kept first: isAccordionReordered), in order: the headline metric,
+    # then the newest grids in a card tall enough for two rows of pictures; drawn run by run (the
+    # UI's groups carry no images), the run list hidden so that the cards have the page's width.
+    assert state["isAccordionReordered"] and not state["useGroupedValuesInCharts"] and state["runListHidden"]
+    assert [(s["name"], s["cardHeight"], s["columns"]) for s in state["compareRunSections"]] == \
+        [("sweep x: FID by trial", 440, 1), ("sweep x: the newest grids", 110 + 2 * 380, 1)]  # fmt: skip
+    shown = [[(c["type"], c.get("metricKey"), c.get("imageKeys")) for c in state["compareRunCharts"]
+              if c["metricSectionId"] == s["uuid"] and not c["deleted"]] for s in state["compareRunSections"]]  # fmt: skip
+    assert shown == [[("BAR", "metrics.fid_synth", None)], [("IMAGE", None, [NEWEST_GRID_KEY])]]
+    assert len({c["uuid"] for c in state["compareRunCharts"]}) == len(state["compareRunCharts"])
+
+
+def test_an_image_card_is_as_tall_as_its_rows_of_pictures():
+    assert image_card_height(1) == image_card_height(2) == 490
+    assert image_card_height(3) == image_card_height(4) == 870
+    assert image_card_height(50) == image_card_height(10)  # the UI shows the newest 10 runs
 
 
 def test_links_open_the_training_layout():
