@@ -120,6 +120,10 @@ class DataConfig:
     synthetic_identities: int = 512
     synthetic_views: int = 4
     synthetic_seed: int = 0
+    # Their pose spread, radians: yaw ~ N(0, std) clamped at +-limit. 0.3 / 1.2 (17 / 69 degrees)
+    # is FFHQ-like; a wider spread (say 0.8 / 1.5) gives every identity side views (docs/model.md).
+    synthetic_yaw_std: float = 0.3
+    synthetic_yaw_limit: float = 1.2
 
 
 @dataclass
@@ -285,8 +289,10 @@ def validate(cfg: CGSGANConfig) -> CGSGANConfig:
     one_of("data.source", cfg.data.source, DataSource)
     need(cfg.data.source != DataSource.folder or bool(cfg.data.path), "data.path", cfg.data.path,
          "data.source=folder needs the dataset folder or zip (e.g. data.path=/data/FFHQC/512)")
-    positive("data", cfg.data, "synthetic_identities", "synthetic_views")
+    positive("data", cfg.data, "synthetic_identities", "synthetic_views", "synthetic_yaw_std", "synthetic_yaw_limit")
     non_negative("data", cfg.data, "synthetic_seed")
+    need(cfg.data.synthetic_yaw_limit <= math.pi / 2, "data.synthetic_yaw_limit", cfg.data.synthetic_yaw_limit,
+         "must be <= 1.5708 (pi / 2, a profile: beyond it the camera sees the back of the head)")
 
     positive("loss", loss, "num_views", "r1_interval")
     non_negative("loss", loss, "r1_gamma", "knn_weight", "center_weight", "blur_sigma", "blur_fade_kimg", "g_clip",

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from cgsgan.config import CGSGANConfig, DataSource
-from cgsgan.data.synthetic import generate_synthetic
+from cgsgan.data.synthetic import YAW_LIMIT, YAW_STD, generate_synthetic
 
 
 def cache_root() -> Path:
@@ -17,7 +17,10 @@ def cache_root() -> Path:
 
 def synthetic_data_dir(cfg: CGSGANConfig) -> Path:
     d = cfg.data
-    return cache_root() / f"synthetic-{cfg.model.resolution}px-{d.synthetic_identities}x{d.synthetic_views}-seed{d.synthetic_seed}"
+    spread = "" if (d.synthetic_yaw_std, d.synthetic_yaw_limit) == (YAW_STD, YAW_LIMIT) else \
+        f"-yaw{d.synthetic_yaw_std:g}-{d.synthetic_yaw_limit:g}"  # fmt: skip
+    return cache_root() / (f"synthetic-{cfg.model.resolution}px-{d.synthetic_identities}x{d.synthetic_views}"
+                           f"-seed{d.synthetic_seed}{spread}")  # fmt: skip
 
 
 def prepare_data(cfg: CGSGANConfig) -> Path:
@@ -30,5 +33,6 @@ def prepare_data(cfg: CGSGANConfig) -> Path:
     with open(out.parent / f".{out.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         d = cfg.data
-        generate_synthetic(out, d.synthetic_identities, d.synthetic_views, cfg.model.resolution, d.synthetic_seed)
+        generate_synthetic(out, d.synthetic_identities, d.synthetic_views, cfg.model.resolution, d.synthetic_seed,
+                           d.synthetic_yaw_std, d.synthetic_yaw_limit)  # fmt: skip
     return out

@@ -41,11 +41,14 @@ from cgsgan import camera
 # truth renders of an old dataset would no longer match its images.
 VERSION = 1
 
+# The FFHQ-like pose spread (yaw 17 degrees; 1 image in ~1,000 beyond 60): the default. A wider
+# one (data.synthetic_yaw_std, _limit) is a testbed choice: more side views per identity.
 YAW_STD = 0.3
 PITCH_STD = 0.15
 # Poses far in the tails would show the back of the head or look from straight above; the
 # clamp is a few standard deviations out, so the spread stays ~N(0, std).
 YAW_LIMIT = 1.2
+MAX_YAW_LIMIT = math.pi / 2  # beyond a profile the camera sees the back of the head
 PITCH_LIMIT = 0.6
 SUPERSAMPLE = 2  # 2x2 samples per pixel: anti-aliased edges and soft mask borders
 
@@ -196,14 +199,17 @@ def sample_head(seed: int, identity: int) -> tuple[Heads, dict]:
     return Heads(centre, radii, rot, colour, clip_n, clip_d, active), attrs
 
 
-def sample_views(seed: int, identity: int, views: int) -> torch.Tensor:
-    """Camera labels [views, 25] of `identity`: yaw ~ N(0, 0.3), pitch ~ N(0, 0.15), clamped."""
+def sample_views(seed: int, identity: int, views: int, yaw_std: float = YAW_STD,
+                 yaw_limit: float = YAW_LIMIT) -> torch.Tensor:
+    """Camera labels [views, 25] of `identity`: yaw ~ N(0, yaw_std) clamped at +-yaw_limit
+    (radians), pitch ~ N(0, 0.15) clamped at +-0.6. The same normal draws for any spread: a
+    wider spread turns the same views further."""
     rng = _rng(seed, identity)
     # A stream of its own, spawned from (seed, identity), separate from the head's draws: changing
     # the head model does not reshuffle the poses.
     pose_rng = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
     z = pose_rng.standard_normal((views, 2))  # one (yaw, pitch) row per view: more views extend, not reshuffle
-    yaw = np.clip(z[:, 0] * YAW_STD, -YAW_LIMIT, YAW_LIMIT)
+    yaw = np.clip(z[:, 0] * yaw_std, -yaw_limit, yaw_limit)
     pitch = np.clip(z[:, 1] * PITCH_STD, -PITCH_LIMIT, PITCH_LIMIT)
     pose = camera.pose_from_angles(torch.tensor(yaw, dtype=torch.float32), torch.tensor(pitch, dtype=torch.float32))
     return camera.make_label(pose, camera.intrinsics(batch=views))
@@ -389,12 +395,16 @@ def to_uint8_on_white(rgb: torch.Tensor, mask: torch.Tensor) -> tuple[np.ndarray
     return img, m
 
 
-def _params(identities: int, views: int, resolution: int, seed: int) -> dict:
+def _params(identities: int, views: int, resolution: int, seed: int, yaw_std: float, yaw_limit: float) -> dict:
+    # The pose spread is recorded only when it is not the default: datasets written before it
+    # was a setting keep matching.
+    spread = {} if (yaw_std, yaw_limit) == (YAW_STD, YAW_LIMIT) else {"yaw_std": yaw_std, "yaw_limit": yaw_limit}
     return {"identities": identities, "views": views, "resolution": resolution, "seed": seed,
-            "supersample": SUPERSAMPLE, "version": VERSION}
+            "supersample": SUPERSAMPLE, "version": VERSION, **spread}
 
 
-def _write_dataset(out: Path, identities: int, views: int, resolution: int, seed: int, batch: int = 64) -> int:
+def _write_dataset(out: Path, identities: int, views: int, resolution: int, seed: int, yaw_std: float = YAW_STD,
+                   yaw_limit: float = YAW_LIMIT, batch: int = 64) -> int:  # fmt: skip
     res_dir, mask_dir = out / str(resolution), out / "mask"
     res_dir.mkdir(parents=True)
     mask_dir.mkdir()
@@ -417,7 +427,7 @@ def _write_dataset(out: Path, identities: int, views: int, resolution: int, seed
 
     for ident in range(identities):
         head, attrs = sample_head(seed, ident)
-        labels = sample_views(seed, ident, views)
+        labels = sample_views(seed, ident, views, yaw_std, yaw_limit)
         yaw, pitch = camera.yaw_pitch(labels)
         for v in range(views):
             idx = ident * views + v
@@ -434,7 +444,7 @@ def _write_dataset(out: Path, identities: int, views: int, resolution: int, seed
                 flush()
     flush()
 
-    params = _params(identities, views, resolution, seed)
+    params = _params(identities, views, resolution, seed, yaw_std, yaw_limit)
     # "background": the loader un-mixes white from the soft mask edges before pasting onto another colour.
     meta = {"labels": labels_json, "identities": id_json, "background": "white", "synthetic": params}
     (out / "dataset.json").write_text(json.dumps(meta))
@@ -447,7 +457,8 @@ def _write_dataset(out: Path, identities: int, views: int, resolution: int, seed
     return len(labels_json)
 
 
-def generate_synthetic(out: Path, identities: int = 256, views: int = 4, resolution: int = 64, seed: int = 0) -> Path:
+def generate_synthetic(out: Path, identities: int = 256, views: int = 4, resolution: int = 64, seed: int = 0,
+                       yaw_std: float = YAW_STD, yaw_limit: float = YAW_LIMIT) -> Path:  # fmt: skip
     """Write the synthetic heads to `out` in the FFHQC layout (skipped if already there); returns `out`.
 
     A folder holding a complete synthetic dataset with the same parameters is kept as is; one with
@@ -460,7 +471,10 @@ def generate_synthetic(out: Path, identities: int = 256, views: int = 4, resolut
                              ("seed", seed, 0)):
         if int(value) != value or value < low:
             raise ValueError(f"synthetic heads: {name}={value!r} must be an integer >= {low}")
-    params = _params(identities, views, resolution, seed)
+    if not (yaw_std > 0 and 0 < yaw_limit <= MAX_YAW_LIMIT):
+        raise ValueError(f"synthetic heads: yaw_std={yaw_std!r} must be > 0 and yaw_limit={yaw_limit!r} in "
+                         f"(0, {MAX_YAW_LIMIT:.4f}] (radians)")
+    params = _params(identities, views, resolution, seed, yaw_std, yaw_limit)
     info_file = out / "synthetic.json"
     if out.exists():
         if info_file.is_file() and (out / "dataset.json").is_file():
@@ -476,7 +490,7 @@ def generate_synthetic(out: Path, identities: int = 256, views: int = 4, resolut
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        _write_dataset(tmp / "data", identities, views, resolution, seed)
+        _write_dataset(tmp / "data", identities, views, resolution, seed, yaw_std, yaw_limit)
         if out.exists():
             shutil.rmtree(out)  # an empty folder or an outdated synthetic dataset (checked above)
         (tmp / "data").rename(out)
@@ -524,10 +538,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--views", type=int, default=4, help="images per identity")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--yaw-std", type=float, default=YAW_STD, help="yaw spread, radians (0.3: FFHQ-like)")
+    p.add_argument("--yaw-limit", type=float, default=YAW_LIMIT, help="yaw clamp, radians")
     args = p.parse_args(argv)
     start = time.perf_counter()
     try:
-        generate_synthetic(args.out, args.identities, args.views, args.resolution, args.seed)
+        generate_synthetic(args.out, args.identities, args.views, args.resolution, args.seed, args.yaw_std,
+                           args.yaw_limit)  # fmt: skip
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -46,6 +46,8 @@ BAD = {
     "data.synthetic_identities": "0",
     "data.synthetic_views": "0",
     "data.synthetic_seed": "-1",
+    "data.synthetic_yaw_std": "0",
+    "data.synthetic_yaw_limit": "1.6",
     "loss.num_views": "0",
     "loss.r1_gamma": "-1",
     "loss.r1_interval": "0",

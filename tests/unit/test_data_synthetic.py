@@ -81,6 +81,38 @@ def test_pose_spread_is_as_specified(synthetic_dataset):
     assert yaw.abs().max() <= synthetic.YAW_LIMIT + 1e-5
 
 
+def test_a_wider_pose_spread_turns_the_same_views_further():
+    """data.synthetic_yaw_std / _limit: the same normal draws scaled, clamped at the new limit;
+    pitch and the order of views unchanged."""
+    yaw0, pitch0 = camera.yaw_pitch(torch.cat([synthetic.sample_views(0, i, 4) for i in range(200)]))
+    yaw1, pitch1 = camera.yaw_pitch(torch.cat([synthetic.sample_views(0, i, 4, 0.8, 1.5) for i in range(200)]))
+    assert torch.allclose(pitch0, pitch1, atol=1e-5)
+    inside = yaw1.abs() < 1.5 - 1e-4
+    assert torch.allclose(yaw1[inside], yaw0[inside] * 0.8 / 0.3, atol=1e-4)
+    assert float(yaw1.abs().max()) <= 1.5 + 1e-5 and 0.65 < float(yaw1.std()) < 0.85
+    assert float((yaw1.abs() > math.radians(60)).float().mean()) > 0.15  # FFHQ-like: ~1 in 1,000
+    assert float((yaw0.abs() > math.radians(60)).float().mean()) < 0.01
+
+
+def test_the_pose_spread_is_part_of_a_synthetic_dataset_and_its_cache_name(tmp_path):
+    from cgsgan.config import CGSGANConfig
+    from cgsgan.data.prepare import synthetic_data_dir
+
+    wide = generate_synthetic(tmp_path / "wide", identities=2, views=2, resolution=32, seed=0, yaw_std=0.8, yaw_limit=1.5)
+    assert {read_info(wide)[k] for k in ("yaw_std", "yaw_limit")} == {0.8, 1.5}
+    default = generate_synthetic(tmp_path / "default", identities=2, views=2, resolution=32, seed=0)
+    assert "yaw_std" not in read_info(default)  # datasets written before the setting still match
+    # the same folder asked for with another spread is written again, not reused
+    again = generate_synthetic(tmp_path / "wide", identities=2, views=2, resolution=32, seed=0)
+    assert "yaw_std" not in read_info(again)
+    with pytest.raises(ValueError, match="yaw_limit=1.7"):
+        generate_synthetic(tmp_path / "x", identities=2, views=2, resolution=32, yaw_limit=1.7)
+    cfg = CGSGANConfig()
+    plain = synthetic_data_dir(cfg)
+    cfg.data.synthetic_yaw_std, cfg.data.synthetic_yaw_limit = 0.8, 1.5
+    assert synthetic_data_dir(cfg).name == plain.name + "-yaw0.8-1.5"
+
+
 def test_frontal_head_is_symmetric_and_centred_and_a_side_view_is_not():
     front = camera.frontal_label(3)
     for identity in range(3):
