@@ -27,6 +27,12 @@ class Launch:
     wall_s: float
     console: str
     events: list[str] = field(default_factory=list)  # what the actions did, with times
+    ticks: dict[int, float] = field(default_factory=dict)  # tick -> seconds from the start to its line
+
+    def after(self, tick: int) -> float:
+        """Seconds from tick `tick`'s console line to the run's end: the part of the wall time an
+        outage that starts at that tick can lengthen."""
+        return self.wall_s - self.ticks[tick]
 
 
 def pause_group(pid: int, seconds: float, events: list[str], t0: float) -> None:
@@ -55,6 +61,7 @@ def timed_launch(root: Path, args: list[str], env: dict, at_tick: dict[int, Call
                             start_new_session=True)  # fmt: skip
     lines: list[str] = []
     events: list[str] = []
+    ticks: dict[int, float] = {}
     todo = dict(at_tick or {})
     killer = threading.Timer(timeout_s, lambda: _kill_group(proc.pid))
     killer.daemon = True
@@ -63,6 +70,8 @@ def timed_launch(root: Path, args: list[str], env: dict, at_tick: dict[int, Call
         for line in proc.stdout:
             lines.append(line)
             m = TICK.search(line)
+            if m:
+                ticks.setdefault(int(m.group(1)), time.monotonic() - t0)
             if m and int(m.group(1)) in todo:
                 action = todo.pop(int(m.group(1)))
                 threading.Thread(target=action, args=(events, t0), daemon=True).start()
@@ -72,7 +81,7 @@ def timed_launch(root: Path, args: list[str], env: dict, at_tick: dict[int, Call
         if proc.poll() is None:
             _kill_group(proc.pid)
             proc.wait()
-    return Launch(proc.returncode, time.monotonic() - t0, "".join(lines), events)
+    return Launch(proc.returncode, time.monotonic() - t0, "".join(lines), events, ticks)
 
 
 def _kill_group(pid: int) -> None:
