@@ -121,7 +121,7 @@ class DataConfig:
     synthetic_views: int = 4
     synthetic_seed: int = 0
     # Their pose spread, radians: yaw ~ N(0, std) clamped at +-limit. 0.3 / 1.2 (17 / 69 degrees)
-    # is FFHQ-like; a wider spread (say 0.8 / 1.5) gives every identity side views (docs/model.md).
+    # is FFHQ-like; a wider spread (say 0.8 / 1.5) gives every identity side views (docs/configuration.md).
     synthetic_yaw_std: float = 0.3
     synthetic_yaw_limit: float = 1.2
 

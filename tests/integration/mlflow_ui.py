@@ -170,7 +170,6 @@ def picture_match(crop, picture, visible: float = 0.5) -> float:
     brightness and contrast; a blank or another picture scores far lower."""
     import numpy as np
     from PIL import Image
-    from scipy.signal import fftconvolve
 
     image = _gray(Image.fromarray(crop).reduce(2))
     H, W = image.shape
@@ -181,16 +180,24 @@ def picture_match(crop, picture, visible: float = 0.5) -> float:
             break
         full = picture.convert("RGB").resize((w, round(h / visible)), Image.BILINEAR)
         t = _gray(full)[:h]
-        t = t - t.mean()
-        norm = np.sqrt((t**2).sum())
-        if norm == 0:
+        if np.all(t == t.mean()):
             continue
-        ones = np.ones((h, w))
-        num = fftconvolve(image, t[::-1, ::-1], mode="valid")
-        s1, s2 = fftconvolve(image, ones, mode="valid"), fftconvolve(image**2, ones, mode="valid")
-        var = np.maximum(s2 - s1**2 / (h * w), 1e-9)
-        best = max(best, float((num / (np.sqrt(var) * norm)).max()))
+        best = max(best, float(_ncc(image, t).max()))
     return best
+
+
+def _ncc(image, template):
+    """The normalised cross-correlation of a grey `template` [h, w] at every place it fits in a
+    grey `image` [H, W]: [H - h + 1, W - w + 1]."""
+    import numpy as np
+    from scipy.signal import fftconvolve
+
+    t = template - template.mean()
+    h, w = t.shape
+    ones = np.ones((h, w))
+    num = fftconvolve(image, t[::-1, ::-1], mode="valid")
+    s1, s2 = fftconvolve(image, ones, mode="valid"), fftconvolve(image**2, ones, mode="valid")
+    return num / (np.sqrt(np.maximum(s2 - s1**2 / (h * w), 1e-9)) * np.sqrt((t**2).sum()))
 
 
 def locate(shot: Path, picture, size: int = 256) -> tuple[float, int, int]:
@@ -200,18 +207,11 @@ def locate(shot: Path, picture, size: int = 256) -> tuple[float, int, int]:
     brightness and contrast."""
     import numpy as np
     from PIL import Image
-    from scipy.signal import fftconvolve
 
     with Image.open(shot) as im:
         image = _gray(im.convert("RGB"))
     scale = size / max(picture.size)
-    t = _gray(picture.convert("RGB").resize((int(picture.width * scale), int(picture.height * scale))))
-    t = t - t.mean()
-    h, w = t.shape
-    ones = np.ones((h, w))
-    num = fftconvolve(image, t[::-1, ::-1], mode="valid")
-    s1, s2 = fftconvolve(image, ones, mode="valid"), fftconvolve(image**2, ones, mode="valid")
-    ncc = num / (np.sqrt(np.maximum(s2 - s1**2 / (h * w), 1e-9)) * np.sqrt((t**2).sum()))
+    ncc = _ncc(image, _gray(picture.convert("RGB").resize((int(picture.width * scale), int(picture.height * scale)))))
     y, x = np.unravel_index(int(np.argmax(ncc)), ncc.shape)
     return float(ncc[y, x]), int(y), int(x)
 
