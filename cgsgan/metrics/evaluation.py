@@ -46,7 +46,7 @@ import torch
 from cgsgan.metrics.consistency import conditioning_psnr, conditioning_sensitivity, depth_consistency
 from cgsgan.metrics.features import FeatureExtractor, metric_name
 from cgsgan.metrics.frechet import fid_from_features
-from cgsgan.metrics.geometry import GeometryScale, generated_descriptors
+from cgsgan.metrics.geometry import GeometryScale, generated_descriptors, view_resolution
 from cgsgan.metrics.ground_truth import SyntheticTruth, novel_poses, palette_colours, yaw_bin_distances
 from cgsgan.metrics.kid import kid
 from cgsgan.metrics.sampling import GaussianGenerator, generated_features, real_features
@@ -324,11 +324,12 @@ def geometry(ctx: MetricContext) -> dict[str, float]:
         raise ValueError("geometry needs the synthetic heads' ground truth (data=synthetic)")
     if ctx.held_out is None:
         raise ValueError("geometry needs held-out reals (its floor: ground-truth heads of other identities)")
-    key = ("geometry", ctx.heads, ctx.seed)
+    res = view_resolution(ctx.resolution)
+    key = ("geometry", ctx.heads, ctx.seed, res)
     if key not in ctx.reals:
         ctx.reals[key] = GeometryScale.build(ctx.truth.seed, _identities(ctx.reference, ctx.heads, ctx.seed),
-                                             _identities(ctx.held_out, ctx.heads, ctx.seed + 1))
-    heads = generated_descriptors(ctx.gen, ctx.heads, seed=ctx.seed + 1, backend=ctx.backend,
+                                             _identities(ctx.held_out, ctx.heads, ctx.seed + 1), res)
+    heads = generated_descriptors(ctx.gen, ctx.heads, res, seed=ctx.seed + 1, backend=ctx.backend,
                                   batch_size=min(ctx.batch_size, 16))
     return ctx.reals[key].score(heads)
 

@@ -1,7 +1,7 @@
 """A geometry score against the synthetic heads' exact geometry, without a feature network.
 
 Generated heads and ground-truth heads are seen from the same fixed cameras around the head
-(GEOMETRY_YAWS_DEG, pitch 0). Each view becomes a shape descriptor on a coarse grid (GRID x GRID
+(GEOMETRY_YAWS_DEG, pitch 0), at the resolution the generator trained at (`view_resolution`). Each view becomes a shape descriptor on a coarse grid (GRID x GRID
 cells): the silhouette (alpha coverage per cell) and the depth profile (alpha times the depth
 relative to the head centre, per cell). Two sets of heads are compared by the distance between
 their descriptor distributions at every yaw (a Frechet distance with diagonal covariances: per
@@ -32,7 +32,11 @@ from cgsgan.metrics.sampling import GaussianGenerator, gaussians_of, render_labe
 
 GEOMETRY_YAWS_DEG = (-90.0, -45.0, 0.0, 45.0, 90.0)
 GRID = 16  # descriptor cells per side
-RESOLUTION = 32  # px of the views: enough for a 16 x 16 grid, cheap to ray-cast
+# The views are rendered at the resolution the generator trained at, capped (the descriptors are
+# 16 x 16 cells). Not lower: the rasterizer's anti-aliasing filter widens every splat by a fixed part
+# of a pixel, so a head that is right at 64 px is about 0.6 px too wide at 32 px, and that alone took
+# the hand-built true head from 0.97 to 0.75.
+MIN_RESOLUTION, MAX_RESOLUTION = 32, 128
 SUPERSAMPLE = 1  # ray-cast samples per pixel side: the 2 x 2 pooling into cells anti-aliases
 DEPTH_SCALE = 0.1  # world units: relative depths in about +-0.2 weigh like coverages in 0..1
 
@@ -81,7 +85,12 @@ def describe(alpha: torch.Tensor, depth: torch.Tensor, labels: torch.Tensor) -> 
     return sil, prof
 
 
-def generated_descriptors(gen: GaussianGenerator, num: int, seed: int = 0, backend: str = "auto",
+def view_resolution(trained_at: int) -> int:
+    """Pixels of the views for a generator trained at `trained_at` px."""
+    return max(MIN_RESOLUTION, min(MAX_RESOLUTION, int(trained_at)))
+
+
+def generated_descriptors(gen: GaussianGenerator, num: int, resolution: int, seed: int = 0, backend: str = "auto",
                           batch_size: int = 16) -> Descriptors:
     """Descriptors of `num` generated heads (the same heads at every yaw; a camera-conditioned
     generator is conditioned on the camera it is seen from)."""
@@ -93,7 +102,7 @@ def generated_descriptors(gen: GaussianGenerator, num: int, seed: int = 0, backe
         s_parts, p_parts = [], []
         for i in range(0, num, batch_size):
             zz, c = z[i : i + batch_size], labels[i : i + batch_size]
-            out = render_labels(gaussians_of(gen(zz, c)), c, RESOLUTION, backend)
+            out = render_labels(gaussians_of(gen(zz, c)), c, resolution, backend)
             s, p = describe(out.alpha.cpu(), out.depth.cpu(), c)
             s_parts.append(s)
             p_parts.append(p)
@@ -102,7 +111,7 @@ def generated_descriptors(gen: GaussianGenerator, num: int, seed: int = 0, backe
     return Descriptors(torch.stack(sils), torch.stack(profs))
 
 
-def truth_descriptors(seed: int, identities: Sequence[int], card: bool = False) -> Descriptors:
+def truth_descriptors(seed: int, identities: Sequence[int], resolution: int, card: bool = False) -> Descriptors:
     """Descriptors of ground-truth heads `identities` (dataset seed `seed`), or with card=True of
     the same heads flattened into cards (see the module docstring)."""
     from cgsgan.data import synthetic
@@ -111,12 +120,12 @@ def truth_descriptors(seed: int, identities: Sequence[int], card: bool = False) 
     n = len(ids)
     front = None
     if card:
-        front, _ = synthetic.render_heads_depth(seed, ids, camera.frontal_label(n), RESOLUTION, SUPERSAMPLE)
+        front, _ = synthetic.render_heads_depth(seed, ids, camera.frontal_label(n), resolution, SUPERSAMPLE)
     sils, profs = [], []
     for yaw in GEOMETRY_YAWS_DEG:
         labels = yaw_labels(n, yaw)
         if front is None:
-            alpha, depth = synthetic.render_heads_depth(seed, ids, labels, RESOLUTION, SUPERSAMPLE)
+            alpha, depth = synthetic.render_heads_depth(seed, ids, labels, resolution, SUPERSAMPLE)
         else:
             alpha, depth = card_view(front, labels)
         s, p = describe(alpha, depth, labels)
@@ -129,7 +138,7 @@ def card_view(front_alpha: torch.Tensor, labels: torch.Tensor, backend: str = "a
     """The frontal silhouettes front_alpha [N, 1, H, W] as cards seen from labels [N, 25]: one
     Gaussian per pixel on the plane through the origin facing the frontal camera, drawn by the
     project's renderer (so a card scores 0 with the splat footprint any generator has); alpha and
-    depth [N, 1, RESOLUTION, RESOLUTION]."""
+    depth [N, 1, H, W] (the size of front_alpha)."""
     from cgsgan.gaussians import Gaussians, rgb_to_sh0
 
     n, res = front_alpha.shape[0], front_alpha.shape[-1]
@@ -140,7 +149,7 @@ def card_view(front_alpha: torch.Tensor, labels: torch.Tensor, backend: str = "a
                   quats=torch.tensor([1.0, 0, 0, 0]).expand(n, P, 4).clone(),
                   opacity_logits=torch.logit((front_alpha.flatten(1) * 0.99).clamp(1e-4, 1 - 1e-4)),
                   sh0=rgb_to_sh0(torch.zeros(n, P, 3)))
-    out = render_labels(g, labels, RESOLUTION, backend)
+    out = render_labels(g, labels, res, backend)
     return out.alpha, out.depth
 
 
@@ -157,14 +166,15 @@ class GeometryScale:
     reference: Descriptors
     floor: tuple[float, float]  # silhouette, depth
     card: tuple[float, float]
+    resolution: int  # px of the views; the generated heads are seen at the same
 
     @classmethod
-    def build(cls, seed: int, reference_ids: Sequence[int], held_ids: Sequence[int]) -> "GeometryScale":
-        ref = truth_descriptors(seed, reference_ids)
-        held = truth_descriptors(seed, held_ids)
-        card = truth_descriptors(seed, held_ids, card=True)
+    def build(cls, seed: int, reference_ids: Sequence[int], held_ids: Sequence[int], resolution: int) -> "GeometryScale":
+        ref = truth_descriptors(seed, reference_ids, resolution)
+        held = truth_descriptors(seed, held_ids, resolution)
+        card = truth_descriptors(seed, held_ids, resolution, card=True)
         return cls(ref, (distance(ref.silhouette, held.silhouette), distance(ref.depth, held.depth)),
-                   (distance(ref.silhouette, card.silhouette), distance(ref.depth, card.depth)))
+                   (distance(ref.silhouette, card.silhouette), distance(ref.depth, card.depth)), resolution)
 
     def score(self, d: Descriptors) -> dict[str, float]:
         """{"geometry", "geometry/silhouette", "geometry/depth"} of the heads `d` on this scale."""

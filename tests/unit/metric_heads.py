@@ -24,6 +24,11 @@ from cgsgan.gaussians import Gaussians, rgb_to_sh0
 from cgsgan.metrics.geometry import plane_points
 
 Z_DIM = 4
+MIN_PART_POINTS = 96
+# A surfel is at most this part of its part's size wide, and sits at most this part
+# of it inside the surface: the eyes (radius ~0.025, showing 0.01 of it) sank behind the skull
+# under the full inset (0.012 at 64 px) and lost their whites.
+PART_FRACTION = 0.3
 
 
 def identity_of(z: torch.Tensor, num_identities: int) -> list[int]:
@@ -38,9 +43,10 @@ def _gaussians(means: torch.Tensor, rgb: torch.Tensor, opacity: torch.Tensor, sc
                      opacity_logits=torch.logit(opacity.clamp(1e-4, 1 - 1e-4)), sh0=rgb_to_sh0(rgb))
 
 
-def surface_points(head: synthetic.Heads, num: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Points [n, 3] on the visible surface of one head (K ellipsoids), their outward normals [n, 3]
-    and shaded colours [n, 3].
+def surface_points(head: synthetic.Heads, num: int, seed: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Points [n, 3] on the visible surface of one head (K ellipsoids), their outward normals [n, 3],
+    shaded colours [n, 3] and two sizes [n, 2] of the part each lies on: for a surfel's width and for its inset.
 
     Points are spread over the active ellipsoids by area; a point inside another ellipsoid or cut
     away by its clip plane is dropped, so what is left is the outer surface the ray caster sees.
@@ -51,8 +57,10 @@ def surface_points(head: synthetic.Heads, num: int, seed: int = 0) -> tuple[torc
     # Thomsen's approximation of an ellipsoid's area (p = 1.6); 1.6x the points, as about a third are hidden
     ab, ac, bc = r[:, 0] * r[:, 1], r[:, 0] * r[:, 2], r[:, 1] * r[:, 2]
     area = 4 * math.pi * ((ab**1.6 + ac**1.6 + bc**1.6) / 3) ** (1 / 1.6)
-    counts = (area / area.sum() * num * 1.6).long().clamp_min(8)
-    pts, normals, cols = [], [], []
+    # at least MIN_PART_POINTS on a part: the eyes and irises are a few pixels wide, and a handful of
+    # surfels made them blobs
+    counts = (area / area.sum() * num * 1.6).long().clamp_min(MIN_PART_POINTS)
+    pts, normals, cols, sizes = [], [], [], []
     for k, n in zip(active.tolist(), counts.tolist()):
         u = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
         rot, rad = head.rot[k], head.radii[k]
@@ -68,7 +76,12 @@ def surface_points(head: synthetic.Heads, num: int, seed: int = 0) -> tuple[torc
         pts.append(p[keep])
         normals.append(normal[keep])
         cols.append((head.colour[k] * shade[keep, None]).clamp(0, 1))
-    return torch.cat(pts), torch.cat(normals), torch.cat(cols)
+        # width and depth: the part's largest semi-axis (an iris's eyeball's, or the iris,
+        # sunk less than the eyeball, grows over the eye's white)
+        part = synthetic.PARTS[k]
+        deep = head.radii[synthetic.PARTS.index(part.replace("iris", "eye"))] if part.startswith("iris") else rad
+        sizes.append(torch.stack([rad.max(), deep.max()]).expand(int(keep.sum()), 2))
+    return torch.cat(pts), torch.cat(normals), torch.cat(cols), torch.cat(sizes)
 
 
 def quat_from_z(n: torch.Tensor) -> torch.Tensor:
@@ -86,7 +99,8 @@ class SurfaceHeads:
     a Gaussian's width all round). The rasterizer widens every splat by its anti-aliasing filter
     (0.3 px^2), which pads the silhouette of layered surfels by about `inset_px` at `resolution`:
     the surfels sit that far inside the surface, as a generator fitting the images learns to put
-    them. Heads with fewer visible points are padded with transparent ones.
+    them (small parts less: PART_FRACTION). Heads with fewer visible points are padded with
+    transparent ones.
     """
 
     z_dim = Z_DIM
@@ -97,22 +111,25 @@ class SurfaceHeads:
         with synthetic.single_thread():  # many small ops: threads only stall on a busy machine
             clouds = [surface_points(synthetic.sample_head(seed, i)[0], points, seed=i) for i in range(num_identities)]
         inset = inset_px * camera.RADIUS / (camera.FOCAL * resolution)  # a pixel's footprint at the head
-        clouds = [(p - inset * nrm, nrm, c) for p, nrm, c in clouds]
-        n = max(len(p) for p, _, _ in clouds)
+        n = max(len(p) for p, _, _, _ in clouds)
 
         def pad(x: torch.Tensor, value: float = 0.0) -> torch.Tensor:
             return torch.cat([x, x.new_full((n - len(x), *x.shape[1:]), value)])
 
-        self.means = torch.stack([pad(p) for p, _, _ in clouds])  # [I, n, 3]
-        self.quats = torch.stack([pad(quat_from_z(nrm)) for _, nrm, _ in clouds])
-        self.rgb = torch.stack([pad(c) for _, _, c in clouds])
-        self.opacity = torch.stack([pad(torch.full((len(p),), 0.99)) for p, _, _ in clouds])
-        self.log_scales = torch.tensor([scale, scale, thickness]).log().expand(n, 3)
+        def tangent_scales(size: torch.Tensor) -> torch.Tensor:  # [m, 2] -> log scales [m, 3]
+            wide = (PART_FRACTION * size[:, 0]).clamp_max(scale)
+            return torch.stack([wide, wide, torch.full_like(wide, thickness)], -1).log()
+
+        self.means = torch.stack([pad(p - (PART_FRACTION * size[:, 1:]).clamp_max(inset) * nrm)
+                                  for p, nrm, _, size in clouds])  # [I, n, 3]
+        self.quats = torch.stack([pad(quat_from_z(nrm)) for _, nrm, _, _ in clouds])
+        self.rgb = torch.stack([pad(c) for _, _, c, _ in clouds])
+        self.opacity = torch.stack([pad(torch.full((len(p),), 0.99)) for p, _, _, _ in clouds])
+        self.log_scales = torch.stack([pad(tangent_scales(size), math.log(scale)) for _, _, _, size in clouds])
 
     def __call__(self, z: torch.Tensor, c: torch.Tensor) -> Gaussians:
         ids = identity_of(z, self.num_identities)
-        B, n = len(ids), self.means.shape[1]
-        return Gaussians(means=self.means[ids], log_scales=self.log_scales.expand(B, n, 3).clone(),
+        return Gaussians(means=self.means[ids], log_scales=self.log_scales[ids],
                          quats=self.quats[ids], opacity_logits=torch.logit(self.opacity[ids].clamp(1e-4, 1 - 1e-4)),
                          sh0=rgb_to_sh0(self.rgb[ids]))
 
