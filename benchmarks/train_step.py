@@ -1,9 +1,18 @@
-"""Training-step throughput of the tiny config against the code before the CGS-GAN-fidelity and
-speed work (commit d2c84f5), measured in one run, interleaved: two worker processes (the old code
-from a `git worktree`, the current code) build the same tiny model (64x64, 128 points, 3 levels,
-batch 8, 4 views) on the same synthetic heads and take turns, a few steps each, so that a change
-in the machine's load hits both alike. Also times N = 1, 2, 4 views of the current code, and
-splits the current step's time by kind of operation (PyTorch profiler).
+"""Training-step throughput of the tiny config: today's step against the code before the
+CGS-GAN-fidelity and speed work (commit d2c84f5), and against today's step with each CPU speed
+lever applied, all measured in one run, interleaved: one worker process per version builds the
+same tiny model (64x64, 128 points, 3 levels, batch 8, 4 views) on the same synthetic heads, and
+the workers take turns, a few steps each, so that a change in the machine's load hits all alike.
+
+    levers (applied by the worker to today's trainer, not in the trainer itself):
+    channels_last   the discriminator's weights in channels-last memory format (its convolutions
+                    are the largest share of the step)
+    compile_d       torch.compile of the discriminator for the G and D phases; the lazy R1 phase
+                    stays eager (torch.compile cannot take the double backward R1 needs)
+    both            the two together
+
+Also times N = 1, 2, 4 views of the current code, and splits the current step's time by kind of
+operation (PyTorch profiler).
 
     python benchmarks/train_step.py [--rounds 12 --steps 3 --threads 2]
 
@@ -40,8 +49,24 @@ WORKER = textwrap.dedent(
     cfg.loss.num_views = int(sys.argv[4])
     cfg.train.snapshot_metrics = []
     t = Trainer(cfg, sys.argv[2])
+    lever = sys.argv[6] if len(sys.argv) > 6 else ""
+    if lever in ("channels_last", "both"):
+        t.D.to(memory_format=torch.channels_last)
+    if lever in ("compile_d", "both"):
+        eager, fast = t.D, torch.compile(t.D)
+
+        class EagerForR1(torch.nn.Module):  # R1 (input and weights both need gradients) stays eager
+            def __init__(self):
+                super().__init__()
+                self.inner = eager
+
+            def forward(self, img, c, *args, **kwargs):
+                r1 = img.requires_grad and next(eager.parameters()).requires_grad
+                return (eager if r1 else fast)(img, c, *args, **kwargs)
+
+        t.D = EagerForR1()
     for _ in range(int(sys.argv[5])):
-        t.train_step()  # warm-up (and past the first, empty-looking steps)
+        t.train_step()  # warm-up (and past the first, empty-looking steps; compiles)
     print("ready", flush=True)
     for line in sys.stdin:
         n = int(line.split()[1])
@@ -91,12 +116,17 @@ PROFILE = textwrap.dedent(
 )
 
 
+LEVERS = ("channels_last", "compile_d", "both")
+
+
 class Worker:
-    def __init__(self, code: Path, data: Path, run_dir: Path, threads: int, views: int, warmup: int) -> None:
-        env = {"PYTHONPATH": str(code), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(threads)}
+    def __init__(self, code: Path, data: Path, run_dir: Path, threads: int, views: int, warmup: int,
+                 lever: str = "") -> None:
+        env = {"PYTHONPATH": str(code), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": str(threads),
+               "TORCHINDUCTOR_CACHE_DIR": str(run_dir / "inductor")}
         self.proc = subprocess.Popen([sys.executable, "-c", WORKER, str(data), str(run_dir), str(threads), str(views),
-                                      str(warmup)], cwd=code, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
+                                      str(warmup), lever], cwd=code, env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if line.strip() != "ready":
             raise RuntimeError(f"worker for {code} failed to start: {line!r}")
@@ -133,11 +163,14 @@ def main() -> None:
                        capture_output=True)
         try:
             data = generate_synthetic(tmp / "data", 64, 4, 64, 0)
-            times = {"before": [], "now": []}
             workers = {"before": Worker(old, data, tmp / "run-old", args.threads, 4, args.warmup),
                        "now": Worker(ROOT, data, tmp / "run-new", args.threads, 4, args.warmup)}
+            workers |= {lever: Worker(ROOT, data, tmp / f"run-{lever}", args.threads, 4, args.warmup, lever)
+                        for lever in LEVERS}
+            times = {name: [] for name in workers}
+            order = list(workers)
             for r in range(args.rounds):
-                for name in ("before", "now") if r % 2 == 0 else ("now", "before"):
+                for name in order if r % 2 == 0 else order[::-1]:
                     times[name] += workers[name].run(args.steps)
             for w in workers.values():
                 w.close()
@@ -170,10 +203,20 @@ def main() -> None:
         "",
         f"**Speed-up: {before / now:.2f}x** in images per second.",
         "",
+        "## Today's step with each CPU speed lever (same run, interleaved)",
+        "",
+        "| lever | s / step | step time against today's |",
+        "|---|---|---|",
+        f"| none (today) | {now:.3f} | 1.00 |",
+    ]
+    lines += [f"| {lever} | {median(times[lever]):.3f} | {median(times[lever]) / now:.2f} |" for lever in LEVERS]
+    lines += [
+        "",
         "Every timed step of each version (seconds):",
         "",
-        f"- before: {', '.join(f'{t:.3f}' for t in times['before'])}",
-        f"- now: {', '.join(f'{t:.3f}' for t in times['now'])}",
+    ]
+    lines += [f"- {name}: {', '.join(f'{t:.3f}' for t in ts)}" for name, ts in times.items()]
+    lines += [
         "",
         "## Views per generated head (current code)",
         "",

@@ -6,7 +6,7 @@ synthetic heads themselves (no training):
                    generator), whose alpha matches the ground truth's (IoU >= 0.95 at every yaw)
     Billboard      a flat plane textured with the identity's frontal ground-truth render; facing=True
                    turns the plane to face the conditioning camera (a camera-dependent generator)
-    with_floaters  any of them plus white semi-transparent Gaussians floating around the head
+    WithFloaters   any of them plus white semi-transparent Gaussians in a layer behind the head
 
 Each maps z [B, z_dim] to one of the dataset's identities (a fixed function of z), so its samples
 are drawn from the same population of heads as the dataset.
@@ -165,15 +165,19 @@ class Billboard:
 
 
 class WithFloaters:
-    """`base` plus `count` white, semi-transparent Gaussians in a shell around the head, behind and
-    beside it (none in front of the face, so from the training poses they hardly cover the head)."""
+    """`base` plus `count` white, semi-transparent Gaussians in a layer behind the head (z -0.32 to
+    -0.36; the back of the hair is at most 0.25 behind the centre), spread sideways and up and down
+    beyond its outline: no camera in front of the head's profile (yaw within +-90 degrees) sees
+    one over the head, so on white they are unseen and on colours they show around it. (A shell
+    0.24-0.30 from the centre covered the back of the head in side views.)"""
 
     def __init__(self, base, count: int = 150, opacity: float = 0.6, scale: float = 0.03, seed: int = 0) -> None:
         self.base, self.z_dim = base, base.z_dim
         g = torch.Generator().manual_seed(seed)
         u = torch.nn.functional.normalize(torch.randn(count, 3, generator=g), dim=-1)
-        u[:, 2] = -u[:, 2].abs()  # the back half-shell
-        self.means = u * (0.24 + 0.06 * torch.rand(count, 1, generator=g))  # 0.24-0.30 from the head centre
+        lateral = u[:, :2] * (0.24 + 0.06 * torch.rand(count, 1, generator=g))  # as far out as the old shell
+        depth = -(0.32 + 0.04 * torch.rand(count, 1, generator=g))
+        self.means = torch.cat([lateral, depth], -1)
         self.opacity, self.scale = opacity, scale
 
     def __call__(self, z: torch.Tensor, c: torch.Tensor) -> Gaussians:
