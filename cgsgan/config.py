@@ -235,8 +235,8 @@ def tiny() -> CGSGANConfig:
         discriminator=DiscriminatorConfig(channel_base=2048, channel_max=64, cmap_dim=64, camera_mapping_layers=2),
     )
     # The testbed's pose spread (yaw 46 degrees, up to 86): every identity is seen from the side, so
-    # the heads grow depth within minutes (geometry about 0.8 at 6 kimg against 0.45 with the
-    # FFHQ-like 0.3 / 1.2, which stays the DataConfig default; benchmarks/results/depth.md).
+    # the heads grow depth within minutes; the FFHQ-like 0.3 / 1.2 stays the DataConfig default
+    # (measured in benchmarks/results/depth.md).
     cfg.data = DataConfig(synthetic_identities=256, synthetic_views=4, synthetic_yaw_std=TESTBED_YAW_STD,
                           synthetic_yaw_limit=TESTBED_YAW_LIMIT)
     cfg.loss = LossConfig(num_views=4, r1_gamma=0.1, knn_k=8, blur_sigma=2.0, blur_fade_kimg=16.0)

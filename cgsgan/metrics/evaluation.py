@@ -329,9 +329,10 @@ def geometry(ctx: MetricContext) -> dict[str, float]:
     if key not in ctx.reals:
         ctx.reals[key] = GeometryScale.build(ctx.truth.seed, _identities(ctx.reference, ctx.heads, ctx.seed),
                                              _identities(ctx.held_out, ctx.heads, ctx.seed + 1), res)
-    heads = generated_descriptors(ctx.gen, ctx.heads, res, seed=ctx.seed + 1, backend=ctx.backend,
+    scale = ctx.reals[key]
+    heads = generated_descriptors(ctx.gen, ctx.heads, scale.resolution, seed=ctx.seed + 1, backend=ctx.backend,
                                   batch_size=min(ctx.batch_size, 16))
-    return ctx.reals[key].score(heads)
+    return scale.score(heads)
 
 
 # ---------------------------------------------------------------------------------------- registry

@@ -1,11 +1,12 @@
 """A geometry score against the synthetic heads' exact geometry, without a feature network.
 
 Generated heads and ground-truth heads are seen from the same fixed cameras around the head
-(GEOMETRY_YAWS_DEG, pitch 0), at the resolution the generator trained at (`view_resolution`). Each view becomes a shape descriptor on a coarse grid (GRID x GRID
-cells): the silhouette (alpha coverage per cell) and the depth profile (alpha times the depth
-relative to the head centre, per cell). Two sets of heads are compared by the distance between
-their descriptor distributions at every yaw (a Frechet distance with diagonal covariances: per
-cell, the squared differences of the means and of the standard deviations), summed over yaws.
+(GEOMETRY_YAWS_DEG, pitch 0), at the resolution the generator trained at (`view_resolution`).
+Each view becomes a shape descriptor on a coarse grid (GRID x GRID cells): the silhouette (alpha
+coverage per cell) and the depth profile (alpha times the depth relative to the head centre, per
+cell). Two sets of heads are compared by the distance between their descriptor distributions at
+every yaw (a Frechet distance with diagonal covariances: per cell, the squared differences of the
+means and of the standard deviations), summed over yaws.
 
 Each part is scored on a scale fixed by two references drawn from the ground truth itself:
 
