@@ -91,9 +91,15 @@ def spreads(differences: list[Difference]) -> dict[str, float]:
 
 
 def refresh_spreads(differences: list[Difference], measured: str, path: Path = SPREADS) -> None:
-    """sweeps/spreads.json's entry for this preset: the spreads the sweep plans its power with."""
+    """sweeps/spreads.json's entry for this preset: the spreads the sweep plans its power with.
+    Columns this sweep did not measure (its arms left out) keep their earlier spreads, said so."""
     data = json.loads(path.read_text()) if path.is_file() else {}
-    data[SWEEP] = {"measured": measured, "sd": spreads(differences)}
+    old, new = data.get(SWEEP, {}), spreads(differences)
+    kept = {k: v for k, v in old.get("sd", {}).items() if k not in new}
+    if kept:
+        earlier = old["measured"].split("; kept from")[0]
+        measured += f"; kept from an earlier run for {', '.join(sorted(kept))}: {earlier}"
+    data[SWEEP] = {"measured": measured, "sd": {**kept, **new}}
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
