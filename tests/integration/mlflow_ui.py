@@ -65,8 +65,9 @@ def text(html: str) -> str:
 
 def screenshot(browser: str, url: str, shot: Path, budget_ms: int, size: str, frames: bool = False) -> None:
     shot.parent.mkdir(parents=True, exist_ok=True)
+    # 600 s: a 5,702 px tall run page took over 240 s on a 2-core AVX2-only CPU (2026-12-08).
     subprocess.run([browser, *_flags(budget_ms, size, frames), f"--screenshot={shot}", url], capture_output=True,
-                   timeout=240)  # fmt: skip
+                   timeout=600)  # fmt: skip
     assert shot.exists() and shot.stat().st_size > 10_000, f"no screenshot of {url}"
 
 
